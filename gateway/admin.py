@@ -1,0 +1,193 @@
+"""The admin API (keys, memberships), health and metrics, on the admin listener."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from gateway import management
+from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
+from gateway.openapi import DOCUMENT
+from gateway.problems import Problem, bad_request, invalid_fields
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_encode = msgspec.json.Encoder().encode
+_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_BODY = 64 * 1024
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_encode(data), content_type="application/json")
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id", "-")[:128]
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response(request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return Problem(exc.status, "http-" + str(exc.status), exc.reason).response(request_id)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return Problem(503, "database-unavailable", "the database is unavailable").response(
+            request_id, {"Retry-After": "2"}
+        )
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _OPEN:
+        return await handler(request)
+    token = request.app[CONFIG].admin_token
+    if not token:
+        raise Problem(503, "admin-disabled", "GATEWAY_ADMIN_TOKEN is not set")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Problem(
+            401,
+            "admin-unauthorized",
+            "missing or wrong admin token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise Problem(413, "body-too-large", "the request body is too large")
+    try:
+        body = msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError:
+        raise bad_request("malformed-json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("malformed-json", "the body must be a JSON object")
+    return body
+
+
+def _not_found(key_id: str) -> Problem:
+    return Problem(404, "key-not-found", "no such key")
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request)
+    spec = management.validate_key(body, request.app[SCOPES], datetime.now(UTC))
+    if isinstance(spec, list):
+        raise invalid_fields(spec)
+    async with request.app[POOL].acquire() as conn:
+        created = await management.create_key(conn, spec, request.app[CONFIG].keys.prefix)
+    return json_response(created, 201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    user_id = request.query.get("user_id")
+    if not user_id:
+        raise invalid_fields([("user_id", "the user_id query parameter is required")])
+    async with request.app[POOL].acquire() as conn:
+        return json_response({"keys": await management.list_keys(conn, user_id)})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    try:
+        async with request.app[POOL].acquire() as conn:
+            return json_response(await management.get_key(conn, key_id))
+    except management.NotFound:
+        raise _not_found(key_id) from None
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    try:
+        async with request.app[POOL].acquire() as conn:
+            await management.revoke_key(conn, key_id)
+    except management.NotFound:
+        raise _not_found(key_id) from None
+    return web.Response(status=204)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    body = await _body(request) if request.body_exists else {}
+    errors = [(name, "unknown field") for name in sorted(set(body) - {"grace_seconds"})]
+    grace = body.get("grace_seconds", 0)
+    if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= 30 * 86400:
+        errors.append(("grace_seconds", "must be a whole number from 0 to 2592000"))
+    if errors:
+        raise invalid_fields(errors)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            prefix = request.app[CONFIG].keys.prefix
+            created = await management.rotate_key(conn, key_id, grace, prefix)
+    except management.NotFound:
+        raise _not_found(key_id) from None
+    except management.Conflict as exc:
+        raise Problem(409, "key-not-active", str(exc)) from None
+    return json_response(created, 201)
+
+
+async def _membership(request: web.Request, *, member: bool) -> web.Response:
+    parsed = management.validate_membership(await _body(request))
+    if isinstance(parsed, list):
+        raise invalid_fields(parsed)
+    async with request.app[POOL].acquire() as conn:
+        await management.set_membership(conn, *parsed, member=member)
+    return web.Response(status=204)
+
+
+async def put_membership(request: web.Request) -> web.Response:
+    return await _membership(request, member=True)
+
+
+async def delete_membership(request: web.Request) -> web.Response:
+    return await _membership(request, member=False)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(DOCUMENT)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        async with app[POOL].acquire(timeout=1) as conn:
+            await conn.fetchval("SELECT 1", timeout=1)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return json_response({"status": "database unavailable"}, 503)
+    policies = app[POLICIES].current
+    return json_response({"status": "ready", "policy_version": policies.version})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.middlewares.extend([problems, admin_auth])
+    app.router.add_post("/admin/v1/keys", create_key)
+    app.router.add_get("/admin/v1/keys", list_keys)
+    app.router.add_get("/admin/v1/keys/{id}", get_key)
+    app.router.add_delete("/admin/v1/keys/{id}", revoke_key)
+    app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
+    app.router.add_put("/admin/v1/memberships", put_membership)
+    app.router.add_delete("/admin/v1/memberships", delete_membership)
+    app.router.add_get("/admin/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,191 @@
+"""`create_app(config)`: the admin application, whose cleanup contexts open
+everything the gateway runs on — database, caches, invalidation listener,
+policies, signer, upstream session — and the proxy listener itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from gateway import admin, database, tokens
+from gateway.appkeys import (
+    CONFIG,
+    DATABASE_URL,
+    METRICS,
+    POLICIES,
+    POOL,
+    PROXY_ADDRESS,
+    SCOPES,
+    STORE,
+)
+from gateway.authn import Authenticator
+from gateway.config import Config
+from gateway.cors import Cors
+from gateway.invalidation import Listener
+from gateway.keystore import Clock, KeyStore
+from gateway.listener import server
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.proxy import Forwarder, UpstreamTarget
+from gateway.reloader import ActivePolicies
+from gateway.scopes import Catalogue
+from gateway.token_endpoint import TokenEndpoint
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How this process runs, beside what the configuration file says."""
+
+    migrate: bool = True
+    handle_sighup: bool = False
+    reuse_port: bool = False
+    clock: Clock = time.time
+    last_used_interval: float = 30.0
+    listener_check_interval: float = 0.5
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+OPTIONS = web.AppKey("options", Options)
+
+
+def create_app(config: Config, options: Options | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[CONFIG] = config
+    app[OPTIONS] = options or Options()
+    app[SCOPES] = Catalogue({name: d.implies for name, d in config.scopes.items()})
+    app[METRICS] = Metrics()
+    admin.add_routes(app)
+    app.cleanup_ctx.extend([_database, _store, _invalidation, _policies, _proxy])
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    url = await loop.run_in_executor(None, database.database_url, config)
+    await database.wait_until_ready(url, config)
+    if app[OPTIONS].migrate:
+        conn = await database.connect(url, config)
+        try:
+            await database.migrate(conn)
+        finally:
+            await conn.close()
+    app[DATABASE_URL] = url
+    app[POOL] = await database.create_pool(url, config)
+    yield
+    await app[POOL].close()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    options = app[OPTIONS]
+    store = KeyStore(
+        app[POOL], app[SCOPES], app[CONFIG].cache, clock=options.clock, observer=app[METRICS]
+    )
+    app[STORE] = store
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(options.last_used_interval)
+            await store.flush_last_used()
+
+    task = asyncio.create_task(flush_periodically())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.flush_last_used()
+
+
+async def _invalidation(app: web.Application) -> AsyncIterator[None]:
+    listener = Listener(
+        app[DATABASE_URL],
+        app[STORE],
+        app[METRICS],
+        check_interval=app[OPTIONS].listener_check_interval,
+    )
+    app[LISTENER] = listener
+    task = asyncio.create_task(listener.run())
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(listener.connected.wait(), 10)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+LISTENER = web.AppKey("listener", Listener)
+
+
+async def _policies(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    policies = ActivePolicies(
+        config.resolve(config.policies.dir),
+        app[SCOPES],
+        frozenset(config.upstreams),
+        app[METRICS],
+    )
+    app[POLICIES] = policies
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(policies.watch(stop)) if config.policies.reload else None
+    loop = asyncio.get_running_loop()
+    if app[OPTIONS].handle_sighup:
+        loop.add_signal_handler(signal.SIGHUP, policies.reload)
+    yield
+    if app[OPTIONS].handle_sighup:
+        loop.remove_signal_handler(signal.SIGHUP)
+    stop.set()
+    if watcher is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _signer(app: web.Application) -> tokens.Signer:
+    config = app[CONFIG]
+    keys = [tokens.load_key(k.kid, config.resolve(k.file)) for k in config.tokens.signing_keys]
+    if not keys:
+        keys = [tokens.dev_key(config.state_path)]
+    return tokens.Signer(keys, config.tokens, clock=app[OPTIONS].clock)
+
+
+async def _proxy(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    signer = _signer(app)
+    session = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+    )
+    pipeline = Pipeline(
+        policies=app[POLICIES],
+        authenticator=Authenticator(app[STORE], signer, config.keys.prefix),
+        store=app[STORE],
+        forwarder=Forwarder(session, config.limits.max_body_bytes),
+        upstreams={name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()},
+        cors=Cors(config.cors),
+        tokens=TokenEndpoint(signer, config.tokens),
+        metrics=app[METRICS],
+        max_header_bytes=config.limits.max_header_bytes,
+    )
+    runner = web.ServerRunner(server(pipeline, config.limits), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.listen.host, config.listen.port, reuse_port=app[OPTIONS].reuse_port or None
+    )
+    await site.start()
+    app[PROXY_ADDRESS] = tuple(runner.addresses[0][:2])
+    log.info("proxy listening on %s:%s", *app[PROXY_ADDRESS])
+    yield
+    await runner.cleanup()
+    await session.close()

@@ -1,0 +1,21 @@
+"""Typed application state (aiohttp `AppKey`): what `create_app` opens, by name."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.keystore import KeyStore
+from gateway.metrics import Metrics
+from gateway.reloader import ActivePolicies
+from gateway.scopes import Catalogue
+
+CONFIG = web.AppKey("config", Config)
+SCOPES = web.AppKey("scopes", Catalogue)
+METRICS = web.AppKey("metrics", Metrics)
+DATABASE_URL = web.AppKey("database_url", str)
+POOL = web.AppKey("pool", asyncpg.Pool)
+STORE = web.AppKey("store", KeyStore)
+POLICIES = web.AppKey("policies", ActivePolicies)
+PROXY_ADDRESS = web.AppKey("proxy_address", tuple)

@@ -1,0 +1,112 @@
+"""Authentication: the credential on a request → a `Principal`, or a 401/503 `Problem`.
+
+An API key is checked for format (checksum) before the cache or the database is
+touched; an actor token is verified, then its parent key must still be valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Literal
+
+from multidict import CIMultiDictProxy
+
+from gateway import keys
+from gateway.keystore import KeyRecord, KeyStore, StoreUnavailable
+from gateway.problems import database_unavailable, unauthorized
+from gateway.tokens import Signer, TokenRejected
+
+AuthKind = Literal["api_key", "actor_token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    key_id: str
+    scopes: frozenset[str]  # effective scopes
+    auth: AuthKind
+    scope_header: str  # X-Gateway-Scopes, built once per credential
+
+
+def credential(headers: CIMultiDictProxy[str]) -> str | None:
+    """The bearer token or X-API-Key value; raises 401 when malformed or contradictory."""
+    authorization = headers.getall("Authorization", [])
+    api_key = headers.getall("X-API-Key", [])
+    if len(authorization) > 1 or len(api_key) > 1:
+        raise unauthorized("malformed-credential", "malformed credential: repeated header")
+    bearer = None
+    if authorization:
+        scheme, _, value = authorization[0].strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise unauthorized("malformed-credential", "malformed credential: expected Bearer")
+        bearer = value.strip()
+    if bearer and api_key and api_key[0].strip() != bearer:
+        raise unauthorized("malformed-credential", "malformed credential: two different ones")
+    return bearer or (api_key[0].strip() if api_key else None)
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, signer: Signer, prefix: str) -> None:
+        self._store = store
+        self._signer = signer
+        self._prefix = prefix
+        # Principals are immutable per key record: build each once.
+        self._principals: dict[KeyRecord, Principal] = {}
+
+    async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+        token = credential(headers)
+        if token is None:
+            raise unauthorized("missing-credential", "missing credential")
+        if token.count(".") == 2:
+            return await self._actor_token(token)
+        return await self._api_key(token)
+
+    async def _api_key(self, token: str) -> Principal:
+        if not keys.is_well_formed(token, self._prefix):
+            raise unauthorized("malformed-credential", "malformed credential")
+        record = await self._lookup(self._store.by_hash(keys.digest(token)))
+        if record is None:
+            raise unauthorized("unknown-credential", "unknown credential")
+        self._check_status(record, "")
+        self._store.touch(record.id)
+        principal = self._principals.get(record)
+        if principal is None:
+            principal = self._remember(record)
+        return principal
+
+    async def _actor_token(self, token: str) -> Principal:
+        try:
+            claims = self._signer.verify(token)
+        except TokenRejected as exc:
+            raise unauthorized(f"{exc.reason}-token", f"{exc.reason} actor token") from None
+        parent = await self._lookup(self._store.by_id(claims.key_id))
+        if parent is None or parent.user_id != claims.user_id:
+            raise unauthorized("invalid-token", "invalid actor token")
+        self._check_status(parent, "actor token: parent key ")
+        scopes = claims.scopes & parent.effective
+        return Principal(claims.user_id, parent.id, scopes, "actor_token", " ".join(sorted(scopes)))
+
+    async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:
+        try:
+            return await pending
+        except StoreUnavailable:
+            raise database_unavailable() from None
+
+    def _check_status(self, record: KeyRecord, what: str) -> None:
+        status = record.status(self._store.now())
+        if status != "active":
+            raise unauthorized(f"{status}-credential", f"{what}{status} credential".strip())
+
+    def _remember(self, record: KeyRecord) -> Principal:
+        if len(self._principals) > 10_000:
+            self._principals.clear()
+        principal = Principal(
+            record.user_id,
+            record.id,
+            record.effective,
+            "api_key",
+            " ".join(sorted(record.effective)),
+        )
+        self._principals[record] = principal
+        return principal

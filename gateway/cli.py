@@ -1,0 +1,261 @@
+"""The `gateway` command. Errors print one line to stderr and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway import config as config_module
+from gateway import database, management, tokens
+from gateway.config import Config, ConfigError
+from gateway.explain import explain, route_table
+from gateway.policy import PolicyError, load_dir
+from gateway.problems import Problem
+from gateway.scopes import Catalogue
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="configuration file")
+    parser = argparse.ArgumentParser(prog="gateway", parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(parent: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, parents=[common], **kwargs)
+        return sub
+
+    serve = add(commands, "serve", help="run the gateway")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    add(commands, "demo", help="everything embedded, with a demo key")
+    add(commands, "migrate", help="apply database migrations")
+
+    key_cmds = add(commands, "keys").add_subparsers(dest="action", required=True)
+    create = add(key_cmds, "create")
+    create.add_argument("--user", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", required=True, dest="scopes")
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in-days", type=int)
+    expiry.add_argument("--expires-at")
+    create.add_argument("--json", action="store_true")
+    listing = add(key_cmds, "list")
+    listing.add_argument("--user", required=True)
+    listing.add_argument("--json", action="store_true")
+    add(key_cmds, "revoke").add_argument("id")
+    rotate = add(key_cmds, "rotate")
+    rotate.add_argument("id")
+    rotate.add_argument("--grace-seconds", type=int, default=0)
+    rotate.add_argument("--json", action="store_true")
+
+    member_cmds = add(commands, "members").add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        member = add(member_cmds, action)
+        member.add_argument("--user", required=True)
+        target = member.add_mutually_exclusive_group(required=True)
+        target.add_argument("--organization")
+        target.add_argument("--project")
+
+    policy_cmds = add(commands, "policy").add_subparsers(dest="action", required=True)
+    add(policy_cmds, "check").add_argument("dir", nargs="?", type=Path)
+    explain_cmd = add(policy_cmds, "explain")
+    explain_cmd.add_argument("method")
+    explain_cmd.add_argument("path")
+    explain_cmd.add_argument("--scopes", default=None)
+
+    signing = add(commands, "signing-keys").add_subparsers(dest="action", required=True)
+    generate = add(signing, "generate")
+    generate.add_argument("--out", required=True, type=Path)
+    generate.add_argument("--alg", choices=["EdDSA", "ES256", "RS256"], default="EdDSA")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except (CommandError, database.DatabaseUnavailable) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"gateway: database error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "signing-keys":
+        return _generate_signing_key(args.out, args.alg)
+    config = config_module.load(getattr(args, "config", None))
+    if args.command == "policy":
+        return _policy(args, config)
+    if args.command in ("serve", "demo"):
+        from gateway import serve
+
+        if args.command == "demo":
+            return serve.demo(config)
+        return serve.serve(config, args.workers, args.loop)
+    return asyncio.run(_with_database(config, args))
+
+
+def _generate_signing_key(out: Path, alg: str) -> int:
+    if out.exists():
+        raise CommandError(f"{out} exists; refusing to overwrite a signing key")
+    out.touch(mode=0o600)
+    out.write_bytes(tokens.generate_pem(alg))
+    print(f"wrote {alg} signing key to {out}")
+    return 0
+
+
+def _policy(args: argparse.Namespace, config: Config) -> int:
+    catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
+    directory = args.dir if args.action == "check" and args.dir else None
+    directory = directory or config.resolve(config.policies.dir)
+    try:
+        policies = load_dir(directory, catalogue, frozenset(config.upstreams))
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if args.action == "check":
+        print(route_table(policies))
+        return 0
+    scopes = None if args.scopes is None else [s for s in args.scopes.split(",") if s]
+    try:
+        text, allowed = explain(policies, catalogue, args.method, args.path, scopes)
+    except Problem as exc:
+        raise CommandError(f"{args.method} {args.path}: {exc.detail}") from None
+    print(text)
+    return 0 if allowed else 1
+
+
+async def _with_database(config: Config, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    url = await loop.run_in_executor(None, database.database_url, config)
+    conn = await database.connect(url, config)
+    try:
+        applied = await database.migrate(conn)
+        if args.command == "migrate":
+            print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+            return 0
+        handler = _HANDLERS[(args.command, args.action)]
+        return await handler(conn, config, args)
+    finally:
+        await conn.close()
+
+
+def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    print(msgspec.json.encode(data).decode() if as_json else text(data))
+
+
+def _key_line(key: dict[str, Any]) -> str:
+    expires = key["expires_at"] or "never"
+    return (
+        f"{key['id']}  {key['display_prefix']}…  {key['status']:<7}  {key['name']}"
+        f"  scopes={','.join(key['scopes'])}  expires={expires}"
+    )
+
+
+def _created(key: dict[str, Any]) -> str:
+    return f"{_key_line(key)}\nkey (shown once, store it now): {key['key']}"
+
+
+async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"user_id": args.user, "name": args.name, "scopes": args.scopes}
+    if args.expires_in_days is not None:
+        body["expires_in_days"] = args.expires_in_days
+    if args.expires_at is not None:
+        body["expires_at"] = args.expires_at
+    catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
+    spec = management.validate_key(body, catalogue, datetime.now(UTC))
+    if isinstance(spec, list):
+        raise CommandError("; ".join(f"{field}: {message}" for field, message in spec))
+    created = await management.create_key(conn, spec, config.keys.prefix)
+    _print(created, args.json, _created)
+    return 0
+
+
+async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    found = await management.list_keys(conn, args.user)
+    _print({"keys": found}, args.json, lambda d: "\n".join(map(_key_line, d["keys"])) or "no keys")
+    return 0
+
+
+async def _keys_revoke(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    try:
+        await management.revoke_key(conn, args.id)
+    except management.NotFound:
+        raise CommandError(f"no key {args.id}") from None
+    print(f"revoked {args.id}")
+    return 0
+
+
+async def _keys_rotate(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    if args.grace_seconds < 0:
+        raise CommandError("--grace-seconds must not be negative")
+    try:
+        created = await management.rotate_key(conn, args.id, args.grace_seconds, config.keys.prefix)
+    except management.NotFound:
+        raise CommandError(f"no key {args.id}") from None
+    except management.Conflict as exc:
+        raise CommandError(str(exc)) from None
+    _print(created, args.json, _created)
+    return 0
+
+
+async def _members(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    kind, resource = (
+        ("organization", args.organization) if args.organization else ("project", args.project)
+    )
+    parsed = management.validate_membership(
+        {"user_id": args.user, "resource_type": kind, "resource_id": resource}
+    )
+    if isinstance(parsed, list):
+        raise CommandError("; ".join(f"{field}: {message}" for field, message in parsed))
+    await management.set_membership(conn, *parsed, member=args.action == "add")
+    verb = "added to" if args.action == "add" else "removed from"
+    print(f"{args.user} {verb} {kind} {resource}")
+    return 0
+
+
+_Handler = Callable[[asyncpg.Connection, Config, argparse.Namespace], Awaitable[int]]
+_HANDLERS: dict[tuple[str, str], _Handler] = {
+    ("keys", "create"): _keys_create,
+    ("keys", "list"): _keys_list,
+    ("keys", "revoke"): _keys_revoke,
+    ("keys", "rotate"): _keys_rotate,
+    ("members", "add"): _members,
+    ("members", "remove"): _members,
+}
+
+
+def configure_logging() -> None:
+    access = logging.getLogger("gateway.access")
+    access.propagate = False
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

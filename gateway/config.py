@@ -1,0 +1,255 @@
+"""Gateway configuration: `config/gateway.yaml`, validated at start.
+
+`load()` raises `ConfigError` whose message names the file, the key path and the
+reason; the CLI prints it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is the whole story."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Listen(_Strict, frozen=True, forbid_unknown_fields=True):
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+class AdminListen(_Strict, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+
+class Database(_Strict, frozen=True, forbid_unknown_fields=True):
+    url: str | None = None
+    min_pool_size: int = 2
+    max_pool_size: int = 10
+    connect_timeout_seconds: float = 5.0
+    command_timeout_seconds: float = 5.0
+
+
+class Cache(_Strict, frozen=True, forbid_unknown_fields=True):
+    ttl_seconds: float = 60.0
+    negative_ttl_seconds: float = 5.0
+    max_entries: int = 100_000
+
+
+class Policies(_Strict, frozen=True, forbid_unknown_fields=True):
+    dir: str = "policies"
+    reload: bool = True
+
+
+class Upstream(_Strict, frozen=True, forbid_unknown_fields=True):
+    url: str
+    connect_timeout_seconds: float = 2.0
+    timeout_seconds: float = 30.0
+
+
+class Keys(_Strict, frozen=True, forbid_unknown_fields=True):
+    prefix: str = "gwk"
+
+
+class SigningKey(_Strict, frozen=True, forbid_unknown_fields=True):
+    kid: str
+    file: str
+
+
+class Tokens(_Strict, frozen=True, forbid_unknown_fields=True):
+    issuer: str = "gateway"
+    audience: str = "gateway"
+    default_ttl_seconds: int = 300
+    max_ttl_seconds: int = 900
+    signing_keys: list[SigningKey] = msgspec.field(default_factory=list)
+
+
+class Limits(_Strict, frozen=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 16384
+    header_timeout_seconds: float = 10.0
+
+
+class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
+    allow_origins: list[str] = msgspec.field(default_factory=list)
+    allow_headers: list[str] = msgspec.field(
+        default_factory=lambda: ["Authorization", "X-API-Key", "Content-Type"]
+    )
+    max_age_seconds: int = 600
+
+
+class ScopeDef(_Strict, frozen=True, forbid_unknown_fields=True):
+    implies: list[str] = msgspec.field(default_factory=list)
+
+
+def _default_scopes() -> dict[str, ScopeDef]:
+    implies = {
+        "organizations:write": ["organizations:read"],
+        "organizations:admin": [
+            "organizations:write",
+            "organizations:user:read",
+            "organizations:user:invite",
+            "organizations:user:write",
+        ],
+        "organizations:user:write": ["organizations:user:read"],
+        "projects:write": ["projects:read"],
+        "projects:admin": ["projects:write"],
+    }
+    names = [
+        "me:read",
+        "organizations:read",
+        "organizations:write",
+        "organizations:admin",
+        "organizations:user:read",
+        "organizations:user:invite",
+        "organizations:user:write",
+        "projects:read",
+        "projects:write",
+        "projects:admin",
+        "actor_tokens:create",
+    ]
+    return {name: ScopeDef(implies=implies.get(name, [])) for name in names}
+
+
+def _default_upstreams() -> dict[str, Upstream]:
+    return {"core": Upstream(url="http://127.0.0.1:9000")}
+
+
+class Config(_Strict, frozen=True, forbid_unknown_fields=True):
+    state_dir: str = ".gateway"
+    listen: Listen = msgspec.field(default_factory=Listen)
+    admin: AdminListen = msgspec.field(default_factory=AdminListen)
+    database: Database = msgspec.field(default_factory=Database)
+    cache: Cache = msgspec.field(default_factory=Cache)
+    policies: Policies = msgspec.field(default_factory=Policies)
+    upstreams: dict[str, Upstream] = msgspec.field(default_factory=_default_upstreams)
+    keys: Keys = msgspec.field(default_factory=Keys)
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    cors: Cors = msgspec.field(default_factory=Cors)
+    scopes: dict[str, ScopeDef] = msgspec.field(default_factory=_default_scopes)
+    # Where relative paths (policies.dir, signing key files) resolve; set by load().
+    base_dir: str = "."
+    admin_token: str | None = None
+
+    def resolve(self, path: str) -> Path:
+        """A path from the file, relative to the configuration file's directory."""
+        return (Path(self.base_dir) / path).resolve()
+
+    @property
+    def state_path(self) -> Path:
+        # Runtime state lives in the working directory unless state_dir says otherwise.
+        return Path(self.state_dir).resolve()
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the configuration, applying environment overrides."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = Path(env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG)
+    if path.exists():
+        raw = _read_yaml(path)
+        raw["base_dir"] = str(path.resolve().parent)
+    else:
+        raw = _missing(path, env)
+        raw["base_dir"] = str(Path.cwd())
+    if env.get("GATEWAY_DATABASE_URL"):
+        raw.setdefault("database", {})
+        if not isinstance(raw["database"], dict):
+            raise ConfigError(f"{path}: database: expected a mapping")
+        raw["database"] = {**raw["database"], "url": env["GATEWAY_DATABASE_URL"]}
+    if env.get("GATEWAY_ADMIN_TOKEN"):
+        raw["admin_token"] = env["GATEWAY_ADMIN_TOKEN"]
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_readable(str(exc))}") from None
+    _check(config, path)
+    return config
+
+
+def _missing(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    # The default location may be absent (defaults apply); a named file may not.
+    if env.get("GATEWAY_CONFIG") or path != DEFAULT_CONFIG:
+        raise ConfigError(f"{path}: no such file")
+    return {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _readable(message: str) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.listen.port`"; lead with the key path."""
+    reason, sep, where = message.rpartition(" - at ")
+    if not sep:
+        return message
+    key = where.strip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    return f"{key}: {reason[0].lower()}{reason[1:]}"
+
+
+def _check(config: Config, path: Path) -> None:
+    problems = [*_check_values(config), *_check_scopes(config.scopes)]
+    if problems:
+        raise ConfigError(f"{path}: {problems[0]}")
+
+
+def _check_values(config: Config) -> list[str]:
+    out: list[str] = []
+    for name, port in (("listen.port", config.listen.port), ("admin.port", config.admin.port)):
+        if not 0 <= port <= 65535:
+            out.append(f"{name}: must be between 0 and 65535")
+    positive = {
+        "cache.ttl_seconds": config.cache.ttl_seconds,
+        "cache.negative_ttl_seconds": config.cache.negative_ttl_seconds,
+        "cache.max_entries": config.cache.max_entries,
+        "tokens.default_ttl_seconds": config.tokens.default_ttl_seconds,
+        "tokens.max_ttl_seconds": config.tokens.max_ttl_seconds,
+        "limits.max_body_bytes": config.limits.max_body_bytes,
+        "limits.max_header_bytes": config.limits.max_header_bytes,
+        "limits.header_timeout_seconds": config.limits.header_timeout_seconds,
+        "database.max_pool_size": config.database.max_pool_size,
+    }
+    out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]
+    if config.tokens.default_ttl_seconds > config.tokens.max_ttl_seconds:
+        out.append("tokens.default_ttl_seconds: must not exceed tokens.max_ttl_seconds")
+    if not config.keys.prefix.isalnum() or not config.keys.prefix.isascii():
+        out.append("keys.prefix: must be ASCII letters and digits")
+    for name, upstream in config.upstreams.items():
+        if not upstream.url.startswith(("http://", "https://")):
+            out.append(f"upstreams.{name}.url: must start with http:// or https://")
+    return out
+
+
+def _check_scopes(scopes: dict[str, ScopeDef]) -> list[str]:
+    return [
+        f"scopes.{name}.implies: unknown scope {implied!r}"
+        for name, definition in scopes.items()
+        for implied in definition.implies
+        if implied not in scopes
+    ]

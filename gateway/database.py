@@ -1,0 +1,185 @@
+"""PostgreSQL: the pool, forward-only migrations and the embedded server.
+
+`database.url: null` starts an embedded PostgreSQL (pgserver) under the state
+directory, falling back to a local installation's initdb/pg_ctl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from gateway.config import Config
+
+log = logging.getLogger("gateway.database")
+
+# Any constant will do; it only has to be the same in every gateway process.
+MIGRATION_LOCK = 0x6761_7465_7761_79
+
+
+# A connection of its own (CLI) or one borrowed from the pool (admin API).
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+class DatabaseUnavailable(Exception):
+    """The embedded database cannot be started here; the message says what to do."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every shipped migration, in order."""
+    folder = importlib.resources.files("gateway") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply pending migrations under an advisory lock; returns the versions applied."""
+    applied: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied
+
+
+async def create_pool(url: str, config: Config) -> asyncpg.Pool:
+    db = config.database
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min(db.min_pool_size, db.max_pool_size),
+        max_size=db.max_pool_size,
+        timeout=db.connect_timeout_seconds,
+        command_timeout=db.command_timeout_seconds,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(url: str, config: Config) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        url,
+        timeout=config.database.connect_timeout_seconds,
+        command_timeout=config.database.command_timeout_seconds,
+    )
+
+
+def database_url(config: Config) -> str:
+    """The configured URL, or that of the embedded server (started if needed)."""
+    if config.database.url:
+        return config.database.url
+    return start_embedded(config.state_path / "pgdata")
+
+
+def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:
+    """Start (or reuse) the embedded server; by default it outlives this process."""
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver (through platformdirs) warns about XDG_RUNTIME_DIR on servers; harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+        except ImportError:
+            return _start_local_postgres(pgdata)
+        try:
+            # Outliving the process lets the CLI's short commands and a running
+            # gateway share one server.
+            server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL did not start ({exc}); set GATEWAY_DATABASE_URL"
+            ) from None
+    return str(server.get_uri())
+
+
+def _start_local_postgres(pgdata: Path) -> str:
+    bindir = _local_postgres_bin()
+    if bindir is None:
+        raise DatabaseUnavailable(
+            "no embedded PostgreSQL (pgserver is not installed) and no initdb/pg_ctl found;"
+            " set GATEWAY_DATABASE_URL"
+        )
+    socket_dir = pgdata / "run"
+    if not (pgdata / "PG_VERSION").exists():
+        _run([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust"])
+    socket_dir.mkdir(exist_ok=True)
+    status = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [str(bindir / "pg_ctl"), "-D", str(pgdata), "status"], capture_output=True, check=False
+    )
+    if status.returncode != 0:
+        options = f"-k {socket_dir} -c listen_addresses=''"
+        _run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-o",
+                options,
+                "-w",
+                "-l",
+                str(pgdata / "log"),
+                "start",
+            ]
+        )
+    return f"postgresql://postgres@/postgres?host={socket_dir}"
+
+
+def _local_postgres_bin() -> Path | None:
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    return None
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["failed"]
+        raise DatabaseUnavailable(f"{Path(argv[0]).name}: {last[0]}; set GATEWAY_DATABASE_URL")
+
+
+async def wait_until_ready(url: str, config: Config, attempts: int = 50) -> None:
+    for _ in range(attempts):
+        try:
+            conn = await connect(url, config)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            await asyncio.sleep(0.1)
+            continue
+        await conn.close()
+        return
+    raise DatabaseUnavailable(f"the database at {redact(url)} does not answer")
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)

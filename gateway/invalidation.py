@@ -1,0 +1,107 @@
+"""Cross-process cache invalidation through PostgreSQL LISTEN/NOTIFY.
+
+Writers call `notify()` inside their transaction, so the message goes out on
+commit. Each gateway process listens on a dedicated connection; NOTIFY is not
+replayed, so when that connection is lost and comes back the whole cache is
+flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from gateway.database import Conn
+from gateway.keystore import KeyStore
+from gateway.metrics import Metrics
+
+CHANNEL = "gateway_invalidation"
+log = logging.getLogger("gateway.invalidation")
+
+
+async def notify_key(conn: Conn, key_id: str, key_hash: bytes) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"key:{key_id}:{key_hash.hex()}")
+
+
+async def notify_user(conn: Conn, user_id: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"member:{user_id}")
+
+
+def apply(store: KeyStore, payload: str, metrics: Metrics) -> None:
+    kind, _, rest = payload.partition(":")
+    if kind == "key":
+        key_id, _, digest = rest.partition(":")
+        store.invalidate_key(key_id, bytes.fromhex(digest) if digest else None)
+    elif kind == "member":
+        store.invalidate_user(rest)
+    else:
+        return
+    metrics.invalidations.labels(kind).inc()
+
+
+class Listener:
+    """Keeps one LISTEN connection alive; flushes the cache whenever it is re-established."""
+
+    def __init__(
+        self, url: str, store: KeyStore, metrics: Metrics, *, check_interval: float = 0.5
+    ) -> None:
+        self._url = url
+        self._store = store
+        self._metrics = metrics
+        self._interval = check_interval
+        self._lost = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        apply(self._store, str(payload), self._metrics)
+
+    def _on_lost(self, _conn: Any) -> None:
+        self._lost.set()
+
+    async def run(self) -> None:
+        first = True
+        while True:
+            conn = await self._connect()
+            if not first:
+                # Messages sent while we were away are gone: forget everything.
+                self._store.flush()
+                self.reconnects += 1
+                self._metrics.invalidations.labels("flush").inc()
+                log.warning("invalidation listener reconnected; cache flushed")
+            first = False
+            self.connected.set()
+            try:
+                await self._watch(conn)
+            finally:
+                self.connected.clear()
+                conn.terminate()
+
+    async def _connect(self) -> asyncpg.Connection:
+        delay = 0.05
+        while True:
+            try:
+                conn = await asyncpg.connect(self._url, timeout=2)
+                self._lost.clear()
+                conn.add_termination_listener(self._on_lost)
+                await conn.add_listener(CHANNEL, self._on_notify)
+                return conn
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        """Return when the connection is gone or stops answering."""
+        while not conn.is_closed():
+            try:
+                await asyncio.wait_for(self._lost.wait(), self._interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await conn.fetchval("SELECT 1", timeout=self._interval * 2)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return

@@ -1,0 +1,247 @@
+"""Keys and memberships as the request path sees them: PostgreSQL behind TTL caches.
+
+Cache-aside, as Kong's key-auth does it: a hit makes no query; unknown keys are
+cached negatively; concurrent misses for one key share one query (single
+flight). Invalidations (LISTEN/NOTIFY) drop entries; the TTL is the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import asyncpg
+from cachetools import TTLCache
+
+from gateway.config import Cache
+from gateway.scopes import Catalogue
+
+Clock = Callable[[], float]
+Status = Literal["active", "expired", "revoked"]
+T = TypeVar("T")
+
+# After a failed query, answer 503 at once for this long instead of queueing
+# every request behind a connect timeout.
+_BACKOFF_SECONDS = 0.5
+_SELECT_KEY = (
+    "SELECT id::text AS id, user_id, name, scopes,"
+    " extract(epoch FROM expires_at)::float8 AS expires_at,"
+    " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
+)
+_KEY_BY_HASH = _SELECT_KEY + " WHERE key_hash = $1"
+_KEY_BY_ID = _SELECT_KEY + " WHERE id = $1::uuid"
+
+
+class StoreUnavailable(Exception):
+    """The database could not answer; the caller answers 503."""
+
+
+class Observer(Protocol):
+    """What the store reports, for metrics."""
+
+    def cache_event(self, cache: str, event: str) -> None: ...
+
+    def query_seconds(self, query: str, seconds: float) -> None: ...
+
+
+class _Quiet:
+    def cache_event(self, cache: str, event: str) -> None:
+        pass
+
+    def query_seconds(self, query: str, seconds: float) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    name: str
+    scopes: tuple[str, ...]  # as granted
+    effective: frozenset[str]  # closed under `implies`
+    expires_at: float | None
+    revoked_at: float | None  # may lie in the future (rotation grace)
+
+    def status(self, now: float) -> Status:
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+_MISSING = object()
+
+
+class _Cache:
+    """A TTL cache with single flight and a generation guard against stale fills."""
+
+    def __init__(self, name: str, maxsize: int, ttl: float, clock: Clock, observer: Observer):
+        self.name = name
+        self.entries: TTLCache[Hashable, Any] = TTLCache(maxsize, ttl, timer=clock)
+        self.inflight: dict[Hashable, asyncio.Future[Any]] = {}
+        self.generation = 0
+        self.observer = observer
+
+    def get(self, key: Hashable) -> Any:
+        value = self.entries.get(key, _MISSING)
+        self.observer.cache_event(self.name, "miss" if value is _MISSING else "hit")
+        return value
+
+    async def fill(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        pending = self.inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        generation = self.generation
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self.inflight[key]
+        # An invalidation that arrived during the query may concern this very row.
+        if generation == self.generation:
+            self.entries[key] = value
+        future.set_result(value)
+        return value
+
+    def drop(self, key: Hashable) -> None:
+        self.generation += 1
+        self.entries.pop(key, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self.entries.clear()
+
+
+class KeyStore:
+    """Looks up keys (by hash or id) and memberships, caching both."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        catalogue: Catalogue,
+        cache: Cache,
+        *,
+        clock: Clock = time.time,
+        observer: Observer | None = None,
+    ) -> None:
+        self._pool = pool
+        self._catalogue = catalogue
+        self._clock = clock
+        self._observer = observer or _Quiet()
+        size, ttl = cache.max_entries, cache.ttl_seconds
+        self._by_hash = _Cache("key", size, ttl, clock, self._observer)
+        self._by_id = _Cache("key_id", size, ttl, clock, self._observer)
+        self._unknown = _Cache(
+            "unknown_key", size, cache.negative_ttl_seconds, clock, self._observer
+        )
+        self._members = _Cache("membership", size, ttl, clock, self._observer)
+        self._down_until = 0.0
+        self.last_used: dict[str, float] = {}
+        self.queries = 0  # counted for tests and benchmarks: a hit makes none
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def by_hash(self, digest: bytes) -> KeyRecord | None:
+        record = self._by_hash.get(digest)
+        if record is not _MISSING:
+            return record  # type: ignore[no-any-return]
+        if self._unknown.entries.get(digest) is not None:
+            return None
+        record = await self._by_hash.fill(digest, lambda: self._load_key(_KEY_BY_HASH, digest))
+        if record is None:
+            self._unknown.entries[digest] = True
+        return record  # type: ignore[no-any-return]
+
+    async def by_id(self, key_id: str) -> KeyRecord | None:
+        record = self._by_id.get(key_id)
+        if record is not _MISSING:
+            return record  # type: ignore[no-any-return]
+        return await self._by_id.fill(key_id, lambda: self._load_key(_KEY_BY_ID, key_id))
+
+    async def memberships(self, user_id: str) -> frozenset[tuple[str, str]]:
+        found = self._members.get(user_id)
+        if found is not _MISSING:
+            return found  # type: ignore[no-any-return]
+        return await self._members.fill(user_id, lambda: self._load_memberships(user_id))
+
+    def touch(self, key_id: str) -> None:
+        """Note a use; `flush_last_used` writes them in one batch."""
+        self.last_used[key_id] = self._clock()
+
+    def invalidate_key(self, key_id: str, digest: bytes | None) -> None:
+        self._by_id.drop(key_id)
+        if digest is not None:
+            self._by_hash.drop(digest)
+            self._unknown.drop(digest)
+        else:
+            self._by_hash.clear()
+
+    def invalidate_user(self, user_id: str) -> None:
+        self._members.drop(user_id)
+
+    def flush(self) -> None:
+        for cache in (self._by_hash, self._by_id, self._unknown, self._members):
+            cache.clear()
+
+    async def _load_key(self, sql: str, value: object) -> KeyRecord | None:
+        row = await self._query("key", lambda conn: conn.fetchrow(sql, value))
+        if row is None:
+            return None
+        return KeyRecord(
+            id=row["id"],
+            user_id=row["user_id"],
+            name=row["name"],
+            scopes=tuple(row["scopes"]),
+            effective=self._catalogue.closure(row["scopes"]),
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+        )
+
+    async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:
+        sql = "SELECT resource_type, resource_id FROM memberships WHERE user_id = $1"
+        rows = await self._query("membership", lambda conn: conn.fetch(sql, user_id))
+        return frozenset((row["resource_type"], row["resource_id"]) for row in rows)
+
+    async def _query(self, name: str, run: Callable[[Any], Awaitable[T]]) -> T:
+        if self._clock() < self._down_until:
+            raise StoreUnavailable(name)
+        started = time.perf_counter()
+        self.queries += 1
+        try:
+            async with self._pool.acquire() as conn:
+                return await run(conn)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._down_until = self._clock() + _BACKOFF_SECONDS
+            raise StoreUnavailable(name) from None
+        finally:
+            self._observer.query_seconds(name, time.perf_counter() - started)
+
+    async def flush_last_used(self) -> int:
+        """Write the batched last-use times in one statement; returns how many."""
+        pending, self.last_used = self.last_used, {}
+        if not pending:
+            return 0
+        sql = (
+            "UPDATE api_keys AS k SET last_used_at = to_timestamp(u.t)"
+            " FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)"
+            " WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))"
+        )
+        try:
+            await self._query(
+                "last_used", lambda c: c.execute(sql, list(pending), list(pending.values()))
+            )
+        except StoreUnavailable:
+            # Keep them for the next round; newer uses win.
+            self.last_used = {**pending, **self.last_used}
+            return 0
+        return len(pending)

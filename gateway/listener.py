@@ -1,0 +1,57 @@
+"""The proxy listener: aiohttp's low-level server with our protocol limits.
+
+aiohttp answers parser errors in text/plain and calls an over-long header line
+a 400; here they are problem+json, and header size is a 431. The keep-alive
+timer, which aiohttp arms from the accept and from the end of each response,
+closes a connection whose headers are not complete in time (slowloris).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import LineTooLong
+
+from gateway.config import Limits
+from gateway.problems import Problem
+
+log = logging.getLogger("gateway.listener")
+
+
+class GuardedHandler(web_protocol.RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        if isinstance(exc, LineTooLong):
+            problem = Problem(431, "headers-too-large", "the request headers are too large")
+        elif status == 400:
+            problem = Problem(400, "bad-request", "the request could not be parsed")
+        else:
+            log.error("error handling a request", exc_info=exc)
+            problem = Problem(500, "internal-error", "the gateway failed to handle the request")
+        response = problem.response("-")
+        response.force_close()
+        return response
+
+
+class GuardedServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+
+def server(handler: Any, limits: Limits) -> GuardedServer:
+    return GuardedServer(
+        handler,
+        keepalive_timeout=limits.header_timeout_seconds,
+        max_line_size=limits.max_header_bytes,
+        max_field_size=limits.max_header_bytes,
+        access_log=None,
+    )

@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per application (no global collectors).
+
+Labels are bounded: route names (from the policy, `unmatched` otherwise), status
+codes and fixed names. Never a raw path, never a credential.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Proxied requests", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to response start",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache = Counter(
+            "gateway_cache_events", "Cache hits and misses", ["cache", "event"], registry=r
+        )
+        self.db_query = Histogram(
+            "gateway_db_query_duration_seconds", "Database query time", ["query"], registry=r
+        )
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads", "Policy reload attempts", ["result"], registry=r
+        )
+        self.policy_routes = Gauge("gateway_policy_routes", "Routes in the active set", registry=r)
+        self.invalidations = Counter(
+            "gateway_invalidations", "Cache invalidations received", ["kind"], registry=r
+        )
+        self.denials = Counter("gateway_denials", "Requests refused", ["reason"], registry=r)
+        self._cache_children = {}
+        for cache in ("key", "key_id", "unknown_key", "membership"):
+            for event in ("hit", "miss"):
+                self._cache_children[cache, event] = self.cache.labels(cache, event)
+
+    # The keystore's Observer protocol.
+    def cache_event(self, cache: str, event: str) -> None:
+        self._cache_children[cache, event].inc()
+
+    def query_seconds(self, query: str, seconds: float) -> None:
+        self.db_query.labels(query).observe(seconds)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,204 @@
+"""The OpenAPI 3.1 document of the admin API, served at /admin/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_KEY = {
+    "type": "object",
+    "required": ["id", "user_id", "name", "scopes", "display_prefix", "status", "created_at"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "scopes": {"type": "array", "items": {"type": "string"}},
+        "display_prefix": {"type": "string"},
+        "status": {"enum": ["active", "expired", "revoked"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": _TIME,
+        "revoked_at": _TIME,
+        "last_used_at": _TIME,
+    },
+}
+_NEW_KEY = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Key"},
+        {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
+    ]
+}
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_MEMBERSHIP = {
+    "type": "object",
+    "required": ["user_id", "resource_type", "resource_id"],
+    "additionalProperties": False,
+    "properties": {
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "resource_type": {"enum": ["organization", "project"]},
+        "resource_id": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+}
+_CREATE = {
+    "type": "object",
+    "required": ["user_id", "name", "scopes"],
+    "additionalProperties": False,
+    "properties": {
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "scopes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+        "expires_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+_ERRORS = {
+    "400": _problem("Malformed JSON or not an object"),
+    "401": _problem("Missing or wrong admin token"),
+    "422": _problem("Invalid fields"),
+    "503": _problem("Admin API disabled or database unavailable"),
+}
+_KEY_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "gateway admin API", "version": "1"},
+    "components": {
+        "schemas": {"Key": _KEY, "NewKey": _NEW_KEY, "Problem": _PROBLEM},
+        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+    },
+    "security": [{"admin": []}],
+    "paths": {
+        "/admin/v1/keys": {
+            "post": {
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _CREATE}},
+                },
+                "responses": {
+                    "201": {"description": "Created", "content": _json("NewKey")},
+                    **_ERRORS,
+                },
+            },
+            "get": {
+                "parameters": [
+                    {
+                        "name": "user_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The user's keys",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["keys"],
+                                    "properties": {
+                                        "keys": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Key"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            },
+        },
+        "/admin/v1/keys/{id}": {
+            "get": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "200": {"description": "The key", "content": _json("Key")},
+                    "404": _problem("No such key"),
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "204": {"description": "Revoked"},
+                    "404": _problem("No such key"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/admin/v1/keys/{id}/rotate": {
+            "post": {
+                "parameters": _KEY_ID,
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "grace_seconds": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "maximum": 2592000,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {"description": "The new key", "content": _json("NewKey")},
+                    "404": _problem("No such key"),
+                    "409": _problem("The key is not active"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/admin/v1/memberships": {
+            method: {
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _MEMBERSHIP}},
+                },
+                "responses": {"204": {"description": "Done"}, **_ERRORS},
+            }
+            for method in ("put", "delete")
+        },
+        "/admin/v1/openapi.json": {"get": {"responses": {"200": {"description": "This document"}}}},
+    },
+}

@@ -1,0 +1,282 @@
+"""Route policies: every `policies/*.yaml` file, validated whole into one `PolicySet`.
+
+A set with any error is refused whole; `PolicyError` lists each problem with its
+file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from gateway.routing import ANY_METHOD, TAIL, Route, Router, conflicts
+from gateway.scopes import Catalogue
+
+MAX_FILE_BYTES = 1024 * 1024
+# Aliases make a small file a huge document; bound what a walk may visit.
+MAX_NODES = 100_000
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
+
+
+class PolicyError(Exception):
+    """The policy set cannot be used; `problems` are "file:line: reason" lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class MemberOf(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    organization: str | None = None
+    project: str | None = None
+
+
+class RouteSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    methods: list[str]
+    path: str
+    name: str | None = None
+    scopes: list[str] = msgspec.field(default_factory=list)
+    member_of: MemberOf | None = None
+    public: bool = False
+    upstream: str | None = None
+
+
+class PolicyFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    routes: list[RouteSpec]
+    upstream: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    router: Router
+    version: str  # content hash: the same files give the same version
+    files: tuple[str, ...]
+
+
+def load_dir(directory: Path, catalogue: Catalogue, upstreams: frozenset[str]) -> PolicySet:
+    """Parse and validate every `*.yaml` in `directory` into one route table."""
+    if not directory.is_dir():
+        raise PolicyError([f"{directory}: not a directory"])
+    files = sorted(directory.glob("*.yaml"))
+    routes: list[Route] = []
+    problems: list[str] = []
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            text = _read(path)
+            digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
+            routes += _FileLoader(path, text, catalogue, upstreams).routes()
+        except PolicyError as exc:
+            problems += exc.problems
+    problems += _cross_file_problems(routes)
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(Router(routes), digest.hexdigest()[:12], tuple(p.name for p in files))
+
+
+def _read(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise PolicyError([f"{path}: larger than {MAX_FILE_BYTES} bytes"])
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([f"{path}: cannot read: {exc}"]) from None
+
+
+def _cross_file_problems(routes: list[Route]) -> list[str]:
+    problems = [
+        f"{second.source}: route {second.name!r} is ambiguous with {first.name!r} at "
+        f"{first.source} (same path shape, overlapping methods)"
+        for first, second in conflicts(routes)
+    ]
+    seen: dict[str, Route] = {}
+    for route in routes:
+        if route.name in seen:
+            problems.append(
+                f"{route.source}: duplicate route name {route.name!r}"
+                f" (first at {seen[route.name].source})"
+            )
+        seen.setdefault(route.name, route)
+    return problems
+
+
+class _FileLoader:
+    def __init__(self, path: Path, text: str, catalogue: Catalogue, upstreams: frozenset[str]):
+        self.path = path
+        self.text = text
+        self.catalogue = catalogue
+        self.upstreams = upstreams
+        self.root: yaml.Node | None = None
+
+    def fail(self, where: str | int, reason: str) -> PolicyError:
+        line = where if isinstance(where, int) else self.line_of(where)
+        return PolicyError([f"{self.path}:{line}: {reason}"])
+
+    def routes(self) -> list[Route]:
+        data = self._parse()
+        try:
+            spec = msgspec.convert(data, PolicyFile)
+        except msgspec.ValidationError as exc:
+            reason, _, where = str(exc).rpartition(" - at ")
+            where = where.strip("`")
+            unknown = re.match(r"Object contains unknown field `(.+)`", reason)
+            if unknown:
+                where += "." + unknown[1]
+            raise self.fail(where, reason or str(exc)) from None
+        out: list[Route] = []
+        problems: list[str] = []
+        for index, route_spec in enumerate(spec.routes):
+            try:
+                out.append(self._route(index, route_spec, spec.upstream))
+            except PolicyError as exc:
+                problems += exc.problems
+        if problems:
+            raise PolicyError(problems)
+        return out
+
+    def _parse(self) -> Any:
+        loader = yaml.SafeLoader(self.text)
+        try:
+            self.root = loader.get_single_node()
+            if self.root is None:
+                raise self.fail(1, "empty policy file")
+            self._check_nodes(self.root)
+            return loader.construct_document(self.root)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 1
+            raise self.fail(line, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        finally:
+            loader.dispose()
+
+    def _check_nodes(self, root: yaml.Node) -> None:
+        for count, node in enumerate(_walk(root)):
+            if count > MAX_NODES:
+                raise self.fail(1, f"document expands to more than {MAX_NODES} nodes (aliases?)")
+            if isinstance(node, yaml.MappingNode):
+                seen: set[object] = set()
+                for key_node, _ in node.value:
+                    if key_node.value in seen:
+                        line = key_node.start_mark.line + 1
+                        raise self.fail(line, f"duplicate key {key_node.value!r}")
+                    if isinstance(key_node, yaml.ScalarNode):
+                        seen.add(key_node.value)
+
+    def line_of(self, where: str) -> int:
+        """The line of a msgspec-style path such as `$.routes[1].scopes[0]`."""
+        node = self.root
+        for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", where):
+            child = _child(node, name, index)
+            if child is None:
+                break
+            node = child
+        return node.start_mark.line + 1 if node is not None else 1
+
+    def _route(self, index: int, spec: RouteSpec, file_upstream: str | None) -> Route:
+        at = f"$.routes[{index}]"
+        shape, params = self._template(at, spec.path)
+        methods = self._methods(at, spec.methods)
+        member_of = self._member_of(at, spec, params)
+        unknown = self.catalogue.unknown(spec.scopes)
+        if unknown:
+            raise self.fail(f"{at}.scopes", f"unknown scope {unknown[0]!r}")
+        if spec.public and (spec.scopes or member_of):
+            raise self.fail(at, "a public route cannot require scopes or membership")
+        upstream = spec.upstream or file_upstream
+        if upstream is None:
+            raise self.fail(at, "no upstream: set `upstream` on the route or the file")
+        if upstream not in self.upstreams:
+            raise self.fail(f"{at}.upstream", f"unknown upstream {upstream!r}")
+        line = self.line_of(at)
+        return Route(
+            name=spec.name or f"{self.path.stem}:{line}",
+            methods=methods,
+            template=spec.path,
+            shape=shape,
+            params=params,
+            scopes=frozenset(spec.scopes),
+            member_of=member_of,
+            public=spec.public,
+            upstream=upstream,
+            source=f"{self.path.name}:{line}",
+        )
+
+    def _template(self, at: str, path: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
+        if not path.startswith("/"):
+            raise self.fail(f"{at}.path", "path must start with /")
+        parts = path[1:].split("/") if path != "/" else []
+        shape: list[str | None] = []
+        params: list[str] = []
+        for i, part in enumerate(parts):
+            param = _PARAM.fullmatch(part)
+            if param is None:
+                if not part or "{" in part or "}" in part or part in {".", ".."} or "%" in part:
+                    raise self.fail(f"{at}.path", f"invalid path segment {part!r}")
+                shape.append(part)
+                continue
+            if param[1] in params:
+                raise self.fail(f"{at}.path", f"parameter {param[1]!r} appears twice")
+            if param[2] and i != len(parts) - 1:
+                raise self.fail(f"{at}.path", "{name...} must be the last segment")
+            params.append(param[1])
+            shape.append(TAIL if param[2] else None)
+        return tuple(shape), tuple(params)
+
+    def _methods(self, at: str, methods: list[str]) -> frozenset[str]:
+        if not methods:
+            raise self.fail(f"{at}.methods", "at least one method is required")
+        for method in methods:
+            if method != ANY_METHOD and not _METHOD.fullmatch(method):
+                raise self.fail(f"{at}.methods", f"{method!r} is not an upper-case method")
+        if ANY_METHOD in methods and len(methods) > 1:
+            raise self.fail(f"{at}.methods", "`*` stands alone")
+        return frozenset(methods)
+
+    def _member_of(
+        self, at: str, spec: RouteSpec, params: tuple[str, ...]
+    ) -> tuple[tuple[str, str], ...]:
+        if spec.member_of is None:
+            return ()
+        pairs = [
+            (kind, param)
+            for kind, param in (
+                ("organization", spec.member_of.organization),
+                ("project", spec.member_of.project),
+            )
+            if param is not None
+        ]
+        for kind, param in pairs:
+            if param not in params:
+                raise self.fail(
+                    f"{at}.member_of.{kind}", f"member_of names {param!r}, not a path parameter"
+                )
+        return tuple(pairs)
+
+
+def _walk(root: yaml.Node) -> Iterator[yaml.Node]:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
+def _child(node: yaml.Node | None, name: str, index: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and name:
+        return next((v for k, v in node.value if getattr(k, "value", None) == name), None)
+    if isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+        child: yaml.Node = node.value[int(index)]
+        return child
+    return None

@@ -1,0 +1,183 @@
+"""Step 6: forward to the upstream and stream both ways.
+
+The credential and every header a client could use to impersonate someone
+(`X-Gateway-*`, method overrides, forwarding headers) are removed before the
+identity is added; the path the policy checked is the path sent, byte for byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.authn import Principal
+from gateway.config import Upstream
+from gateway.problems import Problem
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded: the credential, method overrides (the policy checked the real
+# method), and forwarding headers a client could forge; we set our own.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "authorization",
+    "x-api-key",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    name: str
+    base: str  # scheme://host:port[/prefix] without a trailing slash
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def of(cls, name: str, upstream: Upstream) -> UpstreamTarget:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=upstream.connect_timeout_seconds,
+            sock_read=upstream.timeout_seconds,
+        )
+        return cls(name, upstream.url.rstrip("/"), timeout)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def request_headers(
+    request: web.BaseRequest, principal: Principal | None, request_id: str
+) -> CIMultiDict[str]:
+    """The headers sent upstream."""
+    incoming = request.headers
+    named = _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
+            continue
+        out.add(name, value)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    out["X-Forwarded-For"] = peer[0] if peer else "unknown"
+    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Forwarded-Host"] = incoming.get("Host", "")
+    out["X-Request-Id"] = request_id
+    if principal is not None:
+        out["X-Gateway-User-Id"] = principal.user_id
+        out["X-Gateway-Key-Id"] = principal.key_id
+        out["X-Gateway-Scopes"] = principal.scope_header
+        out["X-Gateway-Auth"] = principal.auth
+    return out
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", [])
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge
+        yield chunk
+
+
+class Forwarder:
+    """One client session for all upstreams: pooled keep-alive, no cookies, no decompression."""
+
+    def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int) -> None:
+        self._session = session
+        self._max_body = max_body_bytes
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        raw_target: str,
+        upstream: UpstreamTarget,
+        headers: CIMultiDict[str],
+        extra: dict[str, str],
+        timing: dict[str, float],
+    ) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise Problem(413, "body-too-large", "the request body is too large")
+        body = None
+        if request.body_exists:
+            body = _limited(request.content, self._max_body)
+        url = URL(upstream.base + raw_target, encoded=True)
+        started = time.perf_counter()
+        try:
+            upstream_response = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=upstream.timeout,
+            )
+        except BodyTooLarge:
+            raise Problem(413, "body-too-large", "the request body is too large") from None
+        except TimeoutError:
+            raise Problem(504, "upstream-timeout", f"upstream {upstream.name} timed out") from None
+        except aiohttp.ClientError:
+            raise Problem(502, "upstream-unreachable", f"upstream {upstream.name} failed") from None
+        finally:
+            timing["upstream_ms"] = (time.perf_counter() - started) * 1000
+        async with upstream_response:
+            return await _relay(request, upstream_response, extra)
+
+
+async def _relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, extra: dict[str, str]
+) -> web.StreamResponse:
+    named = _connection_tokens(upstream.headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if lower not in _RESPONSE_DROP and lower not in named:
+            response.headers.add(name, value)
+    response.headers.update(extra)
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            await response.write(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        # The status is already sent: cutting the connection is the only honest
+        # signal left, so the client cannot mistake a truncated body for a whole one.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,87 @@
+"""Step 1 of the pipeline: refuse requests the gateway cannot treat safely.
+
+What is refused here never reaches matching, so the path the policy sees is
+unambiguous and is the exact path sent upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from gateway.problems import Problem, bad_request
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+# RFC 3986 pchar plus "/" — everything else must arrive percent-encoded.
+_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+_QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Encoded "/", "\", "." and "%" (double encoding), and encoded control characters.
+_ENCODED_FORBIDDEN = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
+_VERSIONS = frozenset({(1, 0), (1, 1)})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    raw: str  # path and query exactly as received, forwarded byte for byte
+    path: str  # the raw path, without the query
+    segments: list[str]  # decoded, what the routes are matched against
+
+
+def check(request: web.BaseRequest, max_header_bytes: int) -> Target:
+    """The request's target if it is safe to route; raises a 400/431 `Problem`."""
+    _check_message(request, max_header_bytes)
+    raw = request.raw_path
+    path, sep, query = raw.partition("?")
+    if sep and _QUERY_FORBIDDEN.search(query):
+        raise bad_request("bad-query", "the query has characters that must be percent-encoded")
+    return Target(raw, path, split_path(path))
+
+
+def _check_message(request: web.BaseRequest, max_header_bytes: int) -> None:
+    if request.version not in _VERSIONS:
+        raise bad_request("bad-protocol", "only HTTP/1.0 and HTTP/1.1 are served")
+    if not _METHOD.fullmatch(request.method):
+        raise bad_request("bad-method", "the method must be an upper-case token")
+    size = len(request.method) + len(request.raw_path) + 11
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4
+    if size > max_header_bytes:
+        raise Problem(431, "headers-too-large", "the request headers are too large")
+    headers = request.headers
+    lengths = headers.getall("Content-Length", [])
+    encodings = headers.getall("Transfer-Encoding", [])
+    if lengths and encodings:
+        raise bad_request("bad-framing", "both Content-Length and Transfer-Encoding")
+    if len(lengths) > 1 or len(encodings) > 1:
+        raise bad_request("bad-framing", "repeated framing header")
+    if encodings and encodings[0].strip().lower() != "chunked":
+        raise bad_request("bad-framing", "only chunked transfer-encoding is accepted")
+
+
+def split_path(path: str) -> list[str]:
+    """Decoded path segments; raises a 400 `Problem` for anything ambiguous."""
+    if not _PATH.fullmatch(path):
+        raise bad_request("bad-path", "the path has characters that must be percent-encoded")
+    if path == "/":
+        return []
+    if "%" in path:
+        if _PERCENT.search(path):
+            raise bad_request("bad-path", "malformed percent-encoding")
+        if _ENCODED_FORBIDDEN.search(path):
+            raise bad_request("bad-path", "encoded '/', '\\', '.', '%' or control character")
+    segments = path[1:].split("/")
+    for i, segment in enumerate(segments):
+        if not segment and i != len(segments) - 1:
+            raise bad_request("bad-path", "empty path segment")
+        if segment.partition(";")[0] in (".", ".."):
+            raise bad_request("bad-path", "dot segment in the path")
+    if "%" not in path:
+        return segments
+    try:
+        return [unquote(segment, errors="strict") for segment in segments]
+    except UnicodeDecodeError:
+        raise bad_request("bad-path", "percent-encoding is not UTF-8") from None

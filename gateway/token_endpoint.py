@@ -1,0 +1,103 @@
+"""`POST /auth/actor-tokens` and `GET /.well-known/jwks.json` on the proxy listener."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.authn import Principal
+from gateway.config import Tokens
+from gateway.problems import Problem, bad_request, invalid_fields
+from gateway.tokens import Signer
+
+MINT_SCOPE = "actor_tokens:create"
+MAX_BODY = 64 * 1024
+_encode = msgspec.json.Encoder().encode
+
+
+class TokenEndpoint:
+    def __init__(self, signer: Signer, settings: Tokens) -> None:
+        self._signer = signer
+        self._settings = settings
+        self.jwks_body = _encode(signer.jwks)
+
+    def jwks(self) -> web.Response:
+        return web.Response(
+            body=self.jwks_body,
+            content_type="application/json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    async def mint(self, request: web.BaseRequest, principal: Principal) -> web.Response:
+        if principal.auth != "api_key":
+            raise Problem(403, "actor-cannot-mint", "an actor token cannot mint actor tokens")
+        if MINT_SCOPE not in principal.scopes:
+            raise Problem(403, "insufficient-scope", f"the key lacks the scope {MINT_SCOPE}")
+        body = await _json_body(request)
+        scopes, ttl = self._validate(body, principal)
+        token = self._signer.mint(principal.user_id, principal.key_id, scopes, ttl)
+        payload = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": " ".join(sorted(scopes)),
+        }
+        return web.Response(
+            status=201,
+            body=_encode(payload),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def _validate(self, body: dict[str, Any], principal: Principal) -> tuple[list[str], int]:
+        errors: list[tuple[str, str]] = []
+        unknown = sorted(set(body) - {"scopes", "ttl_seconds"})
+        errors += [(name, "unknown field") for name in unknown]
+        ttl = body.get("ttl_seconds", self._settings.default_ttl_seconds)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+            errors.append(("ttl_seconds", "must be a positive integer"))
+        elif ttl > self._settings.max_ttl_seconds:
+            errors.append(("ttl_seconds", f"must be at most {self._settings.max_ttl_seconds}"))
+        default = sorted(principal.scopes - {MINT_SCOPE})
+        scopes = body.get("scopes", default)
+        if not isinstance(scopes, list):
+            errors.append(("scopes", "must be a list of scopes"))
+        else:
+            errors += [
+                (f"scopes[{i}]", "must be a string")
+                for i, s in enumerate(scopes)
+                if not isinstance(s, str)
+            ]
+        if errors:
+            raise invalid_fields(errors)
+        assert isinstance(scopes, list) and isinstance(ttl, int)
+        missing = sorted(set(scopes) - (principal.scopes - {MINT_SCOPE}))
+        if missing:
+            raise Problem(
+                403,
+                "scope-not-held",
+                "cannot grant scopes the key does not hold: " + " ".join(missing),
+                extra={"missing_scopes": missing},
+            )
+        return sorted(set(scopes)), ttl
+
+
+async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Problem(413, "body-too-large", "the request body is too large")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise Problem(413, "body-too-large", "the request body is too large")
+    if not raw.strip():
+        return {}
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise bad_request("malformed-json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("malformed-json", "the body must be a JSON object")
+    return body

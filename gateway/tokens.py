@@ -1,0 +1,193 @@
+"""Actor tokens: short-lived JWTs minted for a key, published keys (JWKS), verification.
+
+Only our own keys and algorithms verify: `kid` must be one of ours, `alg` must
+be that key's, and headers that point elsewhere (`jku`, `jwk`, `x5u`, `x5c`) or
+demand unknown processing (`crit`) are refused before any signature check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cachetools import TTLCache
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import get_default_algorithms
+
+from gateway.config import Tokens
+
+log = logging.getLogger("gateway.tokens")
+LEEWAY_SECONDS = 30
+MAX_TOKEN_BYTES = 8192
+_FORBIDDEN_HEADERS = ("jku", "jwk", "x5u", "x5c", "crit")
+_KEY_SUBJECT = re.compile(r"api_key:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+_REQUIRED = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "act")
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class TokenRejected(Exception):
+    """`reason` is `expired` or `invalid`; never carries the token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    alg: str
+    private_key: PrivateKey
+
+    @property
+    def public_key(self) -> Any:
+        return self.private_key.public_key()
+
+    def jwk(self) -> dict[str, Any]:
+        algorithm = get_default_algorithms()[self.alg]
+        jwk: dict[str, Any] = algorithm.to_jwk(self.public_key, as_dict=True)
+        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
+
+
+@dataclass(frozen=True, slots=True)
+class ActorClaims:
+    user_id: str
+    key_id: str
+    scopes: frozenset[str]
+    expires_at: float
+    not_before: float
+
+
+def algorithm_for(key: PrivateKey) -> str:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return "RS256"
+    raise ValueError("signing keys must be Ed25519, EC P-256 or RSA of at least 2048 bits")
+
+
+def load_key(kid: str, path: Path) -> SigningKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, PrivateKey):
+        raise ValueError("signing keys must be Ed25519, EC P-256 or RSA of at least 2048 bits")
+    return SigningKey(kid, algorithm_for(key), key)
+
+
+def generate_pem(alg: str) -> bytes:
+    key: PrivateKey
+    if alg == "EdDSA":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif alg == "ES256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif alg == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    else:
+        raise ValueError(f"unsupported algorithm {alg!r}; use EdDSA, ES256 or RS256")
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def dev_key(state_dir: Path) -> SigningKey:
+    """The generated development key, created on first use under the state directory."""
+    path = state_dir / "dev-signing-key.pem"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(generate_pem("EdDSA"))
+    log.warning("no tokens.signing_keys configured: using the development key %s", path)
+    return load_key("dev", path)
+
+
+class Signer:
+    """Mints and verifies actor tokens with the configured keys; the first one signs."""
+
+    def __init__(self, keys: Sequence[SigningKey], settings: Tokens, clock: Any = time.time):
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        self._keys = {key.kid: key for key in keys}
+        self._active = keys[0]
+        self._settings = settings
+        self._clock = clock
+        self._verified: TTLCache[bytes, ActorClaims] = TTLCache(10_000, 60, timer=clock)
+        self.jwks = {"keys": [key.jwk() for key in keys]}
+
+    def mint(self, user_id: str, key_id: str, scopes: Sequence[str], ttl: int) -> str:
+        now = int(self._clock())
+        claims = {
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+            "sub": user_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": str(uuid.uuid4()),
+            "scope": " ".join(sorted(scopes)),
+            "act": {"sub": f"api_key:{key_id}"},
+        }
+        headers = {"kid": self._active.kid, "typ": "JWT"}
+        return jwt.encode(claims, self._active.private_key, self._active.alg, headers=headers)
+
+    def verify(self, token: str) -> ActorClaims:
+        digest = hashlib.sha256(token.encode()).digest()
+        claims = self._verified.get(digest)
+        if claims is None:
+            claims = self._decode(token)
+            self._verified[digest] = claims
+        now = self._clock()
+        if now > claims.expires_at + LEEWAY_SECONDS:
+            raise TokenRejected("expired")
+        if now < claims.not_before - LEEWAY_SECONDS:
+            raise TokenRejected("invalid")
+        return claims
+
+    def _decode(self, token: str) -> ActorClaims:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenRejected("invalid")
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._keys.get(header.get("kid"))  # type: ignore[arg-type]
+            if key is None or header.get("alg") != key.alg or header.get("typ") != "JWT":
+                raise TokenRejected("invalid")
+            if any(name in header for name in _FORBIDDEN_HEADERS):
+                raise TokenRejected("invalid")
+            # exp/nbf are checked by verify() with the injected clock.
+            payload = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[key.alg],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                options={"require": list(_REQUIRED), "verify_exp": False, "verify_nbf": False},
+            )
+        except jwt.PyJWTError:
+            raise TokenRejected("invalid") from None
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> ActorClaims:
+    act, scope, sub = payload["act"], payload["scope"], payload["sub"]
+    subject = _KEY_SUBJECT.fullmatch(act.get("sub", "")) if isinstance(act, dict) else None
+    numbers = (payload["exp"], payload["nbf"])
+    if (
+        subject is None
+        or not isinstance(scope, str)
+        or not isinstance(sub, str)
+        or not all(isinstance(n, int | float) for n in numbers)
+    ):
+        raise TokenRejected("invalid")
+    return ActorClaims(
+        sub, subject[1], frozenset(scope.split()), float(numbers[0]), float(numbers[1])
+    )

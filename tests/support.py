@@ -1,0 +1,216 @@
+"""Real parts for tests: a recording upstream, a running gateway, databases."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway import management
+from gateway.app import Options, create_app
+from gateway.appkeys import POOL, PROXY_ADDRESS, SCOPES, STORE
+from gateway.config import Config
+from gateway.keystore import KeyStore
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@dataclass
+class Received:
+    method: str
+    raw_path: str
+    version: tuple[int, int]
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    """An HTTP server on loopback that keeps every request it is sent."""
+
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+    # Per-path behaviour: "stall" (never answer), "slow-body", "reset", "big:<n>".
+    delay_seconds: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(
+            Received(request.method, request.raw_path, request.version, CIMultiDict(request.headers), body)
+        )
+        path = request.path
+        if path.startswith("/stall"):
+            await asyncio.sleep(3600)
+        if path.startswith("/reset"):
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if path.startswith("/slow-body"):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"first")
+            await asyncio.sleep(3600)
+            return response
+        if path.startswith("/big/"):
+            size = int(path.rsplit("/", 1)[1])
+            return web.Response(body=_pattern(size), content_type="application/octet-stream")
+        if path.startswith("/echo-body"):
+            return web.Response(body=body, content_type="application/octet-stream")
+        headers = {"Set-Cookie": "upstream=1", "Connection": "close, X-Secret-Hop", "X-Secret-Hop": "1"}
+        return web.json_response(
+            {"method": request.method, "path": request.raw_path, "headers": dict(request.headers)},
+            headers=headers if path.startswith("/hop") else None,
+        )
+
+    def count(self, path_prefix: str = "") -> int:
+        return sum(1 for r in self.received if r.raw_path.startswith(path_prefix))
+
+
+def _pattern(size: int) -> bytes:
+    chunk = bytes(range(256))
+    return (chunk * (size // 256 + 1))[:size]
+
+
+@asynccontextmanager
+async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
+    upstream = RecordingUpstream()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    upstream.url = f"http://{host}:{port}"
+    try:
+        yield upstream
+    finally:
+        await runner.cleanup()
+
+
+def make_config(
+    tmp_path: Path, database_url: str, upstream_url: str, policies: Path | None = None, **extra: Any
+) -> Config:
+    policy_dir = tmp_path / "policies"
+    if not policy_dir.exists():
+        shutil.copytree(policies or ROOT / "policies", policy_dir)
+    raw: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "database": {"url": database_url, "min_pool_size": 1, "max_pool_size": 5},
+        "policies": {"dir": str(policy_dir), "reload": True},
+        "upstreams": {"core": {"url": upstream_url, "timeout_seconds": 2, "connect_timeout_seconds": 1}},
+        "base_dir": str(tmp_path),
+        "admin_token": ADMIN_TOKEN,
+    }
+    for key, value in extra.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return msgspec.convert(raw, Config)
+
+
+@dataclass
+class RunningGateway:
+    app: web.Application
+    proxy: str
+    admin: str
+    config: Config
+
+    @property
+    def store(self) -> KeyStore:
+        return self.app[STORE]
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.app[POOL]
+
+    async def create_key(
+        self, user_id: str, scopes: list[str], name: str = "test", **extra: Any
+    ) -> dict[str, Any]:
+        spec = management.validate_key(
+            {"user_id": user_id, "name": name, "scopes": scopes, **extra},
+            self.app[SCOPES],
+            __import__("datetime").datetime.now(__import__("datetime").UTC),
+        )
+        assert not isinstance(spec, list), spec
+        async with self.pool.acquire() as conn:
+            return await management.create_key(conn, spec, self.config.keys.prefix)
+
+    async def member(self, user_id: str, kind: str, resource: str, *, member: bool = True) -> None:
+        async with self.pool.acquire() as conn:
+            await management.set_membership(conn, user_id, kind, resource, member=member)
+
+
+@asynccontextmanager
+async def running_gateway(config: Config, options: Options | None = None) -> AsyncIterator[RunningGateway]:
+    options = options or Options(listener_check_interval=0.1, last_used_interval=3600)
+    app = create_app(config, options)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        proxy_host, proxy_port = app[PROXY_ADDRESS]
+        yield RunningGateway(app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config)
+    finally:
+        await runner.cleanup()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+async def raw_request(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send bytes as they are; return everything the server answers until it closes or pauses."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                break
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
+async def session_get(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with session.get(url, **kwargs) as response:
+        return response.status, await response.json(content_type=None)
