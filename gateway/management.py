@@ -173,9 +173,7 @@ async def revoke_key(conn: Conn, key_id: str) -> None:
         await notify_key(conn, str(row["id"]), bytes(row["key_hash"]))
 
 
-async def rotate_key(
-    conn: Conn, key_id: str, grace_seconds: int, prefix: str
-) -> dict[str, Any]:
+async def rotate_key(conn: Conn, key_id: str, grace_seconds: int, prefix: str) -> dict[str, Any]:
     """A new key with the same name, user and scopes; the old one ends after the grace."""
     async with conn.transaction():
         old = await conn.fetchrow(

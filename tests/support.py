@@ -48,7 +48,13 @@ class RecordingUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append(
-            Received(request.method, request.raw_path, request.version, CIMultiDict(request.headers), body)
+            Received(
+                request.method,
+                request.raw_path,
+                request.version,
+                CIMultiDict(request.headers),
+                body,
+            )
         )
         path = request.path
         if path.startswith("/stall"):
@@ -68,7 +74,11 @@ class RecordingUpstream:
             return web.Response(body=_pattern(size), content_type="application/octet-stream")
         if path.startswith("/echo-body"):
             return web.Response(body=body, content_type="application/octet-stream")
-        headers = {"Set-Cookie": "upstream=1", "Connection": "close, X-Secret-Hop", "X-Secret-Hop": "1"}
+        headers = {
+            "Set-Cookie": "upstream=1",
+            "Connection": "close, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+        }
         return web.json_response(
             {"method": request.method, "path": request.raw_path, "headers": dict(request.headers)},
             headers=headers if path.startswith("/hop") else None,
@@ -112,7 +122,9 @@ def make_config(
         "admin": {"host": "127.0.0.1", "port": 0},
         "database": {"url": database_url, "min_pool_size": 1, "max_pool_size": 5},
         "policies": {"dir": str(policy_dir), "reload": True},
-        "upstreams": {"core": {"url": upstream_url, "timeout_seconds": 2, "connect_timeout_seconds": 1}},
+        "upstreams": {
+            "core": {"url": upstream_url, "timeout_seconds": 2, "connect_timeout_seconds": 1}
+        },
         "base_dir": str(tmp_path),
         "admin_token": ADMIN_TOKEN,
     }
@@ -154,7 +166,9 @@ class RunningGateway:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config, options: Options | None = None) -> AsyncIterator[RunningGateway]:
+async def running_gateway(
+    config: Config, options: Options | None = None
+) -> AsyncIterator[RunningGateway]:
     options = options or Options(listener_check_interval=0.1, last_used_interval=3600)
     app = create_app(config, options)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -164,7 +178,9 @@ async def running_gateway(config: Config, options: Options | None = None) -> Asy
         await site.start()
         host, port = runner.addresses[0][:2]
         proxy_host, proxy_port = app[PROXY_ADDRESS]
-        yield RunningGateway(app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config)
+        yield RunningGateway(
+            app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config
+        )
     finally:
         await runner.cleanup()
 
@@ -191,7 +207,7 @@ async def raw_request(port: int, data: bytes, timeout: float = 3.0) -> bytes:
         while True:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if not chunk:
                 break

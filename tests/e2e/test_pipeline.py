@@ -107,7 +107,11 @@ async def test_unknown_expired_and_revoked_keys_are_401(
             "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
             expired["id"],
         )
-    for token, word in ((unknown, "unknown"), (revoked["key"], "revoked"), (expired["key"], "expired")):
+    for token, word in (
+        (unknown, "unknown"),
+        (revoked["key"], "revoked"),
+        (expired["key"], "expired"),
+    ):
         async with http.get(gateway.proxy + "/v1/me", headers=bearer(token)) as response:
             assert response.status == 401
             body = await response.text()
@@ -120,7 +124,9 @@ async def test_missing_scope_is_403_listing_the_scopes(
     gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
     key = await gateway.create_key(unique("user"), ["projects:read"])
-    async with http.delete(gateway.proxy + "/v1/projects/p1", headers=bearer(key["key"])) as response:
+    async with http.delete(
+        gateway.proxy + "/v1/projects/p1", headers=bearer(key["key"])
+    ) as response:
         assert response.status == 403
         assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope"'
         problem = await response.json(content_type=None)
@@ -145,7 +151,9 @@ async def test_no_route_is_404_default_deny(
 ) -> None:
     key = await gateway.create_key(unique("user"), ["me:read"])
     for method, path in (("GET", "/v2/unknown"), ("POST", "/v1/me"), ("GET", "/v1/me/")):
-        async with http.request(method, gateway.proxy + path, headers=bearer(key["key"])) as response:
+        async with http.request(
+            method, gateway.proxy + path, headers=bearer(key["key"])
+        ) as response:
             assert response.status == 404, (method, path)
             assert response.content_type == "application/problem+json"
     assert upstream.received == []
