@@ -9,10 +9,11 @@ closes a connection whose headers are not complete in time (slowloris).
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from gateway.config import Limits
 from gateway.problems import Problem
@@ -30,14 +31,16 @@ class GuardedHandler(web_protocol.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        if isinstance(exc, LineTooLong):
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)
+        ):
             problem = Problem(431, "headers-too-large", "the request headers are too large")
         elif status == 400:
             problem = Problem(400, "bad-request", "the request could not be parsed")
         else:
             log.error("error handling a request", exc_info=exc)
             problem = Problem(500, "internal-error", "the gateway failed to handle the request")
-        response = problem.response("-")
+        response = problem.response(secrets.token_hex(16))
         response.force_close()
         return response
 
@@ -53,5 +56,8 @@ def server(handler: Any, limits: Limits) -> GuardedServer:
         keepalive_timeout=limits.header_timeout_seconds,
         max_line_size=limits.max_header_bytes,
         max_field_size=limits.max_header_bytes,
+        # Every header line takes at least 4 bytes, so this count can only be
+        # exceeded by a header section that is over the byte limit anyway.
+        max_headers=limits.max_header_bytes // 4 + 1,
         access_log=None,
     )

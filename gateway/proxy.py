@@ -104,13 +104,23 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise BodyTooLarge
-        yield chunk
+class _LimitedBody:
+    """The request body, streamed; stops the upload as soon as it crosses the limit."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        # aiohttp's client wraps errors raised by a body generator; remember ours.
+        self.exceeded = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > self._limit:
+                self.exceeded = True
+                raise BodyTooLarge
+            yield chunk
 
 
 class Forwarder:
@@ -132,9 +142,7 @@ class Forwarder:
         length = request.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
-        body = None
-        if request.body_exists:
-            body = _limited(request.content, self._max_body)
+        body = _LimitedBody(request.content, self._max_body) if request.body_exists else None
         url = URL(upstream.base + raw_target, encoded=True)
         started = time.perf_counter()
         try:
@@ -142,19 +150,23 @@ class Forwarder:
                 request.method,
                 url,
                 headers=headers,
-                data=body,
+                data=body.chunks() if body else None,
                 timeout=upstream.timeout,
             )
-        except BodyTooLarge:
-            raise Problem(413, "body-too-large", "the request body is too large") from None
-        except TimeoutError:
-            raise Problem(504, "upstream-timeout", f"upstream {upstream.name} timed out") from None
-        except aiohttp.ClientError:
-            raise Problem(502, "upstream-unreachable", f"upstream {upstream.name} failed") from None
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
+            raise _failure(exc, upstream, body) from None
         finally:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
         async with upstream_response:
             return await _relay(request, upstream_response, extra)
+
+
+def _failure(exc: Exception, upstream: UpstreamTarget, body: _LimitedBody | None) -> Problem:
+    if body is not None and body.exceeded:
+        return Problem(413, "body-too-large", "the request body is too large")
+    if isinstance(exc, TimeoutError):
+        return Problem(504, "upstream-timeout", f"upstream {upstream.name} timed out")
+    return Problem(502, "upstream-unreachable", f"upstream {upstream.name} failed")
 
 
 async def _relay(

@@ -70,10 +70,9 @@ class RecordingUpstream:
             await asyncio.sleep(3600)
             return response
         if path.startswith("/big/"):
-            size = int(path.rsplit("/", 1)[1])
-            return web.Response(body=_pattern(size), content_type="application/octet-stream")
+            return await _stream(request, _pattern(int(path.rsplit("/", 1)[1])))
         if path.startswith("/echo-body"):
-            return web.Response(body=body, content_type="application/octet-stream")
+            return await _stream(request, body)
         headers = {
             "Set-Cookie": "upstream=1",
             "Connection": "close, X-Secret-Hop",
@@ -86,6 +85,16 @@ class RecordingUpstream:
 
     def count(self, path_prefix: str = "") -> int:
         return sum(1 for r in self.received if r.raw_path.startswith(path_prefix))
+
+
+async def _stream(request: web.Request, data: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = len(data)
+    await response.prepare(request)
+    for start in range(0, len(data), 65536):
+        await response.write(data[start : start + 65536])
+    await response.write_eof()
+    return response
 
 
 def _pattern(size: int) -> bytes:

@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
 import pytest
 
-from tests.support import (
-    RecordingUpstream,
-    RunningGateway,
-    bearer,
-    make_config,
-    running_gateway,
-    unique,
-)
-
-
-@pytest.fixture
-async def gateway(
-    tmp_path: Path, database_url: str, upstream: RecordingUpstream
-) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(make_config(tmp_path, database_url, upstream.url)) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+from tests.support import RecordingUpstream, RunningGateway, bearer, unique
 
 
 async def test_valid_key_is_forwarded_with_identity_and_without_credential(

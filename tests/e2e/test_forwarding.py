@@ -1,0 +1,242 @@
+"""Step 6: streaming, header hygiene, upstream failures, CORS and the access log."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support import (
+    RecordingUpstream,
+    RunningGateway,
+    bearer,
+    make_config,
+    running_gateway,
+    unique,
+)
+
+FIVE_MIB = 5 * 1024 * 1024
+
+
+async def _writer_key(gateway: RunningGateway) -> str:
+    user = unique("user")
+    await gateway.member(user, "organization", "acme")
+    return str((await gateway.create_key(user, ["projects:write"]))["key"])
+
+
+async def test_five_mib_streams_both_ways(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    policies = tmp_path / "extra"
+    policies.mkdir()
+    (policies / "bulk.yaml").write_text(
+        "upstream: core\nroutes:\n"
+        "  - {methods: [POST], path: '/echo-body/{org_id}', scopes: [projects:write],"
+        " member_of: {organization: org_id}}\n"
+        "  - {methods: [GET], path: '/big/{size}', public: true}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies)
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        key = await _writer_key(gateway)
+        payload = bytes(range(256)) * (FIVE_MIB // 256)
+        async with http.post(
+            gateway.proxy + "/echo-body/acme", data=io.BytesIO(payload), headers=bearer(key)
+        ) as response:
+            assert response.status == 200
+            assert await response.read() == payload
+        async with http.get(gateway.proxy + f"/big/{FIVE_MIB}") as response:
+            assert response.status == 200
+            assert response.headers["Content-Length"] == str(FIVE_MIB)
+            assert len(await response.read()) == FIVE_MIB
+        assert upstream.received[0].body == payload
+
+
+async def test_hop_by_hop_override_and_spoofed_headers_never_reach_upstream(
+    gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+    headers = {
+        **bearer(key),
+        "Connection": "keep-alive, X-Gateway-User-Id, X-Custom-Drop",
+        "X-Custom-Drop": "1",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Authorization": "Basic eA==",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        "x-gateway-user-id": "root",
+        "X-GATEWAY-SCOPES": "projects:admin",
+        "X-Gateway-Anything": "1",
+        "X-Forwarded-For": "10.9.9.9",
+        "Forwarded": "for=10.9.9.9",
+        "X-Keep-Me": "yes",
+    }
+    async with http.get(gateway.proxy + "/v1/me", headers=headers) as response:
+        assert response.status == 200
+    [seen] = upstream.received
+    for name in (
+        "X-Custom-Drop",
+        "Keep-Alive",
+        "TE",
+        "Proxy-Authorization",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "X-Gateway-Anything",
+        "Forwarded",
+    ):
+        assert name not in seen.headers, name
+    assert seen.headers.getall("X-Gateway-User-Id") != ["root"]
+    assert seen.headers["X-Gateway-Scopes"] == "me:read"
+    assert seen.headers["X-Forwarded-For"] == "127.0.0.1"
+    assert seen.headers["X-Keep-Me"] == "yes"
+    assert seen.method == "GET"
+
+
+async def test_connection_header_cannot_drop_identity_headers(
+    gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    user = unique("user")
+    key = (await gateway.create_key(user, ["me:read"]))["key"]
+    headers = {**bearer(key), "Connection": "X-Gateway-User-Id, X-Gateway-Scopes, X-Request-Id"}
+    async with http.get(gateway.proxy + "/v1/me", headers=headers) as response:
+        assert response.status == 200
+    seen = upstream.received[0].headers
+    assert seen["X-Gateway-User-Id"] == user
+    assert seen["X-Gateway-Scopes"] == "me:read"
+    assert seen["X-Request-Id"]
+
+
+async def test_response_hop_by_hop_headers_are_removed(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    policies = tmp_path / "extra"
+    policies.mkdir()
+    (policies / "hop.yaml").write_text(
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /hop, public: true}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies)
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        async with http.get(gateway.proxy + "/hop") as response:
+            assert response.status == 200
+            assert "X-Secret-Hop" not in response.headers
+            assert response.headers["Set-Cookie"] == "upstream=1"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "max_seconds"), [("/stall", 504, 3.5), ("/reset", 502, 1.5)]
+)
+async def test_upstream_failures_are_502_or_504(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    path: str,
+    status: int,
+    max_seconds: float,
+) -> None:
+    policies = tmp_path / "extra"
+    policies.mkdir()
+    (policies / "f.yaml").write_text(
+        f"upstream: core\nroutes:\n  - {{methods: [POST], path: {path}, public: true}}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies)
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(gateway.proxy + path, data=b"once") as response:
+            assert response.status == status
+            assert response.content_type == "application/problem+json"
+        elapsed = time.monotonic() - started
+    assert elapsed <= max_seconds
+    if status == 504:
+        assert elapsed >= 2 * 0.9  # timeout_seconds is 2 in tests
+    assert upstream.count(path) == 1  # a POST is sent exactly once
+
+
+async def test_unreachable_upstream_is_502(tmp_path: Path, database_url: str) -> None:
+    config = make_config(tmp_path, database_url, "http://127.0.0.1:9")
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        async with http.get(gateway.proxy + "/v1/public/x") as response:
+            assert response.status == 502
+            assert "upstream" in (await response.json(content_type=None))["detail"]
+
+
+async def test_stall_mid_body_cuts_the_connection(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    policies = tmp_path / "extra"
+    policies.mkdir()
+    (policies / "s.yaml").write_text(
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /slow-body, public: true}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies)
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.get(gateway.proxy + "/slow-body") as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        assert time.monotonic() - started <= 3.5
+
+
+async def test_cors_preflight_and_responses(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    config = make_config(
+        tmp_path, database_url, upstream.url, cors={"allow_origins": ["null", "https://app.example"]}
+    )
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        preflight = {"Origin": "null", "Access-Control-Request-Method": "DELETE"}
+        async with http.options(gateway.proxy + "/v1/projects/p1", headers=preflight) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "null"
+            assert response.headers["Access-Control-Allow-Methods"] == "DELETE"
+            assert "X-API-Key" in response.headers["Access-Control-Allow-Headers"]
+            assert response.headers["Access-Control-Max-Age"] == "600"
+            assert "Access-Control-Allow-Credentials" not in response.headers
+        evil = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+        async with http.options(gateway.proxy + "/nowhere", headers=evil) as response:
+            assert response.status == 403
+            assert "Access-Control-Allow-Origin" not in response.headers
+        async with http.get(gateway.proxy + "/v1/me", headers={"Origin": "https://app.example"}) as r:
+            assert r.status == 401
+            assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert "WWW-Authenticate" in r.headers["Access-Control-Expose-Headers"]
+            assert r.headers["Vary"] == "Origin"
+        async with http.get(
+            gateway.proxy + "/v1/public/x", headers={"Origin": "https://evil.example"}
+        ) as r:
+            assert r.status == 200
+            assert "Access-Control-Allow-Origin" not in r.headers
+            assert r.headers["Vary"] == "Origin"
+    assert [r.raw_path for r in upstream.received] == ["/v1/public/x"]
+
+
+async def test_access_log_has_one_line_per_request_and_no_secret(
+    gateway: RunningGateway,
+    upstream: RecordingUpstream,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import json
+
+    key = await gateway.create_key(unique("user"), ["me:read"])
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    for headers in (bearer(key["key"]), {"X-API-Key": key["key"] + "x"}, {}):
+        async with http.get(gateway.proxy + "/v1/me", headers=headers) as response:
+            await response.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["status"] for r in records] == [200, 401, 401]
+    assert records[0]["key_id"] == key["id"]
+    assert records[0]["route"] == "me"
+    assert records[0]["upstream"] == "core"
+    assert records[1]["reason"] == "malformed-credential"
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert key["key"] not in everything
+    assert key["key"][12:] not in everything
