@@ -187,7 +187,10 @@ async def test_cors_preflight_and_responses(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
     config = make_config(
-        tmp_path, database_url, upstream.url, cors={"allow_origins": ["null", "https://app.example"]}
+        tmp_path,
+        database_url,
+        upstream.url,
+        cors={"allow_origins": ["null", "https://app.example"]},
     )
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
         preflight = {"Origin": "null", "Access-Control-Request-Method": "DELETE"}
@@ -202,7 +205,9 @@ async def test_cors_preflight_and_responses(
         async with http.options(gateway.proxy + "/nowhere", headers=evil) as response:
             assert response.status == 403
             assert "Access-Control-Allow-Origin" not in response.headers
-        async with http.get(gateway.proxy + "/v1/me", headers={"Origin": "https://app.example"}) as r:
+        async with http.get(
+            gateway.proxy + "/v1/me", headers={"Origin": "https://app.example"}
+        ) as r:
             assert r.status == 401
             assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
             assert "WWW-Authenticate" in r.headers["Access-Control-Expose-Headers"]

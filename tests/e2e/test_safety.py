@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -85,7 +86,9 @@ async def test_malformed_requests_are_4xx_and_not_forwarded(
     gateway: RunningGateway, upstream: RecordingUpstream, request_bytes: bytes
 ) -> None:
     key = await _key(gateway)
-    request_bytes = request_bytes.replace(b"Host: x\r\n", f"Host: x\r\nX-API-Key: {key}\r\n".encode())
+    request_bytes = request_bytes.replace(
+        b"Host: x\r\n", f"Host: x\r\nX-API-Key: {key}\r\n".encode()
+    )
     answer = await raw_request(_port(gateway), request_bytes)
     # aiohttp echoes the request's version in the status line (HTTP/2.0 400 ...).
     assert answer == b"" or answer.split(b" ", 2)[1] in (b"400", b"404"), answer[:80]
@@ -112,7 +115,9 @@ async def test_header_section_over_the_limit_is_431(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     many = "".join(f"X-Filler-{i}: {'a' * 100}\r\n" for i in range(200))
-    answer = await raw_request(_port(gateway), f"GET /v1/me HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode())
+    answer = await raw_request(
+        _port(gateway), f"GET /v1/me HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode()
+    )
     assert answer.split(b" ", 2)[1] == b"431", answer[:60]
     one_long = f"GET /v1/me HTTP/1.1\r\nHost: x\r\nX-Long: {'a' * 20000}\r\n\r\n"
     answer = await raw_request(_port(gateway), one_long.encode())
@@ -142,7 +147,7 @@ async def test_chunked_body_over_the_limit_is_413(
     key = (await gateway.create_key(user, ["projects:write"]))["key"]
     limit = gateway.config.limits.max_body_bytes
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         sent = 0
         while sent <= limit:
             yield b"x" * 65536
