@@ -106,8 +106,9 @@ class _Cache:
             raise
         finally:
             del self.inflight[key]
-        # An invalidation that arrived during the query may concern this very row.
-        if generation == self.generation:
+        # An invalidation that arrived during the query may concern this very row;
+        # "not found" (None) is for the caller's negative cache, with its own TTL.
+        if generation == self.generation and value is not None:
             self.entries[key] = value
         future.set_result(value)
         return value

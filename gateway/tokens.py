@@ -170,7 +170,12 @@ class Signer:
                 algorithms=[key.alg],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer,
-                options={"require": list(_REQUIRED), "verify_exp": False, "verify_nbf": False},
+                options={
+                    "require": list(_REQUIRED),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError:
             raise TokenRejected("invalid") from None

@@ -122,9 +122,10 @@ async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
 def make_config(
     tmp_path: Path, database_url: str, upstream_url: str, policies: Path | None = None, **extra: Any
 ) -> Config:
-    policy_dir = tmp_path / "policies"
-    if not policy_dir.exists():
-        shutil.copytree(policies or ROOT / "policies", policy_dir)
+    """A test configuration; `policies` is used in place, else the shipped set is copied."""
+    policy_dir = policies or tmp_path / "policies"
+    if policies is None and not policy_dir.exists():
+        shutil.copytree(ROOT / "policies", policy_dir)
     raw: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
         "listen": {"host": "127.0.0.1", "port": 0},

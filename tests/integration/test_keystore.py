@@ -1,0 +1,104 @@
+"""The key cache against a real PostgreSQL: hits make no query, misses share one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from gateway import keys, management
+from gateway.config import Cache, Config
+from gateway.keystore import KeyStore
+from gateway.scopes import Catalogue
+
+CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+async def _create(pool: asyncpg.Pool, scopes: list[str], **extra: object) -> dict[str, object]:
+    body = {"user_id": "u-store", "name": "n", "scopes": scopes, **extra}
+    spec = management.validate_key(body, CATALOGUE, datetime.now(UTC))
+    assert not isinstance(spec, list)
+    async with pool.acquire() as conn:
+        return await management.create_key(conn, spec, "gwk")
+
+
+async def test_hit_makes_no_query_and_concurrent_misses_make_one(pool: asyncpg.Pool) -> None:
+    created = await _create(pool, ["projects:write"])
+    digest = keys.digest(str(created["key"]))
+    store = KeyStore(pool, CATALOGUE, Cache())
+    records = await asyncio.gather(*(store.by_hash(digest) for _ in range(50)))
+    assert store.queries == 1
+    assert {r.id for r in records if r} == {created["id"]}
+    assert records[0] is not None and records[0].effective == {"projects:write", "projects:read"}
+    for _ in range(100):
+        await store.by_hash(digest)
+    assert store.queries == 1
+
+
+async def test_unknown_keys_are_cached_negatively_for_their_ttl(pool: asyncpg.Pool) -> None:
+    clock = Clock()
+    store = KeyStore(pool, CATALOGUE, Cache(negative_ttl_seconds=5), clock=clock)
+    digest = keys.digest(keys.generate("gwk"))
+    assert await store.by_hash(digest) is None
+    assert await store.by_hash(digest) is None
+    assert store.queries == 1
+    clock.now += 6
+    assert await store.by_hash(digest) is None
+    assert store.queries == 2
+
+
+async def test_expiry_is_checked_on_every_request_not_on_fill(pool: asyncpg.Pool) -> None:
+    clock = Clock()
+    created = await _create(pool, ["me:read"], expires_in_days=1)
+    store = KeyStore(pool, CATALOGUE, Cache(ttl_seconds=10**9), clock=clock)
+    record = await store.by_hash(keys.digest(str(created["key"])))
+    assert record is not None and record.status(clock()) == "active"
+    clock.now += 86400 + 1
+    cached = await store.by_hash(keys.digest(str(created["key"])))
+    assert cached is record and cached.status(clock()) == "expired"
+    assert store.queries == 1
+
+
+async def test_an_invalidation_during_a_fill_is_not_overwritten(pool: asyncpg.Pool) -> None:
+    created = await _create(pool, ["me:read"])
+    digest = keys.digest(str(created["key"]))
+    store = KeyStore(pool, CATALOGUE, Cache())
+    pending = asyncio.ensure_future(store.by_hash(digest))
+    await asyncio.sleep(0)  # the query is in flight
+    store.invalidate_key(str(created["id"]), digest)
+    await pending
+    await store.by_hash(digest)
+    assert store.queries == 2
+
+
+async def test_last_used_is_written_in_one_batch(pool: asyncpg.Pool) -> None:
+    first, second = await _create(pool, ["me:read"]), await _create(pool, ["me:read"])
+    store = KeyStore(pool, CATALOGUE, Cache())
+    for _ in range(100):
+        store.touch(str(first["id"]))
+        store.touch(str(second["id"]))
+    before = store.queries
+    assert await store.flush_last_used() == 2
+    assert store.queries == before + 1
+    async with pool.acquire() as conn:
+        listed = await management.get_key(conn, str(first["id"]))
+    assert listed["last_used_at"] is not None

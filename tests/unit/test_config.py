@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config, ConfigError, load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_file_matches_the_contract_defaults() -> None:
+    config = load(ROOT / "config" / "gateway.yaml", {})
+    defaults = Config()
+    assert config.listen == defaults.listen
+    assert config.admin == defaults.admin
+    assert config.cache == defaults.cache
+    assert config.limits == defaults.limits
+    assert config.tokens == defaults.tokens
+    assert config.cors == defaults.cors
+    assert config.scopes == defaults.scopes
+    assert config.resolve(config.policies.dir) == ROOT / "policies"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: {port: eighty}", "listen.port: expected `int`, got `str`"),
+        ("cache: {ttl: 5}", "cache: object contains unknown field `ttl`"),
+        ("listen: {port: 70000}", "listen.port: must be between 0 and 65535"),
+        ("scopes: {a: {implies: [b]}}", "scopes.a.implies: unknown scope 'b'"),
+        ("tokens: {default_ttl_seconds: 1000}", "must not exceed tokens.max_ttl_seconds"),
+        ("upstreams: {core: {url: ftp://x}}", "upstreams.core.url: must start with http"),
+        ("listen: [1, 2]", "listen: expected `object`, got `array`"),
+        ("listen: {port: 1", "invalid YAML"),
+        ("- a\n- b", "the top level must be a mapping"),
+    ],
+)
+def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("database: {url: postgresql://file/db}\n")
+    env = {
+        "GATEWAY_CONFIG": str(path),
+        "GATEWAY_DATABASE_URL": "postgresql://env/db",
+        "GATEWAY_ADMIN_TOKEN": "t0ken",
+    }
+    config = load(None, env)
+    assert config.database.url == "postgresql://env/db"
+    assert config.admin_token == "t0ken"
+    with pytest.raises(ConfigError, match="no such file"):
+        load(None, {"GATEWAY_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_cli_reports_a_bad_config_on_one_line_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("limits: {max_body_bytes: -1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "policy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "limits.max_body_bytes: must be positive" in result.stderr
+    assert "Traceback" not in result.stderr

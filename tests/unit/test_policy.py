@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config
+from gateway.policy import PolicyError, load_dir
+from gateway.scopes import Catalogue
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
+UPSTREAMS = frozenset({"core", "billing"})
+
+
+def _load(tmp_path: Path, **files: str) -> list[str]:
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    try:
+        load_dir(tmp_path, CATALOGUE, UPSTREAMS)
+    except PolicyError as exc:
+        return exc.problems
+    return []
+
+
+def test_shipped_policies_load() -> None:
+    policies = load_dir(ROOT / "policies", CATALOGUE, frozenset({"core"}))
+    assert len(policies.router.routes) >= 10
+
+
+GOOD_ROUTE = "  - {methods: [GET], path: /a, scopes: [me:read]}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        (
+            "upstream: core\nroutes:\n  - methods: [GET]\n    path: /a\n    scopez: [x]\n",
+            5,
+            "unknown field `scopez`",
+        ),
+        (
+            "upstream: core\nroutes:\n"
+            + GOOD_ROUTE
+            + "  - {methods: [GET], path: /b, scopes: [nope]}\n",
+            4,
+            "unknown scope 'nope'",
+        ),
+        ("upstream: nowhere\nroutes:\n" + GOOD_ROUTE, 3, "unknown upstream 'nowhere'"),
+        ("routes:\n" + GOOD_ROUTE, 2, "no upstream"),
+        (
+            "upstream: core\nroutes:\n  - {methods: [GET], path: '/o/{id}', member_of: {organization: org}}\n",
+            3,
+            "not a path parameter",
+        ),
+        (
+            "upstream: core\nroutes:\n  - {methods: [get], path: /a}\n",
+            3,
+            "not an upper-case method",
+        ),
+        (
+            "upstream: core\nroutes:\n  - {methods: [GET], path: '/a/{rest...}/b'}\n",
+            3,
+            "must be the last segment",
+        ),
+        (
+            "upstream: core\nroutes:\n  - {methods: [GET], path: '/a//b'}\n",
+            3,
+            "invalid path segment",
+        ),
+        (
+            "upstream: core\nroutes:\n  - {methods: [GET], path: /a, public: true, scopes: [me:read]}\n",
+            3,
+            "public route cannot",
+        ),
+        ("upstream: core\nroutes:\n  - {methods: [GET], path: /a\n", 4, "invalid YAML"),
+        ("upstream: core\nupstream: core\nroutes: []\n", 2, "duplicate key 'upstream'"),
+        ("upstream: core\nroutes:\n  - {methods: [GET], path: 12}\n", 3, "Expected `str`"),
+        ("", 1, "empty policy file"),
+    ],
+)
+def test_load_errors_name_file_line_and_reason(
+    tmp_path: Path, text: str, line: int, reason: str
+) -> None:
+    [problem] = _load(tmp_path, p=text)
+    assert problem.startswith(f"{tmp_path / 'p.yaml'}:{line}: "), problem
+    assert reason in problem
+
+
+def test_ambiguity_and_duplicate_names_across_files(tmp_path: Path) -> None:
+    problems = _load(
+        tmp_path,
+        a="upstream: core\nroutes:\n  - {name: x, methods: [GET, POST], path: '/o/{id}'}\n",
+        b="upstream: core\nroutes:\n  - {name: y, methods: [GET], path: '/o/{other}'}\n"
+        "  - {name: x, methods: [DELETE], path: '/o/{id}'}\n",
+    )
+    assert any("ambiguous" in p and "a.yaml:3" in p and "b.yaml:3" in p for p in problems)
+    assert any("duplicate route name 'x'" in p for p in problems)
+
+
+def test_get_and_post_on_one_template_and_star_beside_get_are_fine(tmp_path: Path) -> None:
+    assert not _load(
+        tmp_path,
+        a="upstream: core\nroutes:\n  - {methods: [GET], path: '/o/{id}'}\n"
+        "  - {methods: [POST], path: '/o/{id}'}\n  - {methods: ['*'], path: '/o/{id}'}\n",
+    )
+
+
+def test_alias_bombs_are_refused(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\nupstream: core\nroutes: []\n"
+    [problem] = _load(tmp_path, bomb=text)
+    assert "more than" in problem
+
+
+def test_oversized_files_are_refused(tmp_path: Path) -> None:
+    [problem] = _load(tmp_path, big="# " + "x" * (1024 * 1024 + 1) + "\nroutes: []\n")
+    assert "larger than" in problem
