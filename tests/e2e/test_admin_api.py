@@ -151,7 +151,7 @@ async def test_create_validation_is_422_per_field(
 
 async def test_malformed_bodies_and_tokens(admin: Admin) -> None:
     for raw in (b"{", b"[]", b'"x"', b""):
-        status, problem = await admin.call(
+        status, _ = await admin.call(
             "POST",
             KEYS,
             KEYS,
