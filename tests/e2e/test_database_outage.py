@@ -1,0 +1,74 @@
+"""PostgreSQL cut under the gateway: cached keys keep working, nothing passes unchecked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+
+from gateway import keys
+from tests.support import RecordingUpstream, bearer, make_config, running_gateway, unique
+from tests.tcpproxy import TcpProxy
+
+
+@pytest.fixture
+async def tcp_database(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    parts = urlsplit(database_url)
+    if not parts.hostname or parts.hostname.startswith("/"):
+        pytest.skip("the outage test needs a TCP database (GATEWAY_TEST_DATABASE_URL)")
+    proxy = TcpProxy(parts.hostname, parts.port or 5432)
+    await proxy.start()
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    if parts.port is None:
+        netloc = f"{parts.netloc}:{proxy.port}".replace(parts.hostname, "127.0.0.1")
+    yield proxy, urlunsplit(parts._replace(netloc=netloc))
+    await proxy.cut()
+
+
+async def test_outage_then_recovery(
+    tmp_path: Path, tcp_database: tuple[TcpProxy, str], upstream: RecordingUpstream
+) -> None:
+    proxy, url = tcp_database
+    config = make_config(
+        tmp_path,
+        url,
+        upstream.url,
+        database={"command_timeout_seconds": 1, "connect_timeout_seconds": 1},
+    )
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        cached = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+        unknown = keys.generate("gwk")
+        async with http.get(gateway.proxy + "/v1/me", headers=bearer(cached)) as response:
+            assert response.status == 200
+        await proxy.cut()
+        queries_before = gateway.store.queries
+        for _ in range(20):
+            started = time.monotonic()
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(cached)) as r:
+                assert r.status == 200
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(unknown)) as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"]
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer("gwk_" + "A" * 38)) as r:
+                assert r.status == 401
+            assert time.monotonic() - started < 1 + 0.5
+        async with http.get(gateway.admin + "/readyz") as r:
+            assert r.status == 503
+        forwarded = len(upstream.received)
+        assert gateway.store.queries - queries_before <= 20  # backoff: not one per request
+        await proxy.restore()
+        deadline = time.monotonic() + 5
+        while True:
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(unknown)) as r:
+                if r.status == 401:
+                    break
+            assert time.monotonic() < deadline, "no recovery within 5 s"
+            await asyncio.sleep(0.1)
+        async with http.get(gateway.admin + "/readyz") as r:
+            assert r.status == 200
+    assert forwarded == 21  # the cached key's requests only

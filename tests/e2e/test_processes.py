@@ -1,0 +1,268 @@
+"""Real `gateway serve` processes sharing one database: instant revocation, workers, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from tests.support import ADMIN_TOKEN, ROOT, RecordingUpstream, admin_headers, bearer, unique
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_config(
+    tmp_path: Path, name: str, database_url: str, upstream_url: str
+) -> tuple[Path, int, int]:
+    proxy_port, admin_port = _free_port(), _free_port()
+    config = {
+        "state_dir": str(tmp_path / "state"),
+        "listen": {"host": "127.0.0.1", "port": proxy_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "database": {"url": database_url},
+        "policies": {"dir": str(ROOT / "policies")},
+        "upstreams": {"core": {"url": upstream_url}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, proxy_port, admin_port
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _serve(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with (tmp_path / f"{config.stem}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
+
+
+async def _ready(http: aiohttp.ClientSession, admin_port: int, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("gateway did not become ready")
+
+
+async def _revoked_within(http: aiohttp.ClientSession, url: str, key: str, seconds: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        async with http.get(url, headers=bearer(key)) as response:
+            if response.status == 401:
+                return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still accepted after {seconds} s")
+
+
+async def test_revocation_through_one_process_reaches_the_other_within_a_second(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    first, _, a1 = _write_config(tmp_path, "one", database_url, upstream.url)
+    second, p2, a2 = _write_config(tmp_path, "two", database_url, upstream.url)
+    spawn += [_serve(first, tmp_path), _serve(second, tmp_path)]
+    async with aiohttp.ClientSession() as http:
+        await _ready(http, a1)
+        await _ready(http, a2)
+        user = unique("user")
+        create = {"user_id": user, "name": "x", "scopes": ["me:read"]}
+        for attempt in range(2):
+            async with http.post(
+                f"http://127.0.0.1:{a1}/admin/v1/keys", json=create, headers=admin_headers()
+            ) as r:
+                key = await r.json()
+            async with http.get(f"http://127.0.0.1:{p2}/v1/me", headers=bearer(key["key"])) as r:
+                assert r.status == 200  # now cached in process two
+            if attempt == 1:
+                # Kill process two's LISTEN connection: it must reconnect and flush.
+                conn = await asyncpg.connect(database_url)
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+                )
+                await conn.close()
+                assert killed >= 1
+                await asyncio.sleep(0.3)
+            async with http.delete(
+                f"http://127.0.0.1:{a1}/admin/v1/keys/{key['id']}", headers=admin_headers()
+            ) as r:
+                assert r.status == 204
+            elapsed = await _revoked_within(http, f"http://127.0.0.1:{p2}/v1/me", key["key"], 1.0)
+            assert elapsed < 1.0
+
+
+async def test_workers_share_the_port_and_stop_cleanly(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    config, proxy_port, admin_port = _write_config(tmp_path, "workers", database_url, upstream.url)
+    supervisor = _serve(config, tmp_path, "--workers", "2")
+    spawn.append(supervisor)
+    async with aiohttp.ClientSession() as http:
+        await _ready(http, admin_port)
+        statuses = []
+        for _ in range(20):
+            async with http.get(f"http://127.0.0.1:{proxy_port}/v1/public/x") as r:
+                statuses.append(r.status)
+        assert set(statuses) == {200}
+    supervisor.send_signal(signal.SIGINT)
+    assert supervisor.wait(15) == 0
+    log = (tmp_path / "workers.log").read_text()
+    assert "Traceback" not in log
+
+
+def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+        timeout=60,
+    )
+
+
+def test_cli_keys_and_members(tmp_path: Path, database_url: str) -> None:
+    config, _, _ = _write_config(tmp_path, "cli", database_url, "http://127.0.0.1:9")
+    user = unique("user")
+    created = _cli(
+        "keys",
+        "create",
+        "--user",
+        user,
+        "--name",
+        "ci",
+        "--scope",
+        "me:read",
+        "--scope",
+        "projects:read",
+        "--json",
+        config=config,
+    )
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith("gwk_") and key["scopes"] == ["me:read", "projects:read"]
+    listing = _cli("keys", "list", "--user", user, "--json", config=config)
+    assert [k["id"] for k in json.loads(listing.stdout)["keys"]] == [key["id"]]
+    assert key["key"] not in listing.stdout
+    text = _cli("keys", "list", "--user", user, config=config)
+    assert key["display_prefix"] in text.stdout and key["key"] not in text.stdout
+    rotated = _cli("keys", "rotate", key["id"], "--grace-seconds", "60", "--json", config=config)
+    assert rotated.returncode == 0 and json.loads(rotated.stdout)["key"] != key["key"]
+    assert _cli("keys", "revoke", key["id"], config=config).returncode == 0
+    assert (
+        _cli("members", "add", "--user", user, "--organization", "acme", config=config).returncode
+        == 0
+    )
+    assert (
+        _cli("members", "remove", "--user", user, "--project", "p1", config=config).returncode == 0
+    )
+    for bad in (
+        ("keys", "create", "--user", user, "--name", "x", "--scope", "nope"),
+        ("keys", "revoke", "not-a-uuid"),
+        (
+            "keys",
+            "create",
+            "--user",
+            user,
+            "--name",
+            "x",
+            "--scope",
+            "me:read",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ),
+    ):
+        result = _cli(*bad, config=config)
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("gateway: "), (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_policy_check_and_explain(tmp_path: Path) -> None:
+    config = ROOT / "config" / "gateway.yaml"
+    check = _cli("policy", "check", config=config)
+    assert check.returncode == 0 and "list-projects" in check.stdout
+    allowed = _cli(
+        "policy",
+        "explain",
+        "GET",
+        "/v1/organizations/acme/projects",
+        "--scopes",
+        "projects:admin",
+        config=config,
+    )
+    assert allowed.returncode == 0
+    assert "list-projects" in allowed.stdout and "'org_id': 'acme'" in allowed.stdout
+    assert "ALLOW" in allowed.stdout
+    denied = _cli(
+        "policy", "explain", "DELETE", "/v1/projects/p1", "--scopes", "projects:read", config=config
+    )
+    assert denied.returncode == 1 and "missing projects:admin" in denied.stdout
+    nothing = _cli("policy", "explain", "PUT", "/v1/me", config=config)
+    assert nothing.returncode == 1 and "no route" in nothing.stdout
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.yaml").write_text(
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /x, scopes: [nope]}\n"
+    )
+    bad = _cli("policy", "check", str(broken), config=config)
+    assert bad.returncode == 1 and "a.yaml:3" in bad.stderr and "unknown scope" in bad.stderr
+
+
+def test_signing_key_generation(tmp_path: Path) -> None:
+    config = ROOT / "config" / "gateway.yaml"
+    for alg in ("EdDSA", "ES256", "RS256"):
+        out = tmp_path / f"{alg}.pem"
+        result = _cli("signing-keys", "generate", "--out", str(out), "--alg", alg, config=config)
+        assert result.returncode == 0 and out.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+        assert oct(out.stat().st_mode & 0o777) == "0o600"
+    again = _cli("signing-keys", "generate", "--out", str(tmp_path / "EdDSA.pem"), config=config)
+    assert again.returncode == 1 and "refusing" in again.stderr
