@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +53,8 @@ class Options:
     clock: Clock = time.time
     last_used_interval: float = 30.0
     listener_check_interval: float = 0.5
-    extra: dict[str, object] = field(default_factory=dict)
+    # pgserver's cleanup mode: None leaves the embedded server running for the CLI.
+    embedded_cleanup: str | None = None
 
 
 OPTIONS = web.AppKey("options", Options)
@@ -73,7 +74,8 @@ def create_app(config: Config, options: Options | None = None) -> web.Applicatio
 async def _database(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
-    url = await loop.run_in_executor(None, database.database_url, config)
+    cleanup = app[OPTIONS].embedded_cleanup
+    url = await loop.run_in_executor(None, database.database_url, config, cleanup)
     await database.wait_until_ready(url, config)
     if app[OPTIONS].migrate:
         conn = await database.connect(url, config)

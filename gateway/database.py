@@ -91,11 +91,11 @@ async def connect(url: str, config: Config) -> asyncpg.Connection:
     )
 
 
-def database_url(config: Config) -> str:
+def database_url(config: Config, embedded_cleanup: str | None = None) -> str:
     """The configured URL, or that of the embedded server (started if needed)."""
     if config.database.url:
         return config.database.url
-    return start_embedded(config.state_path / "pgdata")
+    return start_embedded(config.state_path / "pgdata", embedded_cleanup)
 
 
 def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:

@@ -95,7 +95,9 @@ async def _demo(config: Config) -> None:
     host, _, port = (upstream_url or "http://127.0.0.1:9000").split("//")[1].partition(":")
     await web.TCPSite(echo_runner, host, int(port.split("/")[0] or 80)).start()
     admin_token = os.environ.get("GATEWAY_ADMIN_TOKEN") or secrets.token_urlsafe(24)
-    app = create_app(msgspec.structs.replace(config, admin_token=admin_token))
+    # The demo owns its embedded database: Ctrl-C stops it too.
+    options = Options(embedded_cleanup="stop")
+    app = create_app(msgspec.structs.replace(config, admin_token=admin_token), options)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
