@@ -35,10 +35,11 @@ from gateway.keystore import Clock, KeyStore
 from gateway.listener import server
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.proxy import Forwarder, UpstreamTarget
+from gateway.proxy import Forwarder
 from gateway.reloader import ActivePolicies
 from gateway.scopes import Catalogue
 from gateway.token_endpoint import TokenEndpoint
+from gateway.upstreams import UpstreamTarget
 
 log = logging.getLogger("gateway")
 

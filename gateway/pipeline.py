@@ -22,10 +22,12 @@ from gateway.cors import Cors
 from gateway.keystore import KeyStore, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.problems import Problem, database_unavailable
-from gateway.proxy import Forwarder, UpstreamTarget, request_headers
+from gateway.proxy import Forwarder, request_headers
 from gateway.reloader import ActivePolicies
 from gateway.routing import Match
 from gateway.token_endpoint import TokenEndpoint
+from gateway.upstreams import UpstreamTarget
+from gateway.websocket import is_upgrade
 
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.pipeline")
@@ -121,6 +123,8 @@ class Pipeline:
         outcome.upstream = upstream.name
         headers = request_headers(request, principal, request_id)
         extra = {"X-Request-Id": request_id, **cors}
+        if is_upgrade(request):
+            return await self._forwarder.websocket(request, target.raw, upstream, headers, extra)
         return await self._forwarder.forward(request, target.raw, upstream, headers, extra, timing)
 
     async def _authorize(self, principal: Principal, match: Match) -> None:

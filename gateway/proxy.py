@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway import websocket
 from gateway.authn import Principal
-from gateway.config import Upstream
 from gateway.problems import Problem
+from gateway.upstreams import UpstreamTarget
 
 HOP_BY_HOP = frozenset(
     {
@@ -50,22 +50,6 @@ _REQUEST_DROP = HOP_BY_HOP | {
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    name: str
-    base: str  # scheme://host:port[/prefix] without a trailing slash
-    timeout: aiohttp.ClientTimeout
-
-    @classmethod
-    def of(cls, name: str, upstream: Upstream) -> UpstreamTarget:
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=upstream.connect_timeout_seconds,
-            sock_read=upstream.timeout_seconds,
-        )
-        return cls(name, upstream.url.rstrip("/"), timeout)
 
 
 class BodyTooLarge(Exception):
@@ -159,6 +143,16 @@ class Forwarder:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
         async with upstream_response:
             return await _relay(request, upstream_response, extra)
+
+    async def websocket(
+        self,
+        request: web.BaseRequest,
+        raw_target: str,
+        upstream: UpstreamTarget,
+        headers: CIMultiDict[str],
+        extra: dict[str, str],
+    ) -> web.StreamResponse:
+        return await websocket.relay(self._session, request, raw_target, upstream, headers, extra)
 
 
 def _failure(exc: Exception, upstream: UpstreamTarget, body: _LimitedBody | None) -> Problem:

@@ -46,6 +46,8 @@ class RecordingUpstream:
     delay_seconds: float = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
         body = await request.read()
         self.received.append(
             Received(
@@ -82,6 +84,21 @@ class RecordingUpstream:
             {"method": request.method, "path": request.raw_path, "headers": dict(request.headers)},
             headers=headers if path.startswith("/hop") else None,
         )
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        self.received.append(
+            Received(
+                request.method, request.raw_path, request.version, CIMultiDict(request.headers), b""
+            )
+        )
+        ws = web.WebSocketResponse(protocols=("chat",))
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == web.WSMsgType.TEXT:
+                await ws.send_str("echo:" + message.data)
+            elif message.type == web.WSMsgType.BINARY:
+                await ws.send_bytes(message.data[::-1])
+        return ws
 
     def count(self, path_prefix: str = "") -> int:
         return sum(1 for r in self.received if r.raw_path.startswith(path_prefix))

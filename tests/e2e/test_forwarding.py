@@ -245,3 +245,30 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert key["key"] not in everything
     assert key["key"][12:] not in everything
+
+
+async def test_websocket_upgrade_is_authorised_then_relayed(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    policies = tmp_path / "extra"
+    policies.mkdir()
+    (policies / "ws.yaml").write_text(
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, scopes: [me:read]}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies)
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(gateway.proxy + "/ws")
+        assert refused.value.status == 401
+        key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+        async with http.ws_connect(
+            gateway.proxy + "/ws", headers=bearer(key), protocols=("chat",)
+        ) as ws:
+            assert ws.protocol == "chat"
+            await ws.send_str("hello")
+            assert await ws.receive_str(timeout=2) == "echo:hello"
+            await ws.send_bytes(b"abc")
+            assert await ws.receive_bytes(timeout=2) == b"cba"
+    [seen] = upstream.received
+    assert seen.headers["X-Gateway-Auth"] == "api_key"
+    assert "Authorization" not in seen.headers
