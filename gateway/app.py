@@ -9,14 +9,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import aiohttp
 from aiohttp import web
 
 from gateway import admin, database, tokens
+from gateway.accesslog import AccessLog
 from gateway.appkeys import (
     CONFIG,
     DATABASE_URL,
@@ -56,6 +59,9 @@ class Options:
     listener_check_interval: float = 0.5
     # pgserver's cleanup mode: None leaves the embedded server running for the CLI.
     embedded_cleanup: str | None = None
+    # Where the access log goes (stdout's bytes when None); tests pass a buffer.
+    access_log: BinaryIO | None = None
+    log_requests: bool = True
 
 
 OPTIONS = web.AppKey("options", Options)
@@ -164,6 +170,11 @@ def _signer(app: web.Application) -> tokens.Signer:
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     signer = _signer(app)
+    options = app[OPTIONS]
+    access_log = None
+    if options.log_requests:
+        access_log = AccessLog(options.access_log or sys.stdout.buffer)
+        log_task = asyncio.create_task(access_log.run())
     session = aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
@@ -179,6 +190,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         cors=Cors(config.cors),
         tokens=TokenEndpoint(signer, config.tokens),
         metrics=app[METRICS],
+        access_log=access_log,
         max_header_bytes=config.limits.max_header_bytes,
     )
     runner = web.ServerRunner(server(pipeline, config.limits), handle_signals=False)
@@ -192,3 +204,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     yield
     await runner.cleanup()
     await session.close()
+    if access_log is not None:
+        log_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await log_task

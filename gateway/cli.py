@@ -247,12 +247,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
 
 
 def configure_logging() -> None:
-    access = logging.getLogger("gateway.access")
-    access.propagate = False
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
+    # Diagnostics go to stderr; stdout carries only the access log (accesslog.py).
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

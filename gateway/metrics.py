@@ -6,6 +6,8 @@ codes and fixed names. Never a raw path, never a credential.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -39,6 +41,7 @@ class Metrics:
             "gateway_invalidations", "Cache invalidations received", ["kind"], registry=r
         )
         self.denials = Counter("gateway_denials", "Requests refused", ["reason"], registry=r)
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
             for event in ("hit", "miss"):
@@ -52,8 +55,13 @@ class Metrics:
         self.db_query.labels(query).observe(seconds)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # labels() takes a lock and builds a key each call; routes and statuses are few.
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_children[route, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

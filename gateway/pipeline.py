@@ -12,10 +12,10 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import msgspec
 from aiohttp import web
 
 from gateway import safety
+from gateway.accesslog import AccessLog
 from gateway.authn import Authenticator, Principal
 from gateway.authz import authorize
 from gateway.cors import Cors
@@ -29,10 +29,8 @@ from gateway.token_endpoint import TokenEndpoint
 from gateway.upstreams import UpstreamTarget
 from gateway.websocket import is_upgrade
 
-access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.pipeline")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_encode = msgspec.json.Encoder().encode
 MINT_PATH = "/auth/actor-tokens"
 JWKS_PATH = "/.well-known/jwks.json"
 
@@ -59,8 +57,10 @@ class Pipeline:
         cors: Cors,
         tokens: TokenEndpoint,
         metrics: Metrics,
+        access_log: AccessLog | None,
         max_header_bytes: int,
     ) -> None:
+        self._access_log = access_log
         self._policies = policies
         self._authn = authenticator
         self._store = store
@@ -170,7 +170,7 @@ class Pipeline:
         self._metrics.observe_request(outcome.route, status, elapsed)
         if outcome.reason is not None:
             self._metrics.denials.labels(outcome.reason).inc()
-        if not access_log.isEnabledFor(logging.INFO):
+        if self._access_log is None:
             return
         principal = outcome.principal
         line = {
@@ -187,4 +187,4 @@ class Pipeline:
             "upstream_ms": round(timing["upstream_ms"], 3) if "upstream_ms" in timing else None,
             "reason": outcome.reason,
         }
-        access_log.info(_encode(line).decode())
+        self._access_log.emit(line)

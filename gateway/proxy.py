@@ -7,6 +7,7 @@ identity is added; the path the policy checked is the path sent, byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -138,7 +139,7 @@ class Forwarder:
                 timeout=upstream.timeout,
             )
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
-            raise _failure(exc, upstream, body) from None
+            raise _failure(exc, body) from None
         finally:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
         async with upstream_response:
@@ -155,26 +156,32 @@ class Forwarder:
         return await websocket.relay(self._session, request, raw_target, upstream, headers, extra)
 
 
-def _failure(exc: Exception, upstream: UpstreamTarget, body: _LimitedBody | None) -> Problem:
+def _failure(exc: Exception, body: _LimitedBody | None) -> Problem:
     if body is not None and body.exceeded:
         return Problem(413, "body-too-large", "the request body is too large")
     if isinstance(exc, TimeoutError):
-        return Problem(504, "upstream-timeout", f"upstream {upstream.name} timed out")
-    return Problem(502, "upstream-unreachable", f"upstream {upstream.name} failed")
+        return Problem(504, "upstream-timeout", "the upstream timed out")
+    return Problem(502, "upstream-unreachable", "the upstream failed")
 
 
 async def _relay(
     request: web.BaseRequest, upstream: aiohttp.ClientResponse, extra: dict[str, str]
 ) -> web.StreamResponse:
-    named = _connection_tokens(upstream.headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in upstream.headers.items():
-        lower = name.lower()
-        if lower not in _RESPONSE_DROP and lower not in named:
-            response.headers.add(name, value)
-    response.headers.update(extra)
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
+    headers = _response_headers(upstream, extra)
+    length = upstream.content_length
+    if length is not None and length <= CHUNK:
+        # One chunk at most: read it, then answer with headers and body in one
+        # write. Streaming it would cost two more system calls per response.
+        try:
+            body = await upstream.content.readexactly(length)
+        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise _failure(exc, None) from None
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, body=body, headers=headers
+        )
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_chunked(CHUNK):
@@ -187,3 +194,14 @@ async def _relay(
         return response
     await response.write_eof()
     return response
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str]) -> CIMultiDict[str]:
+    named = _connection_tokens(upstream.headers)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if lower not in _RESPONSE_DROP and lower not in named:
+            headers.add(name, value)
+    headers.update(extra)
+    return headers

@@ -79,7 +79,6 @@ async def _echo(request: web.Request) -> web.Response:
 
 def demo(config: Config) -> int:
     configure_logging()
-    logging.getLogger("gateway.access").setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(config))
     print("\nstopped.")
@@ -96,7 +95,7 @@ async def _demo(config: Config) -> None:
     await web.TCPSite(echo_runner, host, int(port.split("/")[0] or 80)).start()
     admin_token = os.environ.get("GATEWAY_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     # The demo owns its embedded database: Ctrl-C stops it too.
-    options = Options(embedded_cleanup="stop")
+    options = Options(embedded_cleanup="stop", log_requests=False)
     app = create_app(msgspec.structs.replace(config, admin_token=admin_token), options)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

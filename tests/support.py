@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -166,6 +168,10 @@ class RunningGateway:
     proxy: str
     admin: str
     config: Config
+    access_log: io.BytesIO
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.access_log.getvalue().splitlines()]
 
     @property
     def store(self) -> KeyStore:
@@ -196,7 +202,10 @@ class RunningGateway:
 async def running_gateway(
     config: Config, options: Options | None = None
 ) -> AsyncIterator[RunningGateway]:
-    options = options or Options(listener_check_interval=0.1, last_used_interval=3600)
+    sink = io.BytesIO()
+    options = options or Options(
+        listener_check_interval=0.1, last_used_interval=3600, access_log=sink
+    )
     app = create_app(config, options)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
@@ -206,7 +215,7 @@ async def running_gateway(
         host, port = runner.addresses[0][:2]
         proxy_host, proxy_port = app[PROXY_ADDRESS]
         yield RunningGateway(
-            app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config
+            app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config, sink
         )
     finally:
         await runner.cleanup()

@@ -1,0 +1,341 @@
+"""`make bench`: wrk against loopback, every contender measured in the same run, interleaved.
+
+wrk and the upstream (nginx) share core 0; the proxy under test runs alone on core 1.
+Ratios are against the naive aiohttp proxy measured in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import yaml
+
+from gateway import keys
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+PY = sys.executable
+ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 - a local benchmark's own token
+BODIES = {"200B": 200, "64KiB": 65536}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() != 1 else []
+
+
+@contextmanager
+def process(
+    argv: list[str], log: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with (OUT / log).open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def nginx_conf(upstream_port: int, proxy_port: int) -> Path:
+    docroot = OUT / "www"
+    for prefix in ("", "api/", "public/"):
+        (docroot / prefix).mkdir(parents=True, exist_ok=True)
+        for name, size in BODIES.items():
+            (docroot / prefix / name).write_bytes(b"x" * size)
+    conf = OUT / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {OUT}/nginx.pid;
+error_log {OUT}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{upstream_port}; root {docroot}; }}
+  server {{
+    listen 127.0.0.1:{proxy_port};
+    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    return conf
+
+
+def wait_http(url: str, within: float = 30) -> None:
+    async def probe() -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(url) as response:
+                        if response.status < 500:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise SystemExit(f"bench: {url} did not come up")
+
+    asyncio.run(probe())
+
+
+def wrk(
+    url: str, connections: int, seconds: int, headers: dict[str, str], script: Path | None
+) -> dict[str, float]:
+    argv = [
+        *pin(0),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    if script:
+        argv += ["-s", str(script)]
+    result = subprocess.run([*argv, url], capture_output=True, text=True, check=True)
+    return parse_wrk(result.stdout)
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1])  # type: ignore[index]
+    p50 = ms(re.search(r"50%\s+(\S+)", text)[1])  # type: ignore[index]
+    p99 = ms(re.search(r"99%\s+(\S+)", text)[1])  # type: ignore[index]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": float(non2xx[1]) if non2xx else 0.0,
+        "errors": 0.0 if not errors else float(sum(int(n) for n in re.findall(r"\d+", errors[1]))),
+    }
+
+
+async def seed(database_url: str, fresh: int) -> tuple[str, Path]:
+    """One cached key, and `fresh` keys for the miss path (bulk-inserted, written to a Lua list)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        cached = keys.generate("gwk")
+        rows = [cached] + [keys.generate("gwk") for _ in range(fresh)]
+        await conn.copy_records_to_table(
+            "api_keys",
+            records=[
+                (
+                    uuid.uuid4(),
+                    hashlib.sha256(k.encode()).digest(),
+                    k[:12],
+                    "bench-user",
+                    "bench",
+                    ["me:read", "actor_tokens:create"],
+                )
+                for k in rows
+            ],
+            columns=["id", "key_hash", "display_prefix", "user_id", "name", "scopes"],
+        )
+    finally:
+        await conn.close()
+    script = OUT / "fresh_keys.lua"
+    listed = ",\n".join(f'"{k}"' for k in rows[1:])
+    script.write_text(
+        "local keys = {\n" + listed + "\n}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n  local k = keys[(i % #keys) + 1]\n"
+        '  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. k})\nend\n'
+    )
+    return cached, script
+
+
+async def mint(proxy: str, key: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            proxy + "/auth/actor-tokens",
+            json={"ttl_seconds": 900},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as r,
+    ):
+        return str((await r.json())["access_token"])
+
+
+def gateway_config(database_url: str, upstream_port: int, proxy_port: int, admin_port: int) -> Path:
+    policies = OUT / "policies"
+    policies.mkdir(exist_ok=True)
+    (policies / "bench.yaml").write_text(
+        "upstream: origin\nroutes:\n"
+        "  - {name: public, methods: [GET], path: '/public/{rest...}', public: true}\n"
+        "  - {name: api, methods: [GET], path: '/api/{rest...}', scopes: [me:read]}\n"
+    )
+    config = {
+        "state_dir": str(OUT / "state"),
+        "listen": {"host": "127.0.0.1", "port": proxy_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "database": {"url": database_url},
+        "policies": {"dir": str(policies), "reload": False},
+        "upstreams": {"origin": {"url": f"http://127.0.0.1:{upstream_port}"}},
+        "cache": {"ttl_seconds": 600},
+    }
+    path = OUT / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--database-url", default=os.environ.get("GATEWAY_DATABASE_URL"))
+    parser.add_argument(
+        "--workers", type=int, default=0, help="also measure serve --workers N on both cores"
+    )
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    if not args.database_url:
+        from gateway.database import start_embedded
+
+        args.database_url = start_embedded(OUT / "pgdata", cleanup_mode="stop")
+    db_name = f"gw_bench_{uuid.uuid4().hex[:6]}"
+    asyncio.run(_admin(args.database_url, f"CREATE DATABASE {db_name}"))
+    database_url = _with_db(args.database_url, db_name)
+    try:
+        run(args, database_url)
+    finally:
+        asyncio.run(_admin(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    await conn.execute(sql)
+    await conn.close()
+
+
+def _with_db(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def run(args: argparse.Namespace, database_url: str) -> None:
+    upstream_port, nginx_proxy_port, naive_port = free_port(), free_port(), free_port()
+    gw_port, admin_port = free_port(), free_port()
+    conf = nginx_conf(upstream_port, nginx_proxy_port)
+    config = gateway_config(database_url, upstream_port, gw_port, admin_port)
+    # The configuration file names the bench database; the environment must not override it.
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
+    env["GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
+    subprocess.run(
+        [PY, "-m", "gateway", "migrate", "--config", str(config)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    cached, fresh_script = asyncio.run(seed(database_url, 40_000))
+    with (
+        process([*pin(0), "nginx", "-c", str(conf)], "nginx.log"),
+        process(
+            [
+                *pin(1),
+                PY,
+                str(HERE / "naive_proxy.py"),
+                str(naive_port),
+                f"http://127.0.0.1:{upstream_port}",
+            ],
+            "naive.log",
+        ),
+        process(
+            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(config)], "gateway.log", env
+        ),
+    ):
+        for port in (upstream_port, naive_port, gw_port):
+            wait_http(f"http://127.0.0.1:{port}/public/200B")
+        token = asyncio.run(mint(f"http://127.0.0.1:{gw_port}", cached))
+        auth = {"Authorization": f"Bearer {cached}"}
+        targets = {
+            "nginx direct": (upstream_port, "/", {}, None),
+            "nginx proxy_pass": (nginx_proxy_port, "/", {}, None),
+            "naive aiohttp proxy": (naive_port, "/", {}, None),
+            "gateway public route": (gw_port, "/public/", {}, None),
+            "gateway cached API key": (gw_port, "/api/", auth, None),
+            "gateway actor token": (gw_port, "/api/", {"Authorization": f"Bearer {token}"}, None),
+            "gateway fresh key (miss)": (gw_port, "/api/", {}, fresh_script),
+        }
+        results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+        for round_ in range(args.rounds):
+            for connections in [int(c) for c in args.connections.split(",")]:
+                for body in BODIES:
+                    for name, (port, prefix, headers, script) in targets.items():
+                        if script is not None and (body != "200B" or round_ > 0):
+                            continue  # each fresh key misses only once
+                        url = f"http://127.0.0.1:{port}{prefix}{body}"
+                        measured = wrk(url, connections, args.seconds, headers, script)
+                        results.setdefault((name, connections, body), []).append(measured)
+                        print(
+                            f"round {round_ + 1} c={connections} {body:>5} {name:<26} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
+                            flush=True,
+                        )
+    report(results, args)
+
+
+def report(
+    results: dict[tuple[str, int, str], list[dict[str, float]]], args: argparse.Namespace
+) -> None:
+    lines = [
+        f"wrk -t1, {args.seconds} s per run, {args.rounds} interleaved rounds (median shown); "
+        "wrk + nginx on core 0, the proxy under test alone on core 1. "
+        "Ratio = req/s against the naive aiohttp proxy at the same connections and body.",
+        "",
+        "| contender | conns | body | req/s | p50 ms | p99 ms | vs naive | non-2xx |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for (name, connections, body), runs in results.items():
+        rps = statistics.median(r["rps"] for r in runs)
+        naive = statistics.median(
+            r["rps"] for r in results[("naive aiohttp proxy", connections, body)]
+        )
+        lines.append(
+            f"| {name} | {connections} | {body} | {rps:,.0f} | {statistics.median(r['p50'] for r in runs):.2f}"
+            f" | {statistics.median(r['p99'] for r in runs):.2f} | {rps / naive:.2f}x | {int(sum(r['non2xx'] for r in runs))} |"
+        )
+    table = "\n".join(lines)
+    print("\n" + table)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (HERE / "RESULTS.md").write_text(f"# Benchmark results ({stamp})\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
