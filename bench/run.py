@@ -108,10 +108,15 @@ def wait_http(url: str, within: float = 30) -> None:
 
 
 def wrk(
-    url: str, connections: int, seconds: int, headers: dict[str, str], script: Path | None
+    url: str,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str],
+    script: Path | None,
+    pinned: bool = True,
 ) -> dict[str, float]:
     argv = [
-        *pin(0),
+        *(pin(0) if pinned else []),
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -130,8 +135,12 @@ def wrk(
 
 def parse_wrk(text: str) -> dict[str, float]:
     def ms(value: str) -> float:
-        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
-        return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+        found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+        if found is None:
+            (OUT / "wrk-unparsed.txt").write_text(text)
+            return float("nan")
+        number, unit = found.groups()
+        return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1])  # type: ignore[index]
     p50 = ms(re.search(r"50%\s+(\S+)", text)[1])  # type: ignore[index]
@@ -192,7 +201,9 @@ async def mint(proxy: str, key: str) -> str:
         return str((await r.json())["access_token"])
 
 
-def gateway_config(database_url: str, upstream_port: int, proxy_port: int, admin_port: int) -> Path:
+def gateway_config(
+    database_url: str, upstream_port: int, proxy_port: int, admin_port: int, name: str
+) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "bench.yaml").write_text(
@@ -209,7 +220,7 @@ def gateway_config(database_url: str, upstream_port: int, proxy_port: int, admin
         "upstreams": {"origin": {"url": f"http://127.0.0.1:{upstream_port}"}},
         "cache": {"ttl_seconds": 600},
     }
-    path = OUT / "gateway.yaml"
+    path = OUT / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -253,8 +264,12 @@ def _with_db(url: str, name: str) -> str:
 def run(args: argparse.Namespace, database_url: str) -> None:
     upstream_port, nginx_proxy_port, naive_port = free_port(), free_port(), free_port()
     gw_port, admin_port = free_port(), free_port()
+    uv_port, uv_admin_port = free_port(), free_port()
     conf = nginx_conf(upstream_port, nginx_proxy_port)
-    config = gateway_config(database_url, upstream_port, gw_port, admin_port)
+    config = gateway_config(database_url, upstream_port, gw_port, admin_port, "gateway")
+    uv_config = gateway_config(
+        database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop"
+    )
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
     env["GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
@@ -280,8 +295,13 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         process(
             [*pin(1), PY, "-m", "gateway", "serve", "--config", str(config)], "gateway.log", env
         ),
+        process(
+            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(uv_config), "--loop", "uvloop"],
+            "gateway-uvloop.log",
+            env,
+        ),
     ):
-        for port in (upstream_port, naive_port, gw_port):
+        for port in (upstream_port, naive_port, gw_port, uv_port):
             wait_http(f"http://127.0.0.1:{port}/public/200B")
         token = asyncio.run(mint(f"http://127.0.0.1:{gw_port}", cached))
         auth = {"Authorization": f"Bearer {cached}"}
@@ -292,6 +312,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "gateway public route": (gw_port, "/public/", {}, None),
             "gateway cached API key": (gw_port, "/api/", auth, None),
             "gateway actor token": (gw_port, "/api/", {"Authorization": f"Bearer {token}"}, None),
+            "gateway cached API key, uvloop": (uv_port, "/api/", auth, None),
             "gateway fresh key (miss)": (gw_port, "/api/", {}, fresh_script),
         }
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
@@ -305,10 +326,51 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                         measured = wrk(url, connections, args.seconds, headers, script)
                         results.setdefault((name, connections, body), []).append(measured)
                         print(
-                            f"round {round_ + 1} c={connections} {body:>5} {name:<26} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
+                            f"round {round_ + 1} c={connections} {body:>5} {name:<31} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
                             flush=True,
                         )
     report(results, args)
+    if args.workers:
+        workers_scaling(args, database_url, cached, env, conf, upstream_port)
+
+
+def workers_scaling(
+    args: argparse.Namespace,
+    database_url: str,
+    key: str,
+    env: dict[str, str],
+    conf: Path,
+    upstream_port: int,
+) -> None:
+    """`serve --workers N` on both cores against one worker; wrk unpinned, noted as such."""
+    rates = {}
+    with process(["nginx", "-c", str(conf)], "nginx-workers.log"):
+        for workers in (1, args.workers):
+            port, admin = free_port(), free_port()
+            config = gateway_config(database_url, upstream_port, port, admin, f"workers{workers}")
+            argv = [
+                PY,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config),
+                "--workers",
+                str(workers),
+            ]
+            with process(argv, f"workers{workers}.log", env):
+                wait_http(f"http://127.0.0.1:{port}/public/200B")
+                url = f"http://127.0.0.1:{port}/api/200B"
+                auth = {"Authorization": f"Bearer {key}"}
+                rates[workers] = wrk(url, 64, args.seconds, auth, None, pinned=False)["rps"]
+    line = (
+        f"serve --workers {args.workers}: {rates[args.workers]:,.0f} req/s against one worker's "
+        f"{rates[1]:,.0f} req/s = {rates[args.workers] / rates[1]:.2f}x (wrk unpinned on the same "
+        "2 cores, 64 connections, cached key, 200 B)"
+    )
+    print(line)
+    with (HERE / "RESULTS.md").open("a") as out:
+        out.write(f"\n{line}\n")
 
 
 def report(

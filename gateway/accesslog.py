@@ -14,6 +14,12 @@ import msgspec
 _encode = msgspec.json.Encoder().encode
 
 
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 class AccessLog:
     def __init__(self, stream: BinaryIO, *, interval: float = 0.05, max_pending: int = 512) -> None:
         self._stream = stream
@@ -22,7 +28,12 @@ class AccessLog:
         self._pending: list[bytes] = []
 
     def emit(self, record: dict[str, Any]) -> None:
-        self._pending.append(_encode(record))
+        try:
+            line = _encode(record)
+        except UnicodeEncodeError:
+            # A raw request line may carry undecodable bytes (kept as surrogates).
+            line = _encode({k: _printable(v) for k, v in record.items()})
+        self._pending.append(line)
         if len(self._pending) >= self._max_pending:
             self.flush()
 

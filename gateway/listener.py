@@ -13,7 +13,8 @@ import secrets
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.http_parser import HttpRequestParserPy
 
 from gateway.config import Limits
 from gateway.problems import Problem
@@ -21,7 +22,23 @@ from gateway.problems import Problem
 log = logging.getLogger("gateway.listener")
 
 
+class _StrictPyParser(HttpRequestParserPy):
+    """aiohttp's pure-Python parser upper-cases the method (the C parser does not):
+    refuse a lower-case method before that, so both parsers answer it with 400."""
+
+    def parse_message(self, lines: list[bytes]) -> Any:
+        method = lines[0].split(b" ", 1)[0]
+        if method != method.upper():
+            raise BadHttpMethod(method.decode("latin-1"))
+        return super().parse_message(lines)
+
+
 class GuardedHandler(web_protocol.RequestHandler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if type(self._parser) is HttpRequestParserPy:
+            self._parser.__class__ = _StrictPyParser
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -65,7 +65,9 @@ def request_headers(
     named = _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        lower = name.lower()
+        # CGI/WSGI backends read "_" as "-": X_Gateway_User_Id would become the
+        # identity header on their side, so names are compared with "_" folded.
+        lower = name.lower().replace("_", "-")
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
             continue
         out.add(name, value)
@@ -86,7 +88,9 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall("Connection", [])
     if not values:
         return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+    return frozenset(
+        t.strip().lower().replace("_", "-") for v in values for t in v.split(",") if t.strip()
+    )
 
 
 class _LimitedBody:
@@ -200,7 +204,7 @@ def _response_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str]) -
     named = _connection_tokens(upstream.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
-        lower = name.lower()
+        lower = name.lower().replace("_", "-")
         if lower not in _RESPONSE_DROP and lower not in named:
             headers.add(name, value)
     headers.update(extra)

@@ -1,0 +1,7 @@
+"""The hardening battery: every test counts what reached a real upstream and reports a figure."""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import gateway, http
+
+__all__ = ["gateway", "http"]
