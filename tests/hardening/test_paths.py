@@ -1,4 +1,4 @@
-"""Path tricks × example routes × own/foreign organization: no foreign id reaches the upstream,
+"""Path tricks, example routes, own and foreign organizations: no foreign id reaches the upstream,
 and every forwarded path is, byte for byte, the path the policy authorised."""
 
 from __future__ import annotations
