@@ -32,7 +32,7 @@ TRICKS = [
     "%252e%252e",
     "%252f",
     "%EF%BC%8F",
-    "／",
+    "／",  # noqa: RUF001 - the fullwidth solidus is the point
     "%c0%ae%c0%ae",
     "%ff",
     "%",
