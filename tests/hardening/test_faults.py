@@ -162,7 +162,7 @@ async def test_random_key_flood_keeps_the_legitimate_key_cached(
         random_keys = [keys.generate("gwk") for _ in range(flood)]
         legit_ok = 0
         for start in range(0, flood, 50):
-            batch = random_keys[start : start + 50] + [legit]
+            batch = [*random_keys[start : start + 50], legit]
 
             async def get(token: str) -> int:
                 async with http.get(target, headers=bearer(token)) as response:
