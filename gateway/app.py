@@ -149,7 +149,14 @@ async def _policies(app: web.Application) -> AsyncIterator[None]:
     watcher = asyncio.create_task(policies.watch(stop)) if config.policies.reload else None
     loop = asyncio.get_running_loop()
     if app[OPTIONS].handle_sighup:
-        loop.add_signal_handler(signal.SIGHUP, policies.reload)
+        pending: set[asyncio.Task[bool]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(policies.reload_off_loop())
+            pending.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     yield
     if app[OPTIONS].handle_sighup:
         loop.remove_signal_handler(signal.SIGHUP)

@@ -143,19 +143,22 @@ class _FileLoader:
         return out
 
     def _parse(self) -> Any:
-        loader = yaml.SafeLoader(self.text)
         try:
-            self.root = loader.get_single_node()
-            if self.root is None:
-                raise self.fail(1, "empty policy file")
-            self._check_nodes(self.root)
-            return loader.construct_document(self.root)
+            # The reader checks the characters already in the constructor.
+            loader = yaml.SafeLoader(self.text)
+            try:
+                self.root = loader.get_single_node()
+                if self.root is None:
+                    raise self.fail(1, "empty policy file")
+                self._check_nodes(self.root)
+                return loader.construct_document(self.root)
+            finally:
+                loader.dispose()
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 1
-            raise self.fail(line, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-        finally:
-            loader.dispose()
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise self.fail(line, f"invalid YAML: {problem}") from None
 
     def _check_nodes(self, root: yaml.Node) -> None:
         for count, node in enumerate(_walk(root)):

@@ -31,18 +31,37 @@ class ActivePolicies:
         self.last_error: str | None = None
         metrics.policy_routes.set(len(self.current.router.routes))
 
+    def _load(self) -> PolicySet:
+        return load_dir(self.directory, self._catalogue, self._upstreams)
+
     def reload(self) -> bool:
         """Load the directory again; swap only a fully valid set."""
         try:
-            candidate = load_dir(self.directory, self._catalogue, self._upstreams)
+            candidate = self._load()
         except PolicyError as exc:
-            self.last_error = str(exc)
-            self._metrics.policy_reloads.labels("failure").inc()
-            for problem in exc.problems:
-                log.error(
-                    "policy reload refused, keeping version %s: %s", self.current.version, problem
-                )
-            return False
+            return self._refuse(exc)
+        return self._swap(candidate)
+
+    async def reload_off_loop(self) -> bool:
+        """`reload()`, parsing in a thread so a large set does not stall requests."""
+        loop = asyncio.get_running_loop()
+        try:
+            candidate = await loop.run_in_executor(None, self._load)
+        except PolicyError as exc:
+            return self._refuse(exc)
+        return self._swap(candidate)
+
+    def _refuse(self, exc: PolicyError) -> bool:
+        self.last_error = str(exc)
+        self._metrics.policy_reloads.labels("failure").inc()
+        for problem in exc.problems:
+            log.error(
+                "policy reload refused, keeping version %s: %s", self.current.version, problem
+            )
+        return False
+
+    def _swap(self, candidate: PolicySet) -> bool:
+        # Runs on the event loop: requests see the old set or the new, never a mix.
         self.last_error = None
         self._metrics.policy_reloads.labels("success").inc()
         if candidate.version != self.current.version:
@@ -56,4 +75,4 @@ class ActivePolicies:
         async for _changes in watchfiles.awatch(
             self.directory, stop_event=stop, debounce=200, step=50, recursive=False
         ):
-            self.reload()
+            await self.reload_off_loop()

@@ -117,3 +117,8 @@ def test_alias_bombs_are_refused(tmp_path: Path) -> None:
 def test_oversized_files_are_refused(tmp_path: Path) -> None:
     [problem] = _load(tmp_path, big="# " + "x" * (1024 * 1024 + 1) + "\nroutes: []\n")
     assert "larger than" in problem
+
+
+def test_control_characters_are_a_load_error_not_a_crash(tmp_path: Path) -> None:
+    [problem] = _load(tmp_path, nul="\x00 routes: []\n")
+    assert "invalid YAML" in problem
