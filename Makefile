@@ -3,6 +3,8 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
+FUZZ_RUNS ?= 1000000
+
 .PHONY: install test lint demo bench microbench soak fuzz clean
 
 install: $(STAMP)
@@ -32,6 +34,23 @@ bench: $(STAMP)
 
 microbench: $(STAMP)
 	$(BIN)/python bench/micro.py
+
+# The hardening battery at the issue's full sizes (30 s database cut, 10,000 faulty
+# upstream requests, 100,000 random keys, 500 + 500 slow clients).
+soak: $(STAMP)
+	GATEWAY_SOAK=1 $(BIN)/pytest tests/hardening -s
+
+# Coverage-guided fuzzing (atheris) of the key parser, the path canonicaliser and the
+# policy loader, FUZZ_RUNS executions each.
+fuzz: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check atheris==3.0.0
+	cd fuzz && for target in keys paths policy; do \
+		../$(BIN)/python fuzz_$$target.py -runs=$(FUZZ_RUNS) > $$target.log 2>&1 \
+			|| { tail -30 $$target.log; exit 1; }; \
+		echo "fuzz_$$target: $$(grep -E '^Done' $$target.log)"; \
+	done
+	$(BIN)/pip install -q --disable-pip-version-check schemathesis==4.32.5
+	$(BIN)/python fuzz/admin_api.py
 
 clean:
 	rm -rf $(VENV) .gateway .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,15 @@ from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
 from gateway.openapi import DOCUMENT
 from gateway.problems import Problem, bad_request, invalid_fields
 
+log = logging.getLogger("gateway.admin")
+# Errors that mean "no database right now", as opposed to a bug in a query.
+DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encode = msgspec.json.Encoder().encode
 _OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -37,10 +47,13 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         return Problem(exc.status, "http-" + str(exc.status), exc.reason).response(request_id)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except (OSError, TimeoutError, *DATABASE_DOWN):
         return Problem(503, "database-unavailable", "the database is unavailable").response(
             request_id, {"Retry-After": "2"}
         )
+    except Exception:
+        log.exception("admin API failure (request_id %s)", request_id)
+        return Problem(500, "internal-error", "the request failed").response(request_id)
 
 
 @web.middleware
@@ -92,8 +105,9 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     user_id = request.query.get("user_id")
-    if not user_id:
-        raise invalid_fields([("user_id", "the user_id query parameter is required")])
+    errors = management.validate_user_id(user_id)
+    if errors or user_id is None:
+        raise invalid_fields(errors)
     async with request.app[POOL].acquire() as conn:
         return json_response({"keys": await management.list_keys(conn, user_id)})
 

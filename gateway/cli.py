@@ -193,6 +193,9 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
 
 
 async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    errors = management.validate_user_id(args.user)
+    if errors:
+        raise CommandError(f"--user: {errors[0][1]}")
     found = await management.list_keys(conn, args.user)
     _print({"keys": found}, args.json, lambda d: "\n".join(map(_key_line, d["keys"])) or "no keys")
     return 0

@@ -77,7 +77,14 @@ _CREATE_FIELDS = frozenset({"user_id", "name", "scopes", "expires_in_days", "exp
 def _text(field: str, value: object, limit: int) -> Errors:
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         return [(field, f"must be a string of 1 to {limit} characters")]
+    if not value.isprintable():
+        # PostgreSQL text cannot hold NUL, and identities end up in HTTP headers.
+        return [(field, "must not contain control characters")]
     return []
+
+
+def validate_user_id(value: object) -> Errors:
+    return _text("user_id", value, 200)
 
 
 def _expiry(body: dict[str, Any], now: datetime) -> tuple[datetime | None, Errors]:

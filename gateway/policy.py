@@ -167,11 +167,12 @@ class _FileLoader:
             if isinstance(node, yaml.MappingNode):
                 seen: set[object] = set()
                 for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        continue  # a collection as a key: the constructor refuses it
                     if key_node.value in seen:
                         line = key_node.start_mark.line + 1
                         raise self.fail(line, f"duplicate key {key_node.value!r}")
-                    if isinstance(key_node, yaml.ScalarNode):
-                        seen.add(key_node.value)
+                    seen.add(key_node.value)
 
     def line_of(self, where: str) -> int:
         """The line of a msgspec-style path such as `$.routes[1].scopes[0]`."""

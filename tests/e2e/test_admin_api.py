@@ -280,3 +280,13 @@ async def test_expires_at_with_offset_is_accepted(admin: Admin) -> None:
     )
     assert status == 201
     assert datetime.fromisoformat(created["expires_at"]) == datetime.fromisoformat(when)
+
+
+async def test_control_characters_are_422_not_a_database_error(admin: Admin) -> None:
+    # Found by schemathesis (fuzz/admin_api.py): a NUL reached PostgreSQL.
+    status, problem = await admin.call("GET", f"{KEYS}?user_id=a%00b", KEYS)
+    assert status == 422 and problem["errors"][0]["field"] == "user_id"
+    body = {"user_id": "u\x00", "name": "n\n", "scopes": ["me:read"]}
+    status, problem = await admin.call("POST", KEYS, KEYS, json=body)
+    assert status == 422
+    assert sorted(e["field"] for e in problem["errors"]) == ["name", "user_id"]

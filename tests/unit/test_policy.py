@@ -122,3 +122,9 @@ def test_oversized_files_are_refused(tmp_path: Path) -> None:
 def test_control_characters_are_a_load_error_not_a_crash(tmp_path: Path) -> None:
     [problem] = _load(tmp_path, nul="\x00 routes: []\n")
     assert "invalid YAML" in problem
+
+
+def test_a_collection_as_a_key_is_a_load_error(tmp_path: Path) -> None:
+    # Found by fuzz/fuzz_policy.py.
+    [problem] = _load(tmp_path, odd="{[a, b]: 1, routes: []}")
+    assert "invalid YAML" in problem
