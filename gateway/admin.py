@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id", "-")[:128]
+    request_id = secrets.token_hex(16)
     try:
         return await handler(request)
     except Problem as problem:

@@ -84,6 +84,7 @@ class Authenticator:
         if parent is None or parent.user_id != claims.user_id:
             raise unauthorized("invalid-token", "invalid actor token")
         self._check_status(parent, "actor token: parent key ")
+        self._store.touch(parent.id)
         scopes = claims.scopes & parent.effective
         return Principal(claims.user_id, parent.id, scopes, "actor_token", " ".join(sorted(scopes)))
 

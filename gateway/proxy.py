@@ -51,6 +51,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
+_BODILESS = frozenset({204, 304})
 
 
 class BodyTooLarge(Exception):
@@ -173,6 +174,16 @@ async def _relay(
 ) -> web.StreamResponse:
     headers = _response_headers(upstream, extra)
     length = upstream.content_length
+    if request.method == "HEAD" or upstream.status in _BODILESS:
+        # No body follows, whatever Content-Length says (for HEAD it describes a GET).
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        if length is not None and request.method == "HEAD":
+            response.content_length = length
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     if length is not None and length <= CHUNK:
         # One chunk at most: read it, then answer with headers and body in one
         # write. Streaming it would cost two more system calls per response.

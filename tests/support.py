@@ -75,6 +75,8 @@ class RecordingUpstream:
             return response
         if path.startswith("/big/"):
             return await _stream(request, _pattern(int(path.rsplit("/", 1)[1])))
+        if path.endswith("/no-content"):
+            return web.Response(status=204, headers={"X-Upstream": "yes"})
         if path.startswith("/echo-body"):
             return await _stream(request, body)
         headers = {

@@ -275,3 +275,19 @@ async def test_websocket_upgrade_is_authorised_then_relayed(
     [seen] = upstream.received
     assert seen.headers["X-Gateway-Auth"] == "api_key"
     assert "Authorization" not in seen.headers
+
+
+async def test_head_and_bodiless_statuses_are_relayed_without_waiting_for_a_body(
+    gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    started = time.monotonic()
+    async with http.head(gateway.proxy + "/v1/public/x") as response:
+        assert response.status == 200
+        assert int(response.headers["Content-Length"]) > 100  # the upstream's, kept for HEAD
+        assert await response.read() == b""
+    assert time.monotonic() - started < 1
+    async with http.get(gateway.proxy + "/v1/public/no-content") as response:
+        assert response.status == 204
+        assert response.headers["X-Upstream"] == "yes"
+    assert time.monotonic() - started < 1
+    assert [r.method for r in upstream.received] == ["HEAD", "GET"]
