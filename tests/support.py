@@ -140,6 +140,14 @@ async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
         await runner.cleanup()
 
 
+def routes_dir(tmp_path: Path, text: str) -> Path:
+    """A policy directory holding one file with `text`."""
+    directory = tmp_path / "routes"
+    directory.mkdir()
+    (directory / "routes.yaml").write_text(text)
+    return directory
+
+
 def make_config(
     tmp_path: Path, database_url: str, upstream_url: str, policies: Path | None = None, **extra: Any
 ) -> Config:

@@ -16,6 +16,7 @@ from tests.support import (
     RunningGateway,
     bearer,
     make_config,
+    routes_dir,
     running_gateway,
     unique,
 )
@@ -32,13 +33,12 @@ async def _writer_key(gateway: RunningGateway) -> str:
 async def test_five_mib_streams_both_ways(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
-    policies = tmp_path / "extra"
-    policies.mkdir()
-    (policies / "bulk.yaml").write_text(
+    policies = routes_dir(
+        tmp_path,
         "upstream: core\nroutes:\n"
         "  - {methods: [POST], path: '/echo-body/{org_id}', scopes: [projects:write],"
         " member_of: {organization: org_id}}\n"
-        "  - {methods: [GET], path: '/big/{size}', public: true}\n"
+        "  - {methods: [GET], path: '/big/{size}', public: true}\n",
     )
     config = make_config(tmp_path, database_url, upstream.url, policies=policies)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
@@ -116,10 +116,9 @@ async def test_connection_header_cannot_drop_identity_headers(
 async def test_response_hop_by_hop_headers_are_removed(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
-    policies = tmp_path / "extra"
-    policies.mkdir()
-    (policies / "hop.yaml").write_text(
-        "upstream: core\nroutes:\n  - {methods: [GET], path: /hop, public: true}\n"
+    policies = routes_dir(
+        tmp_path,
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /hop, public: true}\n",
     )
     config = make_config(tmp_path, database_url, upstream.url, policies=policies)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
@@ -140,10 +139,9 @@ async def test_upstream_failures_are_502_or_504(
     status: int,
     max_seconds: float,
 ) -> None:
-    policies = tmp_path / "extra"
-    policies.mkdir()
-    (policies / "f.yaml").write_text(
-        f"upstream: core\nroutes:\n  - {{methods: [POST], path: {path}, public: true}}\n"
+    policies = routes_dir(
+        tmp_path,
+        f"upstream: core\nroutes:\n  - {{methods: [POST], path: {path}, public: true}}\n",
     )
     config = make_config(tmp_path, database_url, upstream.url, policies=policies)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
@@ -169,10 +167,9 @@ async def test_unreachable_upstream_is_502(tmp_path: Path, database_url: str) ->
 async def test_stall_mid_body_cuts_the_connection(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
-    policies = tmp_path / "extra"
-    policies.mkdir()
-    (policies / "s.yaml").write_text(
-        "upstream: core\nroutes:\n  - {methods: [GET], path: /slow-body, public: true}\n"
+    policies = routes_dir(
+        tmp_path,
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /slow-body, public: true}\n",
     )
     config = make_config(tmp_path, database_url, upstream.url, policies=policies)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
@@ -253,10 +250,9 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
 async def test_websocket_upgrade_is_authorised_then_relayed(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
-    policies = tmp_path / "extra"
-    policies.mkdir()
-    (policies / "ws.yaml").write_text(
-        "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, scopes: [me:read]}\n"
+    policies = routes_dir(
+        tmp_path,
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, scopes: [me:read]}\n",
     )
     config = make_config(tmp_path, database_url, upstream.url, policies=policies)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
