@@ -202,8 +202,14 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     )
     runner = web.ServerRunner(server(pipeline, config.limits), handle_signals=False)
     await runner.setup()
+    # aiohttp's default backlog (128) drops connections in a burst before we ever
+    # accept them, and the header deadline only starts at the accept.
     site = web.TCPSite(
-        runner, config.listen.host, config.listen.port, reuse_port=app[OPTIONS].reuse_port or None
+        runner,
+        config.listen.host,
+        config.listen.port,
+        reuse_port=app[OPTIONS].reuse_port or None,
+        backlog=1024,
     )
     await site.start()
     app[PROXY_ADDRESS] = tuple(runner.addresses[0][:2])

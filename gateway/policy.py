@@ -76,7 +76,7 @@ def load_dir(directory: Path, catalogue: Catalogue, upstreams: frozenset[str]) -
             routes += _FileLoader(path, text, catalogue, upstreams).routes()
         except PolicyError as exc:
             problems += exc.problems
-    problems += _cross_file_problems(routes)
+    problems += _cross_file_problems(routes, directory)
     if problems:
         raise PolicyError(problems)
     return PolicySet(Router(routes), digest.hexdigest()[:12], tuple(p.name for p in files))
@@ -91,17 +91,17 @@ def _read(path: Path) -> str:
         raise PolicyError([f"{path}: cannot read: {exc}"]) from None
 
 
-def _cross_file_problems(routes: list[Route]) -> list[str]:
+def _cross_file_problems(routes: list[Route], directory: Path) -> list[str]:
     problems = [
-        f"{second.source}: route {second.name!r} is ambiguous with {first.name!r} at "
-        f"{first.source} (same path shape, overlapping methods)"
+        f"{directory / second.source}: route {second.name!r} is ambiguous with {first.name!r}"
+        f" at {first.source} (same path shape, overlapping methods)"
         for first, second in conflicts(routes)
     ]
     seen: dict[str, Route] = {}
     for route in routes:
         if route.name in seen:
             problems.append(
-                f"{route.source}: duplicate route name {route.name!r}"
+                f"{directory / route.source}: duplicate route name {route.name!r}"
                 f" (first at {seen[route.name].source})"
             )
         seen.setdefault(route.name, route)

@@ -4,6 +4,7 @@ legitimate client keeps its latency and success rate."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ async def _attacker(port: int, trickle: bool, closed_after: list[float]) -> None
     finally:
         closed_after.append(time.monotonic() - started)
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 def p99(values: list[float]) -> float:
