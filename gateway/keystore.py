@@ -76,12 +76,27 @@ class KeyRecord:
 _MISSING = object()
 
 
+class _EvictionCounting(TTLCache[Hashable, Any]):
+    """cachetools calls popitem() only to make room: count those as evictions."""
+
+    def __init__(self, maxsize: int, ttl: float, timer: Clock, on_evict: Callable[[], None]):
+        super().__init__(maxsize, ttl, timer=timer)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[Hashable, Any]:
+        item = super().popitem()
+        self._on_evict()
+        return item
+
+
 class _Cache:
     """A TTL cache with single flight and a generation guard against stale fills."""
 
     def __init__(self, name: str, maxsize: int, ttl: float, clock: Clock, observer: Observer):
         self.name = name
-        self.entries: TTLCache[Hashable, Any] = TTLCache(maxsize, ttl, timer=clock)
+        self.entries: TTLCache[Hashable, Any] = _EvictionCounting(
+            maxsize, ttl, clock, lambda: observer.cache_event(name, "eviction")
+        )
         self.inflight: dict[Hashable, asyncio.Future[Any]] = {}
         self.generation = 0
         self.observer = observer

@@ -28,7 +28,10 @@ class Metrics:
             registry=r,
         )
         self.cache = Counter(
-            "gateway_cache_events", "Cache hits and misses", ["cache", "event"], registry=r
+            "gateway_cache_events",
+            "Cache hits, misses and evictions",
+            ["cache", "event"],
+            registry=r,
         )
         self.db_query = Histogram(
             "gateway_db_query_duration_seconds", "Database query time", ["query"], registry=r
@@ -44,7 +47,7 @@ class Metrics:
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
-            for event in ("hit", "miss"):
+            for event in ("hit", "miss", "eviction"):
                 self._cache_children[cache, event] = self.cache.labels(cache, event)
 
     # The keystore's Observer protocol.

@@ -102,3 +102,23 @@ async def test_last_used_is_written_in_one_batch(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         listed = await management.get_key(conn, str(first["id"]))
     assert listed["last_used_at"] is not None
+
+
+async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
+    events: list[tuple[str, str]] = []
+
+    class Recorder:
+        def cache_event(self, cache: str, event: str) -> None:
+            events.append((cache, event))
+
+        def query_seconds(self, query: str, seconds: float) -> None:
+            pass
+
+    store = KeyStore(pool, CATALOGUE, Cache(max_entries=2), observer=Recorder())
+    for _ in range(3):
+        assert await store.by_hash(keys.digest(keys.generate("gwk"))) is None
+    assert events.count(("unknown_key", "eviction")) == 1
+    created = [await _create(pool, ["me:read"]) for _ in range(3)]
+    for key in created:
+        await store.by_hash(keys.digest(str(key["key"])))
+    assert events.count(("key", "eviction")) == 1
