@@ -36,7 +36,9 @@ def serve(config: Config, workers: int, loop: str) -> int:
         import uvloop
 
         uvloop.install()
-    options = Options(handle_sighup=True, reuse_port=bool(os.environ.get(WORKER_ENV)))
+    options = Options(
+        handle_sighup=True, reuse_port=bool(os.environ.get(WORKER_ENV)), freeze_gc=True
+    )
     web.run_app(
         create_app(config, options),
         host=config.admin.host,
