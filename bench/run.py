@@ -143,8 +143,9 @@ def parse_wrk(text: str) -> dict[str, float]:
         return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1])  # type: ignore[index]
-    p50 = ms(re.search(r"50%\s+(\S+)", text)[1])  # type: ignore[index]
-    p99 = ms(re.search(r"99%\s+(\S+)", text)[1])  # type: ignore[index]
+    # Anchored: "Req/Sec ... 68.99%" on the thread-stats line must not match.
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: (.*)", text)
     return {
