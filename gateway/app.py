@@ -32,7 +32,7 @@ from gateway.appkeys import (
     STORE,
 )
 from gateway.authn import Authenticator
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.cors import Cors
 from gateway.invalidation import Listener
 from gateway.keystore import Clock, KeyStore
@@ -170,7 +170,14 @@ async def _policies(app: web.Application) -> AsyncIterator[None]:
 
 def _signer(app: web.Application) -> tokens.Signer:
     config = app[CONFIG]
-    keys = [tokens.load_key(k.kid, config.resolve(k.file)) for k in config.tokens.signing_keys]
+    keys = []
+    for index, key in enumerate(config.tokens.signing_keys):
+        try:
+            keys.append(tokens.load_key(key.kid, config.resolve(key.file)))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"tokens.signing_keys[{index}]: cannot load {key.file}: {exc}"
+            ) from None
     if not keys:
         keys = [tokens.dev_key(config.state_path)]
     return tokens.Signer(keys, config.tokens, clock=app[OPTIONS].clock)

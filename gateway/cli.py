@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, database.DatabaseUnavailable) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    except PolicyError as exc:
+        more = f" (+{len(exc.problems) - 1} more: gateway policy check)" if exc.problems[1:] else ""
+        print(f"gateway: policy set refused: {exc.problems[0]}{more}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"gateway: database error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1

@@ -7,9 +7,12 @@ demand unknown processing (`crit`) are refused before any signature check.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -105,8 +108,16 @@ def dev_key(state_dir: Path) -> SigningKey:
     path = state_dir / "dev-signing-key.pem"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_bytes(generate_pem("EdDSA"))
+        # Workers start together and must share one key: write it whole under a
+        # private name, then link it into place; whoever links second uses the first's.
+        fd, temporary = tempfile.mkstemp(dir=state_dir, prefix=".dev-key-")
+        try:
+            os.write(fd, generate_pem("EdDSA"))
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
     log.warning("no tokens.signing_keys configured: using the development key %s", path)
     return load_key("dev", path)
 

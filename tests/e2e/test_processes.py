@@ -268,3 +268,40 @@ def test_signing_key_generation(tmp_path: Path) -> None:
         assert oct(out.stat().st_mode & 0o777) == "0o600"
     again = _cli("signing-keys", "generate", "--out", str(tmp_path / "EdDSA.pem"), config=config)
     assert again.returncode == 1 and "refusing" in again.stderr
+
+
+def test_serve_refuses_a_broken_start_with_one_line(tmp_path: Path, database_url: str) -> None:
+    config, _, _ = _write_config(tmp_path, "broken", database_url, "http://127.0.0.1:9")
+    raw = yaml.safe_load(config.read_text())
+    raw["tokens"] = {"signing_keys": [{"kid": "k1", "file": str(tmp_path / "missing.pem")}]}
+    config.write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "tokens.signing_keys[0]: cannot load" in result.stderr
+    assert "Traceback" not in result.stderr
+    policies = tmp_path / "bad-policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text(
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /x, scopes: [nope]}\n"
+    )
+    raw.pop("tokens")
+    raw["policies"] = {"dir": str(policies)}
+    config.write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "policy set refused" in result.stderr and "a.yaml:3" in result.stderr
+    assert "Traceback" not in result.stderr

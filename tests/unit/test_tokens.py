@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -214,3 +215,14 @@ def test_forgeries_are_rejected(signer: Signer, clock: Clock) -> None:
 def test_scope_claim_round_trips_exactly(scopes: list[str]) -> None:
     signer = Signer([_key()], Tokens(), clock=Clock())
     assert signer.verify(signer.mint("u", KEY_ID, scopes, 60)).scopes == set(scopes)
+
+
+def test_concurrent_dev_key_creation_yields_one_shared_key(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.tokens import dev_key
+
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: dev_key(tmp_path), range(16)))
+    assert len({key.jwk()["x"] for key in loaded}) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["dev-signing-key.pem"]
