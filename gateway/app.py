@@ -24,6 +24,7 @@ from gateway.accesslog import AccessLog
 from gateway.appkeys import (
     CONFIG,
     DATABASE_URL,
+    LISTENER,
     METRICS,
     POLICIES,
     POOL,
@@ -133,9 +134,6 @@ async def _invalidation(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-LISTENER = web.AppKey("listener", Listener)
 
 
 async def _policies(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.invalidation import Listener
 from gateway.keystore import KeyStore
 from gateway.metrics import Metrics
 from gateway.reloader import ActivePolicies
@@ -19,3 +20,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 STORE = web.AppKey("store", KeyStore)
 POLICIES = web.AppKey("policies", ActivePolicies)
 PROXY_ADDRESS = web.AppKey("proxy_address", tuple)
+LISTENER = web.AppKey("listener", Listener)
