@@ -48,6 +48,8 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-request-id",
+    # Answered here, after authorization: an upload the policy refuses is never sent.
+    "expect",
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
@@ -132,6 +134,7 @@ class Forwarder:
         length = request.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
+        await _continue(request)
         body = _LimitedBody(request.content, self._max_body) if request.body_exists else None
         url = URL(upstream.base + raw_target, encoded=True)
         started = time.perf_counter()
@@ -159,6 +162,17 @@ class Forwarder:
         extra: dict[str, str],
     ) -> web.StreamResponse:
         return await websocket.relay(self._session, request, raw_target, upstream, headers, extra)
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Tell a client waiting on `Expect: 100-continue` to send its body (as aiohttp's router would)."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version != (1, 1):
+        return
+    if expect.lower() != "100-continue":
+        raise Problem(417, "expectation-failed", "only Expect: 100-continue is supported")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the real response has not started
 
 
 def _failure(exc: Exception, body: _LimitedBody | None) -> Problem:

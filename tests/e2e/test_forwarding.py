@@ -7,6 +7,7 @@ import io
 import logging
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -287,3 +288,37 @@ async def test_head_and_bodiless_statuses_are_relayed_without_waiting_for_a_body
         assert response.headers["X-Upstream"] == "yes"
     assert time.monotonic() - started < 1
     assert [r.method for r in upstream.received] == ["HEAD", "GET"]
+
+
+async def test_expect_100_continue_is_answered_after_authorization(
+    gateway: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    user = unique("user")
+    await gateway.member(user, "organization", "acme")
+    key = (await gateway.create_key(user, ["projects:write"]))["key"]
+    port = urlsplit(gateway.proxy).port
+    assert port is not None
+
+    async def upload(token: str) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/organizations/acme/projects HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: 5\r\n"
+            f"Expect: 100-continue\r\n\r\n".encode()
+        )
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        if first.startswith(b"HTTP/1.1 100"):
+            writer.write(b"hello")
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        else:
+            rest = b""
+        writer.close()
+        return first, rest
+
+    refused, _ = await upload("gwk_" + "A" * 38)
+    assert refused.startswith(b"HTTP/1.1 401")  # no 100: the body is never sent
+    first, rest = await upload(key)
+    assert first.startswith(b"HTTP/1.1 100 Continue")
+    assert rest.startswith(b"HTTP/1.1 200")
+    [seen] = upstream.received
+    assert seen.body == b"hello" and "Expect" not in seen.headers
