@@ -1,12 +1,12 @@
 """The access log: one JSON line per request on stdout, never a secret.
 
-Lines are buffered and written in batches (every 50 ms, or sooner when many are
-waiting): a write and a flush per request would cost more than the proxying.
+Lines are buffered and written in batches (every 50 ms by the app's telemetry
+loop, or sooner when many are waiting): a write and a flush per request would
+cost more than the proxying.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, BinaryIO
 
 import msgspec
@@ -20,38 +20,56 @@ def _printable(value: Any) -> Any:
     return value
 
 
-class AccessLog:
-    def __init__(self, stream: BinaryIO, *, interval: float = 0.05, max_pending: int = 512) -> None:
-        self._stream = stream
-        self._interval = interval
-        self._max_pending = max_pending
-        self._pending: list[bytes] = []
+FIELDS = (
+    "time",
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "user_id",
+    "key_id",
+    "upstream",
+    "upstream_ms",
+    "reason",
+)
 
-    def emit(self, record: dict[str, Any]) -> None:
-        try:
-            line = _encode(record)
-        except UnicodeEncodeError:
-            # A raw request line may carry undecodable bytes (kept as surrogates).
-            line = _encode({k: _printable(v) for k, v in record.items()})
-        self._pending.append(line)
+
+class AccessLog:
+    """Collects one tuple of `FIELDS` per request; `flush()` encodes and writes them."""
+
+    def __init__(self, stream: BinaryIO, *, max_pending: int = 512) -> None:
+        self._stream = stream
+        self._max_pending = max_pending
+        self._pending: list[tuple[Any, ...]] = []
+
+    def emit(self, values: tuple[Any, ...]) -> None:
+        # Only an append here: encoding a batch at once, away from the request,
+        # costs a fraction of encoding each line with the caches cold.
+        self._pending.append(values)
         if len(self._pending) >= self._max_pending:
             self.flush()
 
     def flush(self) -> None:
         if not self._pending:
             return
-        lines, self._pending = self._pending, []
+        batch, self._pending = self._pending, []
+        lines = [_line(values) for values in batch]
         try:
             self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout gone (closed pipe): serving matters more than logging
 
-    async def run(self) -> None:
-        """Flush periodically until cancelled; flush what is left on the way out."""
-        try:
-            while True:
-                await asyncio.sleep(self._interval)
-                self.flush()
-        finally:
-            self.flush()
+
+def _line(values: tuple[Any, ...]) -> bytes:
+    record = dict(zip(FIELDS, values, strict=True))
+    for key in ("duration_ms", "upstream_ms"):
+        if record[key] is not None:
+            record[key] = round(record[key], 3)
+    try:
+        return _encode(record)
+    except UnicodeEncodeError:
+        # A raw request line may carry undecodable bytes (kept as surrogates).
+        return _encode({k: _printable(v) for k, v in record.items()})

@@ -185,10 +185,22 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     signer = _signer(app)
     options = app[OPTIONS]
-    access_log = None
-    if options.log_requests:
-        access_log = AccessLog(options.access_log or sys.stdout.buffer)
-        log_task = asyncio.create_task(access_log.run())
+    access_log = (
+        AccessLog(options.access_log or sys.stdout.buffer) if options.log_requests else None
+    )
+    metrics = app[METRICS]
+
+    def flush_telemetry() -> None:
+        metrics.drain()
+        if access_log is not None:
+            access_log.flush()
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            flush_telemetry()
+
+    telemetry = asyncio.create_task(flush_periodically())
     session = aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
@@ -229,7 +241,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     yield
     await runner.cleanup()
     await session.close()
-    if access_log is not None:
-        log_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await log_task
+    telemetry.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await telemetry
+    flush_telemetry()

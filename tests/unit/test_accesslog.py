@@ -1,23 +1,34 @@
 from __future__ import annotations
 
 import io
+import json
 
-from gateway.accesslog import AccessLog
+from gateway.accesslog import FIELDS, AccessLog
+
+
+def _values(**changes: object) -> tuple[object, ...]:
+    record: dict[str, object] = dict.fromkeys(FIELDS)
+    record.update({"time": 1.5, "status": 200, "duration_ms": 1.23456, **changes})
+    return tuple(record[field] for field in FIELDS)
 
 
 def test_access_log_survives_undecodable_request_bytes() -> None:
     sink = io.BytesIO()
     log = AccessLog(sink)
-    log.emit({"path": "/v1/\udcff", "status": 400})
+    log.emit(_values(path="/v1/\udcff", status=400))
     log.flush()
-    assert sink.getvalue() == b'{"path":"/v1/\\\\udcff","status":400}\n'
+    line = json.loads(sink.getvalue())
+    assert line["path"] == "/v1/\\udcff" and line["status"] == 400
 
 
-def test_lines_are_batched_and_flushed_together() -> None:
+def test_lines_are_batched_rounded_and_named() -> None:
     sink = io.BytesIO()
     log = AccessLog(sink, max_pending=3)
-    log.emit({"n": 1})
-    log.emit({"n": 2})
+    log.emit(_values(request_id="a"))
+    log.emit(_values(request_id="b"))
     assert sink.getvalue() == b""
-    log.emit({"n": 3})
-    assert sink.getvalue() == b'{"n":1}\n{"n":2}\n{"n":3}\n'
+    log.emit(_values(request_id="c", upstream_ms=0.98765))
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["a", "b", "c"]
+    assert set(lines[0]) == set(FIELDS)
+    assert lines[0]["duration_ms"] == 1.235 and lines[2]["upstream_ms"] == 0.988
