@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -18,15 +18,21 @@ from tests.tcpproxy import TcpProxy
 
 @pytest.fixture
 async def tcp_database(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """The test database behind a TCP proxy the test can cut; the URL to reach it."""
     parts = urlsplit(database_url)
-    if not parts.hostname or parts.hostname.startswith("/"):
-        pytest.skip("the outage test needs a TCP database (GATEWAY_TEST_DATABASE_URL)")
-    proxy = TcpProxy(parts.hostname, parts.port or 5432)
+    if parts.hostname:
+        host, port = parts.hostname, parts.port or 5432
+        proxy = TcpProxy(lambda: asyncio.open_connection(host, port))
+    else:  # the embedded server listens on a unix socket only
+        query = parse_qs(parts.query)
+        socket = f"{query['host'][0]}/.s.PGSQL.{query.get('port', ['5432'])[0]}"
+        proxy = TcpProxy(lambda: asyncio.open_unix_connection(socket))
     await proxy.start()
-    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
-    if parts.port is None:
-        netloc = f"{parts.netloc}:{proxy.port}".replace(parts.hostname, "127.0.0.1")
-    yield proxy, urlunsplit(parts._replace(netloc=netloc))
+    credentials = parts.username or "postgres"
+    if parts.password:
+        credentials += f":{parts.password}"
+    url = urlunsplit(("postgresql", f"{credentials}@127.0.0.1:{proxy.port}", parts.path, "", ""))
+    yield proxy, url
     await proxy.cut()
 
 
