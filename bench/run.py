@@ -294,7 +294,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "naive.log",
         ),
         process(
-            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(config)], "gateway.log", env
+            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(config), "--loop", "asyncio"],
+            "gateway.log",
+            env,
         ),
         process(
             [*pin(1), PY, "-m", "gateway", "serve", "--config", str(uv_config), "--loop", "uvloop"],
@@ -310,11 +312,16 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "nginx direct": (upstream_port, "/", {}, None),
             "nginx proxy_pass": (nginx_proxy_port, "/", {}, None),
             "naive aiohttp proxy": (naive_port, "/", {}, None),
-            "gateway public route": (gw_port, "/public/", {}, None),
-            "gateway cached API key": (gw_port, "/api/", auth, None),
-            "gateway actor token": (gw_port, "/api/", {"Authorization": f"Bearer {token}"}, None),
-            "gateway cached API key, uvloop": (uv_port, "/api/", auth, None),
-            "gateway fresh key (miss)": (gw_port, "/api/", {}, fresh_script),
+            "gateway public route, asyncio": (gw_port, "/public/", {}, None),
+            "gateway cached API key, asyncio": (gw_port, "/api/", auth, None),
+            "gateway actor token, asyncio": (
+                gw_port,
+                "/api/",
+                {"Authorization": f"Bearer {token}"},
+                None,
+            ),
+            "gateway cached API key, uvloop (default)": (uv_port, "/api/", auth, None),
+            "gateway fresh key (miss), asyncio": (gw_port, "/api/", {}, fresh_script),
         }
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
@@ -327,7 +334,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                         measured = wrk(url, connections, args.seconds, headers, script)
                         results.setdefault((name, connections, body), []).append(measured)
                         print(
-                            f"round {round_ + 1} c={connections} {body:>5} {name:<31} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
+                            f"round {round_ + 1} c={connections} {body:>5} {name:<41} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
                             flush=True,
                         )
     report(results, args)

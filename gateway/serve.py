@@ -32,10 +32,15 @@ def serve(config: Config, workers: int, loop: str) -> int:
         return 2
     if workers > 1 and not os.environ.get(WORKER_ENV):
         return _supervise(workers, loop)
-    if loop == "uvloop":
-        import uvloop
-
-        uvloop.install()
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                print("gateway: --loop uvloop: uvloop is not installed", file=sys.stderr)
+                return 2
+        else:
+            uvloop.install()
     options = Options(
         handle_sighup=True, reuse_port=bool(os.environ.get(WORKER_ENV)), freeze_gc=True
     )
