@@ -27,7 +27,6 @@ from gateway.reloader import ActivePolicies
 from gateway.routing import Match
 from gateway.token_endpoint import TokenEndpoint
 from gateway.upstreams import UpstreamTarget
-from gateway.websocket import is_upgrade
 
 log = logging.getLogger("gateway.pipeline")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -123,8 +122,6 @@ class Pipeline:
         outcome.upstream = upstream.name
         headers = request_headers(request, principal, request_id)
         extra = {"X-Request-Id": request_id, **cors}
-        if is_upgrade(request):
-            return await self._forwarder.websocket(request, target.raw, upstream, headers, extra)
         return await self._forwarder.forward(request, target.raw, upstream, headers, extra, timing)
 
     async def _authorize(self, principal: Principal, match: Match) -> None:

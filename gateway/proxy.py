@@ -116,7 +116,8 @@ class _LimitedBody:
 
 
 class Forwarder:
-    """One client session for all upstreams: pooled keep-alive, no cookies, no decompression."""
+    """One client session for all upstreams: pooled keep-alive, no cookies, no decompression.
+    WebSocket upgrades go to `websocket.relay`; everything else is streamed here."""
 
     def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int) -> None:
         self._session = session
@@ -131,6 +132,10 @@ class Forwarder:
         extra: dict[str, str],
         timing: dict[str, float],
     ) -> web.StreamResponse:
+        if websocket.is_upgrade(request):
+            return await websocket.relay(
+                self._session, request, raw_target, upstream, headers, extra
+            )
         length = request.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
@@ -152,16 +157,6 @@ class Forwarder:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
         async with upstream_response:
             return await _relay(request, upstream_response, extra)
-
-    async def websocket(
-        self,
-        request: web.BaseRequest,
-        raw_target: str,
-        upstream: UpstreamTarget,
-        headers: CIMultiDict[str],
-        extra: dict[str, str],
-    ) -> web.StreamResponse:
-        return await websocket.relay(self._session, request, raw_target, upstream, headers, extra)
 
 
 async def _continue(request: web.BaseRequest) -> None:

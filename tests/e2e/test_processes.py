@@ -275,14 +275,7 @@ def test_serve_refuses_a_broken_start_with_one_line(tmp_path: Path, database_url
     raw = yaml.safe_load(config.read_text())
     raw["tokens"] = {"signing_keys": [{"kid": "k1", "file": str(tmp_path / "missing.pem")}]}
     config.write_text(yaml.safe_dump(raw))
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        check=False,
-        timeout=60,
-    )
+    result = _cli("serve", config=config)
     assert result.returncode == 2
     assert "tokens.signing_keys[0]: cannot load" in result.stderr
     assert "Traceback" not in result.stderr
@@ -294,14 +287,7 @@ def test_serve_refuses_a_broken_start_with_one_line(tmp_path: Path, database_url
     raw.pop("tokens")
     raw["policies"] = {"dir": str(policies)}
     config.write_text(yaml.safe_dump(raw))
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        check=False,
-        timeout=60,
-    )
+    result = _cli("serve", config=config)
     assert result.returncode == 1
     assert "policy set refused" in result.stderr and "a.yaml:3" in result.stderr
     assert "Traceback" not in result.stderr
