@@ -9,12 +9,13 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from gateway import keys
 from gateway.config import Cache, Config, Tokens
-from gateway.keystore import KeyRecord, KeyStore
-from gateway.routing import Route, Router
-from gateway.scopes import Catalogue
-from gateway.tokens import Signer, SigningKey, algorithm_for, generate_pem
+from gateway.keys import format as key_format
+from gateway.keys.store import KeyRecord, KeyStore
+from gateway.policy.routing import Route, Router
+from gateway.policy.scopes import Catalogue
+from gateway.tokens.actor import Signer
+from gateway.tokens.signing import SigningKey, algorithm_for, generate_pem
 
 CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
 
@@ -62,16 +63,16 @@ def route_match() -> None:
 
 
 def key_check() -> None:
-    key = keys.generate("gwk")
+    key = key_format.generate("gwk")
     store = KeyStore(None, CATALOGUE, Cache())  # type: ignore[arg-type]
     record = KeyRecord(
         str(uuid.uuid4()), "u", "n", ("me:read",), frozenset({"me:read"}), None, None
     )
-    store._by_hash.entries[keys.digest(key)] = record
+    store._by_hash.entries[key_format.digest(key)] = record
 
     async def check() -> None:
-        if keys.is_well_formed(key, "gwk"):
-            await store.by_hash(keys.digest(key))
+        if key_format.is_well_formed(key, "gwk"):
+            await store.by_hash(key_format.digest(key))
 
     async def run() -> float:
         count, started = 0, time.perf_counter()
@@ -116,7 +117,7 @@ def cache_memory(n: int = 100_000) -> None:
             None,
             None,
         )
-        store._by_hash.entries[keys.digest(keys.generate("gwk"))] = record
+        store._by_hash.entries[key_format.digest(key_format.generate("gwk"))] = record
     after = tracemalloc.take_snapshot()
     used = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     print(f"memory per cached key at {n:,} keys: {used / n:.0f} bytes")

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import aiohttp
 import asyncpg
 import yaml
 
-from gateway import keys
+from gateway.keys import format as key_format
+from gateway.testing import free_port, serving
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,12 +35,6 @@ OUT = HERE / "out"
 PY = sys.executable
 ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 - a local benchmark's own token
 BODIES = {"200B": 200, "64KiB": 65536}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pin(core: int) -> list[str]:
@@ -161,8 +155,8 @@ async def seed(database_url: str, fresh: int) -> tuple[str, Path]:
     """One cached key, and `fresh` keys for the miss path (bulk-inserted, written to a Lua list)."""
     conn = await asyncpg.connect(database_url)
     try:
-        cached = keys.generate("gwk")
-        rows = [cached] + [keys.generate("gwk") for _ in range(fresh)]
+        cached = key_format.generate("gwk")
+        rows = [cached] + [key_format.generate("gwk") for _ in range(fresh)]
         await conn.copy_records_to_table(
             "api_keys",
             records=[
@@ -293,18 +287,24 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             ],
             "naive.log",
         ),
-        process(
-            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(config), "--loop", "asyncio"],
-            "gateway.log",
-            env,
+        serving(
+            config,
+            OUT / "gateway.log",
+            f"http://127.0.0.1:{admin_port}",
+            args=["--loop", "asyncio"],
+            env=env,
+            prefix=pin(1),
         ),
-        process(
-            [*pin(1), PY, "-m", "gateway", "serve", "--config", str(uv_config), "--loop", "uvloop"],
-            "gateway-uvloop.log",
-            env,
+        serving(
+            uv_config,
+            OUT / "gateway-uvloop.log",
+            f"http://127.0.0.1:{uv_admin_port}",
+            args=["--loop", "uvloop"],
+            env=env,
+            prefix=pin(1),
         ),
     ):
-        for port in (upstream_port, naive_port, gw_port, uv_port):
+        for port in (upstream_port, naive_port):
             wait_http(f"http://127.0.0.1:{port}/public/200B")
         token = asyncio.run(mint(f"http://127.0.0.1:{gw_port}", cached))
         auth = {"Authorization": f"Bearer {cached}"}
@@ -356,18 +356,13 @@ def workers_scaling(
         for workers in (1, args.workers):
             port, admin = free_port(), free_port()
             config = gateway_config(database_url, upstream_port, port, admin, f"workers{workers}")
-            argv = [
-                PY,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(config),
-                "--workers",
-                str(workers),
-            ]
-            with process(argv, f"workers{workers}.log", env):
-                wait_http(f"http://127.0.0.1:{port}/public/200B")
+            with serving(
+                config,
+                OUT / f"workers{workers}.log",
+                f"http://127.0.0.1:{admin}",
+                args=["--workers", str(workers)],
+                env=env,
+            ):
                 url = f"http://127.0.0.1:{port}/api/200B"
                 auth = {"Authorization": f"Bearer {key}"}
                 rates[workers] = wrk(url, 64, args.seconds, auth, None, pinned=False)["rps"]

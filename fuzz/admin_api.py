@@ -7,23 +7,16 @@ the embedded one under fuzz/state) and runs `schemathesis run` against it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
+from gateway.testing import environment, free_port, serving
+
 HERE = Path(__file__).resolve().parent
 TOKEN = "fuzz-admin-token"  # noqa: S105 - a throwaway local token
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:
@@ -40,23 +33,9 @@ def main() -> int:
             }
         )
     )
-    env = {**os.environ, "GATEWAY_ADMIN_TOKEN": TOKEN}
-    env.pop("GATEWAY_DATABASE_URL", None)
-    with (HERE / "admin-api.log").open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        base = f"http://127.0.0.1:{admin}"
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):  # noqa: S310 - loopback
-                    break
-            except OSError:
-                time.sleep(0.1)
+    env = environment(GATEWAY_ADMIN_TOKEN=TOKEN, GATEWAY_DATABASE_URL=None)
+    base = f"http://127.0.0.1:{admin}"
+    with serving(config, HERE / "admin-api.log", base, env=env):
         result = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),
@@ -74,9 +53,6 @@ def main() -> int:
             check=False,
         )
         return result.returncode
-    finally:
-        server.terminate()
-        server.wait(15)
 
 
 if __name__ == "__main__":

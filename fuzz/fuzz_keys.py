@@ -5,14 +5,14 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gateway import keys
+    from gateway.keys import format as key_format
 
 
 def one(data: bytes) -> None:
     token = atheris.FuzzedDataProvider(data).ConsumeUnicodeNoSurrogates(64)
-    if keys.is_well_formed(token, "gwk"):
+    if key_format.is_well_formed(token, "gwk"):
         body = token[4:]
-        assert len(body) == 38 and keys.checksum(body[:32]) == body[32:]
+        assert len(body) == 38 and key_format.checksum(body[:32]) == body[32:]
 
 
 if __name__ == "__main__":

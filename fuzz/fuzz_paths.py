@@ -6,14 +6,14 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gateway import safety
+    from gateway.policy import paths
     from gateway.problems import Problem
 
 
 def one(data: bytes) -> None:
     path = "/" + atheris.FuzzedDataProvider(data).ConsumeUnicodeNoSurrogates(200)
     try:
-        segments = safety.split_path(path)
+        segments = paths.split_path(path)
     except Problem as problem:
         assert problem.status == 400
         return

@@ -8,8 +8,8 @@ import atheris
 
 with atheris.instrument_imports():
     from gateway.config import Config
-    from gateway.policy import PolicyError, _FileLoader
-    from gateway.scopes import Catalogue
+    from gateway.policy.loader import PolicyError, _FileLoader
+    from gateway.policy.scopes import Catalogue
 
 CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
 SEED = (Path(__file__).parent.parent / "policies" / "projects.yaml").read_text()

@@ -19,8 +19,8 @@ from typing import BinaryIO
 import aiohttp
 from aiohttp import web
 
-from gateway import admin, database, tokens
-from gateway.accesslog import AccessLog
+from gateway import database
+from gateway.admin.api import add_routes as add_admin_routes
 from gateway.appkeys import (
     CONFIG,
     DATABASE_URL,
@@ -32,19 +32,22 @@ from gateway.appkeys import (
     SCOPES,
     STORE,
 )
-from gateway.authn import Authenticator
 from gateway.config import Config, ConfigError
-from gateway.cors import Cors
-from gateway.invalidation import Listener
-from gateway.keystore import Clock, KeyStore
-from gateway.listener import server
-from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
-from gateway.proxy import Forwarder
-from gateway.reloader import ActivePolicies
-from gateway.scopes import Catalogue
-from gateway.token_endpoint import TokenEndpoint
-from gateway.upstreams import UpstreamTarget
+from gateway.edge.authn import Authenticator
+from gateway.edge.cors import Cors
+from gateway.edge.listener import server
+from gateway.edge.pipeline import Pipeline
+from gateway.forward.proxy import Forwarder
+from gateway.forward.upstreams import UpstreamTarget
+from gateway.keys.invalidation import Listener
+from gateway.keys.store import Clock, KeyStore
+from gateway.observability.accesslog import AccessLog
+from gateway.observability.metrics import Metrics
+from gateway.policy.reloader import ActivePolicies
+from gateway.policy.scopes import Catalogue
+from gateway.tokens import signing
+from gateway.tokens.actor import Signer
+from gateway.tokens.endpoint import TokenEndpoint
 
 log = logging.getLogger("gateway")
 
@@ -76,7 +79,7 @@ def create_app(config: Config, options: Options | None = None) -> web.Applicatio
     app[OPTIONS] = options or Options()
     app[SCOPES] = Catalogue({name: d.implies for name, d in config.scopes.items()})
     app[METRICS] = Metrics()
-    admin.add_routes(app)
+    add_admin_routes(app)
     app.cleanup_ctx.extend([_database, _store, _invalidation, _policies, _proxy])
     return app
 
@@ -166,19 +169,19 @@ async def _policies(app: web.Application) -> AsyncIterator[None]:
             await watcher
 
 
-def _signer(app: web.Application) -> tokens.Signer:
+def _signer(app: web.Application) -> Signer:
     config = app[CONFIG]
     keys = []
     for index, key in enumerate(config.tokens.signing_keys):
         try:
-            keys.append(tokens.load_key(key.kid, config.resolve(key.file)))
+            keys.append(signing.load_key(key.kid, config.resolve(key.file)))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(
                 f"tokens.signing_keys[{index}]: cannot load {key.file}: {exc}"
             ) from None
     if not keys:
-        keys = [tokens.dev_key(config.state_path)]
-    return tokens.Signer(keys, config.tokens, clock=app[OPTIONS].clock)
+        keys = [signing.dev_key(config.state_path)]
+    return Signer(keys, config.tokens, clock=app[OPTIONS].clock)
 
 
 async def _proxy(app: web.Application) -> AsyncIterator[None]:

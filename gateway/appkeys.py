@@ -6,11 +6,11 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.invalidation import Listener
-from gateway.keystore import KeyStore
-from gateway.metrics import Metrics
-from gateway.reloader import ActivePolicies
-from gateway.scopes import Catalogue
+from gateway.keys.invalidation import Listener
+from gateway.keys.store import KeyStore
+from gateway.observability.metrics import Metrics
+from gateway.policy.reloader import ActivePolicies
+from gateway.policy.scopes import Catalogue
 
 CONFIG = web.AppKey("config", Config)
 SCOPES = web.AppKey("scopes", Catalogue)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -15,12 +14,14 @@ import asyncpg
 import msgspec
 
 from gateway import config as config_module
-from gateway import database, management, tokens
+from gateway import database
 from gateway.config import Config, ConfigError
-from gateway.explain import explain, route_table
-from gateway.policy import PolicyError, load_dir
+from gateway.keys import management
+from gateway.policy.explain import explain, route_table
+from gateway.policy.loader import PolicyError, load_dir
+from gateway.policy.scopes import Catalogue
 from gateway.problems import Problem
-from gateway.scopes import Catalogue
+from gateway.tokens import signing
 
 
 class CommandError(Exception):
@@ -128,7 +129,7 @@ def _generate_signing_key(out: Path, alg: str) -> int:
     if out.exists():
         raise CommandError(f"{out} exists; refusing to overwrite a signing key")
     out.touch(mode=0o600)
-    out.write_bytes(tokens.generate_pem(alg))
+    out.write_bytes(signing.generate_pem(alg))
     print(f"wrote {alg} signing key to {out}")
     return 0
 
@@ -256,14 +257,3 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("members", "add"): _members,
     ("members", "remove"): _members,
 }
-
-
-def configure_logging() -> None:
-    # Diagnostics go to stderr; stdout carries only the access log (accesslog.py).
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)

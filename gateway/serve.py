@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
-from gateway import management
 from gateway.app import Options, create_app
 from gateway.appkeys import CONFIG, POOL, PROXY_ADDRESS, SCOPES
-from gateway.cli import configure_logging
 from gateway.config import Config
+from gateway.keys import management
+from gateway.observability.diagnostics import configure_logging
 
 log = logging.getLogger("gateway")
 WORKER_ENV = "GATEWAY_WORKER"

@@ -19,11 +19,11 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import management
 from gateway.app import Options, create_app
 from gateway.appkeys import POOL, PROXY_ADDRESS, SCOPES, STORE
 from gateway.config import Config
-from gateway.keystore import KeyStore
+from gateway.keys import management
+from gateway.keys.store import KeyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import management
+from gateway.keys import management
 from tests.support import RecordingUpstream, RunningGateway, bearer, unique
 
 MINT = "/auth/actor-tokens"

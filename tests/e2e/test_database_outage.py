@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import aiohttp
 import pytest
 
-from gateway import keys
+from gateway.keys import format as key_format
 from tests.support import RecordingUpstream, bearer, make_config, running_gateway, unique
 from tests.tcpproxy import TcpProxy
 
@@ -48,7 +48,7 @@ async def test_outage_then_recovery(
     )
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
         cached = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
-        unknown = keys.generate("gwk")
+        unknown = key_format.generate("gwk")
         async with http.get(gateway.proxy + "/v1/me", headers=bearer(cached)) as response:
             assert response.status == 200
         await proxy.cut()

@@ -70,12 +70,12 @@ async def test_bad_credentials_are_401_and_not_forwarded(
 async def test_unknown_expired_and_revoked_keys_are_401(
     gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
-    from gateway import keys as keyformat
+    from gateway.keys import format as keyformat
 
     unknown = keyformat.generate("gwk")
     revoked = await gateway.create_key(unique("user"), ["me:read"])
     async with gateway.pool.acquire() as conn:
-        from gateway import management
+        from gateway.keys import management
 
         await management.revoke_key(conn, revoked["id"])
         expired = await gateway.create_key(unique("user"), ["me:read"])

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +16,14 @@ import asyncpg
 import pytest
 import yaml
 
+from gateway.testing import environment, free_port, spawn_serve, stop, wait_ready
 from tests.support import ADMIN_TOKEN, ROOT, RecordingUpstream, admin_headers, bearer, unique
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_config(
     tmp_path: Path, name: str, database_url: str, upstream_url: str
 ) -> tuple[Path, int, int]:
-    proxy_port, admin_port = _free_port(), _free_port()
+    proxy_port, admin_port = free_port(), free_port()
     config = {
         "state_dir": str(tmp_path / "state"),
         "listen": {"host": "127.0.0.1", "port": proxy_port},
@@ -45,44 +38,23 @@ def _write_config(
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
+    return environment(GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN, PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout=10)
 
 
 def _serve(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    with (tmp_path / f"{config.stem}.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *extra],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_env(),
-        )
+    return spawn_serve(config, tmp_path / f"{config.stem}.log", args=extra, env=_env())
 
 
-async def _ready(http: aiohttp.ClientSession, admin_port: int, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("gateway did not become ready")
+async def _ready(admin_port: int) -> None:
+    await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{admin_port}", None, 20)
 
 
 async def _revoked_within(http: aiohttp.ClientSession, url: str, key: str, seconds: float) -> float:
@@ -105,8 +77,8 @@ async def test_revocation_through_one_process_reaches_the_other_within_a_second(
     second, p2, a2 = _write_config(tmp_path, "two", database_url, upstream.url)
     spawn += [_serve(first, tmp_path), _serve(second, tmp_path)]
     async with aiohttp.ClientSession() as http:
-        await _ready(http, a1)
-        await _ready(http, a2)
+        await _ready(a1)
+        await _ready(a2)
         user = unique("user")
         create = {"user_id": user, "name": "x", "scopes": ["me:read"]}
         for attempt in range(2):
@@ -146,7 +118,7 @@ async def test_workers_share_the_port_and_stop_cleanly(
     supervisor = _serve(config, tmp_path, "--workers", "2")
     spawn.append(supervisor)
     async with aiohttp.ClientSession() as http:
-        await _ready(http, admin_port)
+        await _ready(admin_port)
         statuses = []
         for _ in range(20):
             async with http.get(f"http://127.0.0.1:{proxy_port}/v1/public/x") as r:

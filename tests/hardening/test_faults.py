@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway import keys
+from gateway.keys import format as key_format
 from tests.e2e.test_database_outage import tcp_database
 from tests.hardening.scale import pick
 from tests.support import RecordingUpstream, bearer, make_config, running_gateway, unique
@@ -60,7 +60,9 @@ async def test_database_cut_under_load(
         bad = "gwk_" + "B" * 38
         tasks = [
             asyncio.create_task(_client(http, target, cached, stop, logs["cached"])),
-            asyncio.create_task(_client(http, target, keys.generate("gwk"), stop, logs["unknown"])),
+            asyncio.create_task(
+                _client(http, target, key_format.generate("gwk"), stop, logs["unknown"])
+            ),
             asyncio.create_task(_client(http, target, bad, stop, logs["bad"])),
         ]
         await asyncio.sleep(cut_seconds)
@@ -68,7 +70,7 @@ async def test_database_cut_under_load(
         await asyncio.gather(*tasks)
         restored = time.monotonic()
         await proxy.restore()
-        probe = keys.generate("gwk")
+        probe = key_format.generate("gwk")
         while True:
             async with http.get(target, headers=bearer(probe)) as response:
                 if response.status == 401:
@@ -159,7 +161,7 @@ async def test_random_key_flood_keeps_the_legitimate_key_cached(
         async with http.get(target, headers=bearer(legit)) as response:
             assert response.status == 200
         queries = gateway.store.queries
-        random_keys = [keys.generate("gwk") for _ in range(flood)]
+        random_keys = [key_format.generate("gwk") for _ in range(flood)]
         legit_ok = 0
         for start in range(0, flood, 50):
             batch = [*random_keys[start : start + 50], legit]

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway import management
+from gateway.keys import management
 from tests.support import RecordingUpstream, RunningGateway, admin_headers, bearer, unique
 
 

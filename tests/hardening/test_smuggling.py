@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +15,7 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway.testing import environment, free_port, spawn_serve, stop, wait_ready
 from tests.support import ADMIN_TOKEN, ROOT, RecordingUpstream, RunningGateway, raw_request, unique
 
 FRAMINGS = [
@@ -120,16 +116,10 @@ async def test_no_malformed_request_is_forwarded_c_parser(
     assert upstream.received == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_no_malformed_request_is_forwarded_python_parser(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     config = tmp_path / "g.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -143,27 +133,13 @@ async def test_no_malformed_request_is_forwarded_python_parser(
             }
         )
     )
-    env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1", "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
-    env.pop("GATEWAY_DATABASE_URL", None)
-    with (tmp_path / "log").open("wb") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    env = environment(
+        AIOHTTP_NO_EXTENSIONS="1", GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN, GATEWAY_DATABASE_URL=None
+    )
+    process = spawn_serve(config, tmp_path / "log", env=env)
     try:
+        await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{admin}", process, 20)
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
             create = {"user_id": unique("u"), "name": "n", "scopes": ["me:read"]}
             async with http.post(
                 f"http://127.0.0.1:{admin}/admin/v1/keys",
@@ -173,8 +149,7 @@ async def test_no_malformed_request_is_forwarded_python_parser(
                 key = (await r.json())["key"]
         figures = await _fire(port, key)
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process, timeout=10)
     print(
         f"\nsmuggling battery (Python parser): {figures['sent']} sent, {figures['2xx']} 2xx, {len(upstream.received)} forwarded"
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import watchfiles
 
-from gateway.metrics import Metrics
-from gateway.policy import PolicyError, PolicySet, load_dir
-from gateway.scopes import Catalogue
+from gateway.observability.metrics import Metrics
+from gateway.policy.loader import PolicyError, PolicySet, load_dir
+from gateway.policy.scopes import Catalogue
 
 log = logging.getLogger("gateway.policy")
 

@@ -17,7 +17,7 @@ import asyncpg
 from cachetools import TTLCache
 
 from gateway.config import Cache
-from gateway.scopes import Catalogue
+from gateway.policy.scopes import Catalogue
 
 Clock = Callable[[], float]
 Status = Literal["active", "expired", "revoked"]

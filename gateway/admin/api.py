@@ -13,9 +13,9 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from gateway import management
+from gateway.admin.openapi import DOCUMENT
 from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
-from gateway.openapi import DOCUMENT
+from gateway.keys import management
 from gateway.problems import Problem, bad_request, invalid_fields
 
 log = logging.getLogger("gateway.admin")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.routing import TAIL, Route, Router
+from gateway.policy.routing import TAIL, Route, Router
 
 
 def route(template: str, methods: str = "GET", name: str | None = None) -> Route:

@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.authn import Principal
 from gateway.config import Tokens
+from gateway.keys.principal import Principal
 from gateway.problems import Problem, bad_request, invalid_fields
-from gateway.tokens import Signer
+from gateway.tokens.actor import Signer
 
 MINT_SCOPE = "actor_tokens:create"
 MAX_BODY = 64 * 1024

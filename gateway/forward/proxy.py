@@ -16,10 +16,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway import websocket
-from gateway.authn import Principal
+from gateway.forward import websocket
+from gateway.forward.upstreams import UpstreamTarget
+from gateway.keys.principal import Principal
 from gateway.problems import Problem
-from gateway.upstreams import UpstreamTarget
 
 HOP_BY_HOP = frozenset(
     {

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from aiohttp import web
 
+from gateway.policy.paths import split_path
 from gateway.problems import Problem, bad_request
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
-# RFC 3986 pchar plus "/" — everything else must arrive percent-encoded.
-_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 _QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
-_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# Encoded "/", "\", "." and "%" (double encoding), and encoded control characters.
-_ENCODED_FORBIDDEN = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
 _VERSIONS = frozenset({(1, 0), (1, 1)})
 
 
@@ -60,28 +55,3 @@ def _check_message(request: web.BaseRequest, max_header_bytes: int) -> None:
         raise bad_request("bad-framing", "repeated framing header")
     if encodings and encodings[0].strip().lower() != "chunked":
         raise bad_request("bad-framing", "only chunked transfer-encoding is accepted")
-
-
-def split_path(path: str) -> list[str]:
-    """Decoded path segments; raises a 400 `Problem` for anything ambiguous."""
-    if not _PATH.fullmatch(path):
-        raise bad_request("bad-path", "the path has characters that must be percent-encoded")
-    if path == "/":
-        return []
-    if "%" in path:
-        if _PERCENT.search(path):
-            raise bad_request("bad-path", "malformed percent-encoding")
-        if _ENCODED_FORBIDDEN.search(path):
-            raise bad_request("bad-path", "encoded '/', '\\', '.', '%' or control character")
-    segments = path[1:].split("/")
-    for i, segment in enumerate(segments):
-        if not segment and i != len(segments) - 1:
-            raise bad_request("bad-path", "empty path segment")
-        if segment.partition(";")[0] in (".", ".."):
-            raise bad_request("bad-path", "dot segment in the path")
-    if "%" not in path:
-        return segments
-    try:
-        return [unquote(segment, errors="strict") for segment in segments]
-    except UnicodeDecodeError:
-        raise bad_request("bad-path", "percent-encoding is not UTF-8") from None

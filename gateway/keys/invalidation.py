@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 
 from gateway.database import Conn
-from gateway.keystore import KeyStore
-from gateway.metrics import Metrics
+from gateway.keys.store import KeyStore
+from gateway.observability.metrics import Metrics
 
 CHANNEL = "gateway_invalidation"
 log = logging.getLogger("gateway.invalidation")

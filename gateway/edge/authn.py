@@ -7,26 +7,14 @@ touched; an actor token is verified, then its parent key must still be valid.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Literal
 
 from multidict import CIMultiDictProxy
 
-from gateway import keys
-from gateway.keystore import KeyRecord, KeyStore, StoreUnavailable
+from gateway.keys import format as key_format
+from gateway.keys.principal import Principal
+from gateway.keys.store import KeyRecord, KeyStore, StoreUnavailable
 from gateway.problems import database_unavailable, unauthorized
-from gateway.tokens import Signer, TokenRejected
-
-AuthKind = Literal["api_key", "actor_token"]
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-    key_id: str
-    scopes: frozenset[str]  # effective scopes
-    auth: AuthKind
-    scope_header: str  # X-Gateway-Scopes, built once per credential
+from gateway.tokens.actor import Signer, TokenRejected
 
 
 def credential(headers: CIMultiDictProxy[str]) -> str | None:
@@ -63,9 +51,9 @@ class Authenticator:
         return await self._api_key(token)
 
     async def _api_key(self, token: str) -> Principal:
-        if not keys.is_well_formed(token, self._prefix):
+        if not key_format.is_well_formed(token, self._prefix):
             raise unauthorized("malformed-credential", "malformed credential")
-        record = await self._lookup(self._store.by_hash(keys.digest(token)))
+        record = await self._lookup(self._store.by_hash(key_format.digest(token)))
         if record is None:
             raise unauthorized("unknown-credential", "unknown credential")
         self._check_status(record, "")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from gateway.authn import Principal
+from gateway.policy.routing import Match
 from gateway.problems import Problem, insufficient_scope
-from gateway.routing import Match
 
 
-def authorize(principal: Principal, match: Match, memberships: Set[tuple[str, str]]) -> None:
-    """Every required scope held (after `implies`) and every `member_of` satisfied."""
+def authorize(scopes: frozenset[str], match: Match, memberships: Set[tuple[str, str]]) -> None:
+    """Every required scope held (`scopes` are effective, after `implies`) and every
+    `member_of` satisfied."""
     route = match.route
-    if not route.scopes <= principal.scopes:
-        raise insufficient_scope(sorted(route.scopes - principal.scopes))
+    if not route.scopes <= scopes:
+        raise insufficient_scope(sorted(route.scopes - scopes))
     for kind, param in route.member_of:
         if (kind, match.params[param]) not in memberships:
             raise Problem(403, "not-a-member", f"not a member of this {kind}")

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from gateway import keys, management
 from gateway.config import Cache, Config
-from gateway.keystore import KeyStore
-from gateway.scopes import Catalogue
+from gateway.keys import format as key_format
+from gateway.keys import management
+from gateway.keys.store import KeyStore
+from gateway.policy.scopes import Catalogue
 
 CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
 
@@ -43,7 +44,7 @@ async def _create(pool: asyncpg.Pool, scopes: list[str], **extra: object) -> dic
 
 async def test_hit_makes_no_query_and_concurrent_misses_make_one(pool: asyncpg.Pool) -> None:
     created = await _create(pool, ["projects:write"])
-    digest = keys.digest(str(created["key"]))
+    digest = key_format.digest(str(created["key"]))
     store = KeyStore(pool, CATALOGUE, Cache())
     records = await asyncio.gather(*(store.by_hash(digest) for _ in range(50)))
     assert store.queries == 1
@@ -57,7 +58,7 @@ async def test_hit_makes_no_query_and_concurrent_misses_make_one(pool: asyncpg.P
 async def test_unknown_keys_are_cached_negatively_for_their_ttl(pool: asyncpg.Pool) -> None:
     clock = Clock()
     store = KeyStore(pool, CATALOGUE, Cache(negative_ttl_seconds=5), clock=clock)
-    digest = keys.digest(keys.generate("gwk"))
+    digest = key_format.digest(key_format.generate("gwk"))
     assert await store.by_hash(digest) is None
     assert await store.by_hash(digest) is None
     assert store.queries == 1
@@ -70,17 +71,17 @@ async def test_expiry_is_checked_on_every_request_not_on_fill(pool: asyncpg.Pool
     clock = Clock()
     created = await _create(pool, ["me:read"], expires_in_days=1)
     store = KeyStore(pool, CATALOGUE, Cache(ttl_seconds=10**9), clock=clock)
-    record = await store.by_hash(keys.digest(str(created["key"])))
+    record = await store.by_hash(key_format.digest(str(created["key"])))
     assert record is not None and record.status(clock()) == "active"
     clock.now += 86400 + 1
-    cached = await store.by_hash(keys.digest(str(created["key"])))
+    cached = await store.by_hash(key_format.digest(str(created["key"])))
     assert cached is record and cached.status(clock()) == "expired"
     assert store.queries == 1
 
 
 async def test_an_invalidation_during_a_fill_is_not_overwritten(pool: asyncpg.Pool) -> None:
     created = await _create(pool, ["me:read"])
-    digest = keys.digest(str(created["key"]))
+    digest = key_format.digest(str(created["key"]))
     store = KeyStore(pool, CATALOGUE, Cache())
     pending = asyncio.ensure_future(store.by_hash(digest))
     await asyncio.sleep(0)  # the query is in flight
@@ -116,9 +117,9 @@ async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
 
     store = KeyStore(pool, CATALOGUE, Cache(max_entries=2), observer=Recorder())
     for _ in range(3):
-        assert await store.by_hash(keys.digest(keys.generate("gwk"))) is None
+        assert await store.by_hash(key_format.digest(key_format.generate("gwk"))) is None
     assert events.count(("unknown_key", "eviction")) == 1
     created = [await _create(pool, ["me:read"]) for _ in range(3)]
     for key in created:
-        await store.by_hash(keys.digest(str(key["key"])))
+        await store.by_hash(key_format.digest(str(key["key"])))
     assert events.count(("key", "eviction")) == 1

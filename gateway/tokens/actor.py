@@ -1,4 +1,4 @@
-"""Actor tokens: short-lived JWTs minted for a key, published keys (JWKS), verification.
+"""Actor tokens: short-lived JWTs minted for a key (RFC 8693 `act`), and their verification.
 
 Only our own keys and algorithms verify: `kid` must be one of ours, `alg` must
 be that key's, and headers that point elsewhere (`jku`, `jwk`, `x5u`, `x5c`) or
@@ -7,35 +7,25 @@ demand unknown processing (`crit`) are refused before any signature check.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
-import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 from cachetools import TTLCache
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
 
 from gateway.config import Tokens
+from gateway.tokens.signing import SigningKey
 
-log = logging.getLogger("gateway.tokens")
 LEEWAY_SECONDS = 30
 MAX_TOKEN_BYTES = 8192
 _FORBIDDEN_HEADERS = ("jku", "jwk", "x5u", "x5c", "crit")
 _KEY_SUBJECT = re.compile(r"api_key:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 _REQUIRED = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "act")
-
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 class TokenRejected(Exception):
@@ -47,79 +37,12 @@ class TokenRejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class SigningKey:
-    kid: str
-    alg: str
-    private_key: PrivateKey
-
-    @property
-    def public_key(self) -> Any:
-        return self.private_key.public_key()
-
-    def jwk(self) -> dict[str, Any]:
-        algorithm = get_default_algorithms()[self.alg]
-        jwk: dict[str, Any] = algorithm.to_jwk(self.public_key, as_dict=True)
-        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
-
-
-@dataclass(frozen=True, slots=True)
 class ActorClaims:
     user_id: str
     key_id: str
     scopes: frozenset[str]
     expires_at: float
     not_before: float
-
-
-def algorithm_for(key: PrivateKey) -> str:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
-        return "RS256"
-    raise ValueError("signing keys must be Ed25519, EC P-256 or RSA of at least 2048 bits")
-
-
-def load_key(kid: str, path: Path) -> SigningKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, PrivateKey):
-        raise ValueError("signing keys must be Ed25519, EC P-256 or RSA of at least 2048 bits")
-    return SigningKey(kid, algorithm_for(key), key)
-
-
-def generate_pem(alg: str) -> bytes:
-    key: PrivateKey
-    if alg == "EdDSA":
-        key = ed25519.Ed25519PrivateKey.generate()
-    elif alg == "ES256":
-        key = ec.generate_private_key(ec.SECP256R1())
-    elif alg == "RS256":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    else:
-        raise ValueError(f"unsupported algorithm {alg!r}; use EdDSA, ES256 or RS256")
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def dev_key(state_dir: Path) -> SigningKey:
-    """The generated development key, created on first use under the state directory."""
-    path = state_dir / "dev-signing-key.pem"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        # Workers start together and must share one key: write it whole under a
-        # private name, then link it into place; whoever links second uses the first's.
-        fd, temporary = tempfile.mkstemp(dir=state_dir, prefix=".dev-key-")
-        try:
-            os.write(fd, generate_pem("EdDSA"))
-            os.close(fd)
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    log.warning("no tokens.signing_keys configured: using the development key %s", path)
-    return load_key("dev", path)
 
 
 class Signer:

@@ -14,19 +14,20 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway import safety
-from gateway.accesslog import AccessLog
-from gateway.authn import Authenticator, Principal
-from gateway.authz import authorize
-from gateway.cors import Cors
-from gateway.keystore import KeyStore, StoreUnavailable
-from gateway.metrics import Metrics
+from gateway.edge import safety
+from gateway.edge.authn import Authenticator
+from gateway.edge.cors import Cors
+from gateway.forward.proxy import Forwarder, request_headers
+from gateway.forward.upstreams import UpstreamTarget
+from gateway.keys.principal import Principal
+from gateway.keys.store import KeyStore, StoreUnavailable
+from gateway.observability.accesslog import AccessLog
+from gateway.observability.metrics import Metrics
+from gateway.policy.authz import authorize
+from gateway.policy.reloader import ActivePolicies
+from gateway.policy.routing import Match
 from gateway.problems import Problem, database_unavailable
-from gateway.proxy import Forwarder, request_headers
-from gateway.reloader import ActivePolicies
-from gateway.routing import Match
-from gateway.token_endpoint import TokenEndpoint
-from gateway.upstreams import UpstreamTarget
+from gateway.tokens.endpoint import TokenEndpoint
 
 log = logging.getLogger("gateway.pipeline")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -131,7 +132,7 @@ class Pipeline:
                 memberships = await self._store.memberships(principal.user_id)
             except StoreUnavailable:
                 raise database_unavailable() from None
-        authorize(principal, match, memberships)
+        authorize(principal.scopes, match, memberships)
 
     async def _own_endpoint(
         self,

@@ -14,10 +14,10 @@ from typing import Any
 
 import asyncpg
 
-from gateway import keys
 from gateway.database import Conn
-from gateway.invalidation import notify_key, notify_user
-from gateway.scopes import Catalogue
+from gateway.keys import format as key_format
+from gateway.keys.invalidation import notify_key, notify_user
+from gateway.policy.scopes import Catalogue
 
 Errors = list[tuple[str, str]]
 RESOURCE_TYPES = ("organization", "project")
@@ -133,13 +133,13 @@ def _iso(value: datetime | None) -> str | None:
 
 
 async def create_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
-    secret = keys.generate(prefix)
+    secret = key_format.generate(prefix)
     row = await conn.fetchrow(
         f"INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes, expires_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
-        keys.digest(secret),
-        keys.display_prefix(secret),
+        key_format.digest(secret),
+        key_format.display_prefix(secret),
         spec.user_id,
         spec.name,
         spec.scopes,

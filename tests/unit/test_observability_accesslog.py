@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import json
 
-from gateway.accesslog import FIELDS, AccessLog
+from gateway.observability.accesslog import FIELDS, AccessLog
 
 
 def _values(**changes: object) -> tuple[object, ...]:

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import Tokens
-from gateway.tokens import Signer, SigningKey, TokenRejected, algorithm_for, generate_pem
+from gateway.tokens.actor import Signer, TokenRejected
+from gateway.tokens.signing import SigningKey, algorithm_for, generate_pem
 
 KEY_ID = str(uuid.uuid4())
 
@@ -220,7 +221,7 @@ def test_scope_claim_round_trips_exactly(scopes: list[str]) -> None:
 def test_concurrent_dev_key_creation_yields_one_shared_key(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from gateway.tokens import dev_key
+    from gateway.tokens.signing import dev_key
 
     with ThreadPoolExecutor(8) as pool:
         loaded = list(pool.map(lambda _: dev_key(tmp_path), range(16)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway import safety
-from gateway.policy import PolicySet
-from gateway.routing import Route
-from gateway.scopes import Catalogue
+from gateway.policy.loader import PolicySet
+from gateway.policy.paths import split_path
+from gateway.policy.routing import Route
+from gateway.policy.scopes import Catalogue
 
 
 def _requires(route: Route) -> str:
@@ -37,7 +37,7 @@ def explain(
     scopes: Sequence[str] | None,
 ) -> tuple[str, bool]:
     """What decides `method path`, and whether `scopes` pass; (text, allowed)."""
-    segments = safety.split_path(path)
+    segments = split_path(path)
     router = policies.router
     match = router.match(method.upper(), segments)
     candidates = router.candidates(segments)

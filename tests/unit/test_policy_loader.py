@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.policy import PolicyError, load_dir
-from gateway.scopes import Catalogue
+from gateway.policy.loader import PolicyError, load_dir
+from gateway.policy.scopes import Catalogue
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})

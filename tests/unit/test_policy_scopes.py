@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gateway.config import Config
-from gateway.scopes import Catalogue
+from gateway.policy.scopes import Catalogue
 
 
 def _catalogue() -> Catalogue:

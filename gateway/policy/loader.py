@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway.routing import ANY_METHOD, TAIL, Route, Router, conflicts
-from gateway.scopes import Catalogue
+from gateway.policy.routing import ANY_METHOD, TAIL, Route, Router, conflicts
+from gateway.policy.scopes import Catalogue
 
 MAX_FILE_BYTES = 1024 * 1024
 # Aliases make a small file a huge document; bound what a walk may visit.

@@ -12,8 +12,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.forward.upstreams import UpstreamTarget
 from gateway.problems import Problem
-from gateway.upstreams import UpstreamTarget
 
 # The client library writes its own handshake; these would clash with it.
 _HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions")

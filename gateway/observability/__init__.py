@@ -1,0 +1,2 @@
+"""Metrics, the access log and process logging set-up.
+May import the foundation modules only (config, problems, database)."""

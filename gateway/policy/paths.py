@@ -1,0 +1,44 @@
+"""Path canonicalisation: the decoded segments a route is matched against.
+
+Anything that two HTTP implementations could read differently (dot segments,
+encoded separators, double encoding, empty segments) is refused, so the path
+the policy checks is unambiguous and is forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from gateway.problems import bad_request
+
+# RFC 3986 pchar plus "/" — everything else must arrive percent-encoded.
+_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Encoded "/", "\", "." and "%" (double encoding), and encoded control characters.
+_ENCODED_FORBIDDEN = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
+
+
+def split_path(path: str) -> list[str]:
+    """Decoded path segments; raises a 400 `Problem` for anything ambiguous."""
+    if not _PATH.fullmatch(path):
+        raise bad_request("bad-path", "the path has characters that must be percent-encoded")
+    if path == "/":
+        return []
+    if "%" in path:
+        if _PERCENT.search(path):
+            raise bad_request("bad-path", "malformed percent-encoding")
+        if _ENCODED_FORBIDDEN.search(path):
+            raise bad_request("bad-path", "encoded '/', '\\', '.', '%' or control character")
+    segments = path[1:].split("/")
+    for i, segment in enumerate(segments):
+        if not segment and i != len(segments) - 1:
+            raise bad_request("bad-path", "empty path segment")
+        if segment.partition(";")[0] in (".", ".."):
+            raise bad_request("bad-path", "dot segment in the path")
+    if "%" not in path:
+        return segments
+    try:
+        return [unquote(segment, errors="strict") for segment in segments]
+    except UnicodeDecodeError:
+        raise bad_request("bad-path", "percent-encoding is not UTF-8") from None
