@@ -45,6 +45,7 @@ from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
+from gateway.selfservice import service as self_service
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
 from gateway.tokens.endpoint import TokenEndpoint
@@ -221,6 +222,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         access_log=access_log,
         max_header_bytes=config.limits.max_header_bytes,
+        self_service=self_service.from_config(config, app[POOL], session),
     )
     runner = web.ServerRunner(server(pipeline, config.limits), handle_signals=False)
     await runner.setup()

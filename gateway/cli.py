@@ -16,7 +16,7 @@ import msgspec
 from gateway import config as config_module
 from gateway import database
 from gateway.config import Config, ConfigError
-from gateway.keys import management
+from gateway.keys import management, validation
 from gateway.policy.explain import explain, route_table
 from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", required=True, dest="scopes")
+    create.add_argument("--description")
     expiry = create.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in-days", type=int)
     expiry.add_argument("--expires-at")
@@ -117,10 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "policy":
         return _policy(args, config)
     if args.command in ("serve", "demo"):
-        from gateway import serve
+        from gateway import demo, serve
 
         if args.command == "demo":
-            return serve.demo(config)
+            return demo.demo(config)
         return serve.serve(config, args.workers, args.loop)
     return asyncio.run(_with_database(config, args))
 
@@ -189,12 +190,14 @@ def _created(key: dict[str, Any]) -> str:
 
 async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"user_id": args.user, "name": args.name, "scopes": args.scopes}
+    if args.description is not None:
+        body["description"] = args.description
     if args.expires_in_days is not None:
         body["expires_in_days"] = args.expires_in_days
     if args.expires_at is not None:
         body["expires_at"] = args.expires_at
     catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
-    spec = management.validate_key(body, catalogue, datetime.now(UTC))
+    spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
         raise CommandError("; ".join(f"{field}: {message}" for field, message in spec))
     created = await management.create_key(conn, spec, config.keys.prefix)
@@ -203,7 +206,7 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
 
 
 async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
-    errors = management.validate_user_id(args.user)
+    errors = validation.validate_user_id(args.user)
     if errors:
         raise CommandError(f"--user: {errors[0][1]}")
     found = await management.list_keys(conn, args.user)
@@ -237,7 +240,7 @@ async def _members(conn: asyncpg.Connection, config: Config, args: argparse.Name
     kind, resource = (
         ("organization", args.organization) if args.organization else ("project", args.project)
     )
-    parsed = management.validate_membership(
+    parsed = validation.validate_membership(
         {"user_id": args.user, "resource_type": kind, "resource_id": resource}
     )
     if isinstance(parsed, list):

@@ -93,6 +93,53 @@ class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
 
 class ScopeDef(_Strict, frozen=True, forbid_unknown_fields=True):
     implies: list[str] = msgspec.field(default_factory=list)
+    description: str = ""  # shown on the API keys page
+
+
+class Session(_Strict, frozen=True, forbid_unknown_fields=True):
+    """Who is signed in to the API keys page: the host application's session JWT."""
+
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    user_claim: str = "sub"
+    name_claim: str = "email"
+    cookie: str | None = None
+    login_url: str | None = None
+
+
+class ExpiryDays(_Strict, frozen=True, forbid_unknown_fields=True):
+    presets: list[int] = msgspec.field(default_factory=lambda: [7, 30, 60, 90])
+    default: int = 30
+    max: int = 365
+    allow_never: bool = False
+
+
+class SelfService(_Strict, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    path: str = "/account/api-keys"
+    session: Session = msgspec.field(default_factory=Session)
+    expiry_days: ExpiryDays = msgspec.field(default_factory=ExpiryDays)
+    max_keys_per_user: int = 50
+    allowed_scopes: list[str] | None = None  # None: the whole catalogue
+
+
+# The scope catalogue of the product's origin, with the descriptions its page shows.
+SEED_SCOPES = {
+    "me:read": "Read account data for the currently logged in user.",
+    "organizations:read": "Read data about the organization",
+    "organizations:write": "Update data and settings for the organization",
+    "organizations:admin": "Administer organization data",
+    "organizations:user:read": "Read data regarding the users in an organization",
+    "organizations:user:invite": "Can invite users to an organizations",
+    "organizations:user:write": "Can update user data in an organization",
+    "projects:read": "Read project data directly",
+    "projects:write": "Update project data",
+    "projects:admin": "Administer Projects",
+    "actor_tokens:create": "Create actor tokens for the user",
+}
 
 
 def _default_scopes() -> dict[str, ScopeDef]:
@@ -108,20 +155,10 @@ def _default_scopes() -> dict[str, ScopeDef]:
         "projects:write": ["projects:read"],
         "projects:admin": ["projects:write"],
     }
-    names = [
-        "me:read",
-        "organizations:read",
-        "organizations:write",
-        "organizations:admin",
-        "organizations:user:read",
-        "organizations:user:invite",
-        "organizations:user:write",
-        "projects:read",
-        "projects:write",
-        "projects:admin",
-        "actor_tokens:create",
-    ]
-    return {name: ScopeDef(implies=implies.get(name, [])) for name in names}
+    return {
+        name: ScopeDef(implies=implies.get(name, []), description=description)
+        for name, description in SEED_SCOPES.items()
+    }
 
 
 def _default_upstreams() -> dict[str, Upstream]:
@@ -141,6 +178,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     cors: Cors = msgspec.field(default_factory=Cors)
     scopes: dict[str, ScopeDef] = msgspec.field(default_factory=_default_scopes)
+    self_service: SelfService = msgspec.field(default_factory=SelfService)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
     base_dir: str = "."
     admin_token: str | None = None
@@ -214,7 +252,11 @@ def _readable(message: str) -> str:
 
 
 def _check(config: Config, path: Path) -> None:
-    problems = [*_check_values(config), *_check_scopes(config.scopes)]
+    problems = [
+        *_check_values(config),
+        *_check_scopes(config.scopes),
+        *_check_self_service(config.self_service, config.scopes),
+    ]
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
 
@@ -253,3 +295,47 @@ def _check_scopes(scopes: dict[str, ScopeDef]) -> list[str]:
         for implied in definition.implies
         if implied not in scopes
     ]
+
+
+# Asymmetric only: `none` and HMAC (whose "key" would be the public JWKS) never.
+SESSION_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_RESERVED_PATHS = ("/auth/", "/.well-known/")
+
+
+def _check_self_service(settings: SelfService, scopes: dict[str, ScopeDef]) -> list[str]:
+    if not settings.enabled:
+        return []
+    out: list[str] = []
+    session, days = settings.session, settings.expiry_days
+    path = settings.path
+    if not path.startswith("/") or path.endswith("/") or "//" in path or "." in path:
+        out.append("self_service.path: must start with / and not end with /, no dots")
+    elif path.startswith(_RESERVED_PATHS):
+        out.append("self_service.path: /auth/ and /.well-known/ belong to the gateway")
+    if (session.jwks_url is None) == (session.jwks_file is None):
+        out.append("self_service.session: set exactly one of jwks_url and jwks_file")
+    if session.jwks_url is not None and not session.jwks_url.startswith(("http://", "https://")):
+        out.append("self_service.session.jwks_url: must start with http:// or https://")
+    for key in ("issuer", "audience"):
+        if not getattr(session, key):
+            out.append(f"self_service.session.{key}: required when self_service is enabled")
+    if not session.algorithms:
+        out.append("self_service.session.algorithms: at least one algorithm")
+    for index, alg in enumerate(session.algorithms):
+        if alg not in SESSION_ALGORITHMS:
+            out.append(
+                f"self_service.session.algorithms[{index}]: {alg!r} is refused"
+                " (asymmetric algorithms only: none and HMAC never)"
+            )
+    if not 0 < days.default <= days.max:
+        out.append("self_service.expiry_days.default: must be between 1 and max")
+    if any(not 0 < preset <= days.max for preset in days.presets):
+        out.append("self_service.expiry_days.presets: each must be between 1 and max")
+    if settings.max_keys_per_user <= 0:
+        out.append("self_service.max_keys_per_user: must be positive")
+    for index, scope in enumerate(settings.allowed_scopes or []):
+        if scope not in scopes:
+            out.append(f"self_service.allowed_scopes[{index}]: unknown scope {scope!r}")
+    return out

@@ -30,6 +30,18 @@ MIGRATION_LOCK = 0x6761_7465_7761_79
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+# Errors that mean "no database right now", as opposed to a bug in a query: 503.
+DATABASE_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class DatabaseUnavailable(Exception):
     """The embedded database cannot be started here; the message says what to do."""
 

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from gateway.app import Options, create_app
 from gateway.appkeys import POOL, PROXY_ADDRESS, SCOPES, STORE
 from gateway.config import Config
-from gateway.keys import management
+from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ class RunningGateway:
     async def create_key(
         self, user_id: str, scopes: list[str], name: str = "test", **extra: Any
     ) -> dict[str, Any]:
-        spec = management.validate_key(
+        spec = validation.validate_key(
             {"user_id": user_id, "name": name, "scopes": scopes, **extra},
             self.app[SCOPES],
             __import__("datetime").datetime.now(__import__("datetime").UTC),

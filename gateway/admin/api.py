@@ -7,7 +7,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -15,26 +14,16 @@ from aiohttp import web
 
 from gateway.admin.openapi import DOCUMENT
 from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
-from gateway.keys import management
-from gateway.problems import Problem, bad_request, invalid_fields
+from gateway.database import DATABASE_DOWN
+from gateway.jsonbody import json_response, read_object
+from gateway.keys import management, validation
+from gateway.keys.validation import whole_number
+from gateway.problems import Problem, invalid_fields
 
 log = logging.getLogger("gateway.admin")
-# Errors that mean "no database right now", as opposed to a bug in a query.
-DATABASE_DOWN = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encode = msgspec.json.Encoder().encode
 _OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
-MAX_BODY = 64 * 1024
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_encode(data), content_type="application/json")
 
 
 @web.middleware
@@ -48,7 +37,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         return Problem(exc.status, "http-" + str(exc.status), exc.reason).response(request_id)
-    except (OSError, TimeoutError, *DATABASE_DOWN):
+    except DATABASE_DOWN:
         return Problem(503, "database-unavailable", "the database is unavailable").response(
             request_id, {"Retry-After": "2"}
         )
@@ -77,26 +66,13 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise Problem(413, "body-too-large", "the request body is too large")
-    try:
-        body = msgspec.json.decode(raw) if raw.strip() else None
-    except msgspec.DecodeError:
-        raise bad_request("malformed-json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise bad_request("malformed-json", "the body must be a JSON object")
-    return body
-
-
 def _not_found(key_id: str) -> Problem:
     return Problem(404, "key-not-found", "no such key")
 
 
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request)
-    spec = management.validate_key(body, request.app[SCOPES], datetime.now(UTC))
+    body = await read_object(request)
+    spec = validation.validate_key(body, request.app[SCOPES], datetime.now(UTC))
     if isinstance(spec, list):
         raise invalid_fields(spec)
     async with request.app[POOL].acquire() as conn:
@@ -106,7 +82,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     user_id = request.query.get("user_id")
-    errors = management.validate_user_id(user_id)
+    errors = validation.validate_user_id(user_id)
     if errors or user_id is None:
         raise invalid_fields(errors)
     async with request.app[POOL].acquire() as conn:
@@ -134,12 +110,12 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
-    body = await _body(request) if request.body_exists else {}
+    body = await read_object(request, empty_is_object=True)
     errors = [(name, "unknown field") for name in sorted(set(body) - {"grace_seconds"})]
-    grace = body.get("grace_seconds", 0)
-    if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= 30 * 86400:
+    grace = whole_number(body.get("grace_seconds", 0))
+    if grace is None or not 0 <= grace <= 30 * 86400:
         errors.append(("grace_seconds", "must be a whole number from 0 to 2592000"))
-    if errors:
+    if errors or grace is None:
         raise invalid_fields(errors)
     try:
         async with request.app[POOL].acquire() as conn:
@@ -153,7 +129,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def _membership(request: web.Request, *, member: bool) -> web.Response:
-    parsed = management.validate_membership(await _body(request))
+    parsed = validation.validate_membership(await read_object(request))
     if isinstance(parsed, list):
         raise invalid_fields(parsed)
     async with request.app[POOL].acquire() as conn:

@@ -12,6 +12,7 @@ _KEY = {
         "id": {"type": "string", "format": "uuid"},
         "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
         "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": ["string", "null"], "maxLength": 500},
         "scopes": {"type": "array", "items": {"type": "string"}},
         "display_prefix": {"type": "string"},
         "status": {"enum": ["active", "expired", "revoked"]},
@@ -63,6 +64,7 @@ _CREATE = {
     "properties": {
         "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
         "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": ["string", "null"], "maxLength": 500},
         "scopes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
         "expires_at": {"type": "string", "format": "date-time"},

@@ -27,6 +27,7 @@ from gateway.policy.authz import authorize
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.routing import Match
 from gateway.problems import Problem, database_unavailable
+from gateway.selfservice.service import SelfService
 from gateway.tokens.endpoint import TokenEndpoint
 
 log = logging.getLogger("gateway.pipeline")
@@ -42,6 +43,7 @@ class _Outcome:
     route: str = "-"
     reason: str | None = None
     principal: Principal | None = None
+    user_id: str | None = None  # signed in to the API keys page (no key involved)
     upstream: str | None = None
 
 
@@ -59,7 +61,9 @@ class Pipeline:
         metrics: Metrics,
         access_log: AccessLog | None,
         max_header_bytes: int,
+        self_service: SelfService | None = None,
     ) -> None:
+        self._self_service = self_service
         self._access_log = access_log
         self._policies = policies
         self._authn = authenticator
@@ -107,6 +111,11 @@ class Pipeline:
         if self._cors.is_preflight(request):
             outcome.route = "cors-preflight"
             return self._cors.preflight(request, request_id)
+        if self._self_service is not None and self._self_service.owns(target.path):
+            outcome.route = "self-service"
+            response, outcome.user_id = await self._self_service.handle(request, target.path)
+            response.headers.update({"X-Request-Id": request_id, **cors})
+            return response
         if target.path in (MINT_PATH, JWKS_PATH):
             return await self._own_endpoint(request, target.path, request_id, cors, outcome)
         match = self._policies.current.router.match(request.method, target.segments)
@@ -179,7 +188,7 @@ class Pipeline:
                 outcome.route,
                 status,
                 elapsed * 1000,
-                principal.user_id if principal else None,
+                principal.user_id if principal else outcome.user_id,
                 principal.key_id if principal else None,
                 outcome.upstream,
                 timing.get("upstream_ms"),

@@ -8,12 +8,12 @@ import msgspec
 from aiohttp import web
 
 from gateway.config import Tokens
+from gateway.jsonbody import read_object
 from gateway.keys.principal import Principal
-from gateway.problems import Problem, bad_request, invalid_fields
+from gateway.problems import Problem, invalid_fields
 from gateway.tokens.actor import Signer
 
 MINT_SCOPE = "actor_tokens:create"
-MAX_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 
 
@@ -35,7 +35,7 @@ class TokenEndpoint:
             raise Problem(403, "actor-cannot-mint", "an actor token cannot mint actor tokens")
         if MINT_SCOPE not in principal.scopes:
             raise Problem(403, "insufficient-scope", f"the key lacks the scope {MINT_SCOPE}")
-        body = await _json_body(request)
+        body = await read_object(request, empty_is_object=True)
         scopes, ttl = self._validate(body, principal)
         token = self._signer.mint(principal.user_id, principal.key_id, scopes, ttl)
         payload = {
@@ -82,22 +82,3 @@ class TokenEndpoint:
                 extra={"missing_scopes": missing},
             )
         return sorted(set(scopes)), ttl
-
-
-async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
-    if not request.body_exists:
-        return {}
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Problem(413, "body-too-large", "the request body is too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise Problem(413, "body-too-large", "the request body is too large")
-    if not raw.strip():
-        return {}
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise bad_request("malformed-json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise bad_request("malformed-json", "the body must be a JSON object")
-    return body

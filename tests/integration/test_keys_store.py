@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import Cache, Config
 from gateway.keys import format as key_format
-from gateway.keys import management
+from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
 from gateway.policy.scopes import Catalogue
 
@@ -36,7 +36,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def _create(pool: asyncpg.Pool, scopes: list[str], **extra: object) -> dict[str, object]:
     body = {"user_id": "u-store", "name": "n", "scopes": scopes, **extra}
-    spec = management.validate_key(body, CATALOGUE, datetime.now(UTC))
+    spec = validation.validate_key(body, CATALOGUE, datetime.now(UTC))
     assert not isinstance(spec, list)
     async with pool.acquire() as conn:
         return await management.create_key(conn, spec, "gwk")

@@ -13,25 +13,28 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-FOUNDATION = frozenset({"config", "problems", "database"})
-BELOW_EDGE = FOUNDATION | {"observability", "policy", "keys", "tokens", "forward"}
+FOUNDATION = frozenset({"config", "problems", "database", "jsonbody"})
+BELOW_EDGE = FOUNDATION | {"observability", "policy", "keys", "tokens", "forward", "selfservice"}
 # What each unit (a top-level module or a capability package) may import.
 ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset(),
     "problems": frozenset(),
     "database": frozenset({"config"}),
+    "jsonbody": frozenset({"problems"}),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
     "keys": FOUNDATION | {"observability", "policy"},
     "tokens": FOUNDATION | {"observability", "policy", "keys"},
     "forward": FOUNDATION | {"observability", "policy", "keys"},
+    "selfservice": FOUNDATION | {"observability", "policy", "keys"},
     "edge": BELOW_EDGE,
     "appkeys": FOUNDATION | {"observability", "policy", "keys"},
     "admin": BELOW_EDGE | {"appkeys"},
     "app": BELOW_EDGE | {"edge", "admin", "appkeys"},
     "serve": BELOW_EDGE | {"observability", "app", "appkeys"},
-    "cli": BELOW_EDGE | {"serve"},
+    "demo": BELOW_EDGE | {"observability", "app", "appkeys"},
+    "cli": BELOW_EDGE | {"serve", "demo"},
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),
 }

@@ -1,0 +1,138 @@
+"""What a key or membership change must look like: one error per invalid field.
+
+Shared by the admin API, the CLI and the self-service API; nothing here touches
+the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.policy.scopes import Catalogue
+
+Errors = list[tuple[str, str]]
+RESOURCE_TYPES = ("organization", "project")
+MAX_DESCRIPTION = 500
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    user_id: str
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None
+    description: str | None = None
+
+
+def parse_time(value: object) -> datetime:
+    """An RFC 3339 timestamp with an offset; raises ValueError otherwise."""
+    if not isinstance(value, str) or "T" not in value.upper():
+        raise ValueError("must be an RFC 3339 timestamp")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a UTC offset")
+    return parsed
+
+
+def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> KeySpec | Errors:
+    """Check a create request; returns the spec or one error per invalid field."""
+    errors: Errors = [(name, "unknown field") for name in sorted(set(body) - _CREATE_FIELDS)]
+    user_id, name, scopes = body.get("user_id"), body.get("name"), body.get("scopes")
+    errors += _text("user_id", user_id, 200) + _text("name", name, 100)
+    errors += check_description(body.get("description"))
+    errors += check_scopes(scopes, catalogue.names)
+    expires_at, expiry_errors = _expiry(body, now)
+    errors += expiry_errors
+    if errors:
+        return errors
+    assert isinstance(user_id, str) and isinstance(name, str) and isinstance(scopes, list)
+    return KeySpec(
+        user_id, name, list(dict.fromkeys(scopes)), expires_at, body.get("description") or None
+    )
+
+
+_CREATE_FIELDS = frozenset(
+    {"user_id", "name", "description", "scopes", "expires_in_days", "expires_at"}
+)
+
+
+def whole_number(value: object) -> int | None:
+    """An int, or a float with no fraction (JSON Schema's `integer` admits 3.0); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def check_scopes(scopes: object, allowed: frozenset[str]) -> Errors:
+    """A non-empty list, each scope among `allowed`; one error per bad element."""
+    if not isinstance(scopes, list) or not scopes:
+        return [("scopes", "must be a non-empty list of scopes")]
+    return [
+        (f"scopes[{i}]", f"unknown scope {scope!r}" if isinstance(scope, str) else "not a string")
+        for i, scope in enumerate(scopes)
+        if not isinstance(scope, str) or scope not in allowed
+    ]
+
+
+def check_name(value: object) -> Errors:
+    return _text("name", value, 100)
+
+
+def check_description(value: object) -> Errors:
+    """Optional: absent, null or a string of at most 500 printable characters ("" clears it)."""
+    if value is None or value == "":
+        return []
+    return _text("description", value, MAX_DESCRIPTION)
+
+
+def _text(field: str, value: object, limit: int) -> Errors:
+    if not isinstance(value, str) or not 1 <= len(value) <= limit:
+        return [(field, f"must be a string of 1 to {limit} characters")]
+    if not value.isprintable():
+        # PostgreSQL text cannot hold NUL, and identities end up in HTTP headers.
+        return [(field, "must not contain control characters")]
+    return []
+
+
+def validate_user_id(value: object) -> Errors:
+    return _text("user_id", value, 200)
+
+
+def _expiry(body: dict[str, Any], now: datetime) -> tuple[datetime | None, Errors]:
+    days, at = body.get("expires_in_days"), body.get("expires_at")
+    if days is not None and at is not None:
+        return None, [("expires_at", "give expires_in_days or expires_at, not both")]
+    if days is not None:
+        count = whole_number(days)
+        if count is None or not 1 <= count <= 36500:
+            return None, [("expires_in_days", "must be a whole number of days from 1 to 36500")]
+        return now + timedelta(days=count), []
+    if at is None:
+        return None, []
+    try:
+        when = parse_time(at)
+    except ValueError as exc:
+        return None, [("expires_at", str(exc))]
+    if when <= now:
+        return None, [("expires_at", "must be in the future")]
+    return when, []
+
+
+def validate_membership(body: dict[str, Any]) -> tuple[str, str, str] | Errors:
+    errors: Errors = [
+        (name, "unknown field")
+        for name in sorted(set(body) - {"user_id", "resource_type", "resource_id"})
+    ]
+    errors += _text("user_id", body.get("user_id"), 200)
+    errors += _text("resource_id", body.get("resource_id"), 200)
+    if body.get("resource_type") not in RESOURCE_TYPES:
+        errors.append(("resource_type", "must be organization or project"))
+    if errors:
+        return errors
+    return body["user_id"], body["resource_type"], body["resource_id"]

@@ -1,0 +1,202 @@
+"""The self-service API under `PATH/v1`: a signed-in person's own keys (§11).
+
+Every lookup and change is scoped to the session's user: another user's key id
+is a 404, exactly like an unknown one. Every response is `Cache-Control: no-store`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.config import ScopeDef
+from gateway.config import SelfService as Settings
+from gateway.jsonbody import json_response, read_object
+from gateway.keys import management
+from gateway.keys.validation import (
+    Errors,
+    KeySpec,
+    check_description,
+    check_name,
+    check_scopes,
+    parse_time,
+    whole_number,
+)
+from gateway.problems import Problem, invalid_fields
+from gateway.selfservice.session import SessionUser
+
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_GRACE_SECONDS = 7 * 86400
+_CREATE_FIELDS = frozenset(
+    {"name", "description", "scopes", "expires_in_days", "expires_at", "never"}
+)
+_STATUSES = {"active": {"active"}, "inactive": {"expired", "revoked"}}
+
+
+def _own(key: dict[str, Any]) -> dict[str, Any]:
+    """A key as the page shows it: the admin API's shape without `user_id`."""
+    return {name: value for name, value in key.items() if name != "user_id"}
+
+
+def _not_found() -> Problem:
+    return Problem(404, "key-not-found", "no such key")
+
+
+class KeysApi:
+    def __init__(
+        self,
+        settings: Settings,
+        scopes: dict[str, ScopeDef],
+        pool: asyncpg.Pool,
+        key_prefix: str,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._prefix = key_prefix
+        allowed = settings.allowed_scopes or list(scopes)
+        self._allowed = frozenset(allowed)
+        self._catalogue = [
+            {"name": name, "description": scopes[name].description, "implies": scopes[name].implies}
+            for name in allowed
+        ]
+
+    def session(self, user: SessionUser) -> web.Response:
+        days = self._settings.expiry_days
+        return json_response(
+            {
+                "user": {"id": user.id, "name": user.name},
+                "scopes": self._catalogue,
+                "expiry_days": {
+                    "presets": days.presets,
+                    "default": days.default,
+                    "max": days.max,
+                    "allow_never": days.allow_never,
+                },
+                "max_keys": self._settings.max_keys_per_user,
+            },
+            headers=NO_STORE,
+        )
+
+    async def list(self, request: web.BaseRequest, user: SessionUser) -> web.Response:
+        status = request.query.get("status", "active")
+        if status not in ("active", "inactive", "all"):
+            raise invalid_fields([("status", "must be active, inactive or all")])
+        async with self._pool.acquire() as conn:
+            keys = await management.list_keys(conn, user.id)
+        wanted = _STATUSES.get(status)
+        shown = [_own(key) for key in keys if wanted is None or key["status"] in wanted]
+        # Newest first, as a settings page lists them.
+        return json_response({"keys": shown[::-1]}, headers=NO_STORE)
+
+    async def create(self, request: web.BaseRequest, user: SessionUser) -> web.Response:
+        spec = self._creation(await read_object(request), user, datetime.now(UTC))
+        try:
+            async with self._pool.acquire() as conn:
+                limit = self._settings.max_keys_per_user
+                created = await management.create_key_within_limit(conn, spec, self._prefix, limit)
+        except management.Conflict as exc:
+            raise Problem(409, "too-many-keys", str(exc)) from None
+        return json_response(_own(created), 201, NO_STORE)
+
+    async def update(
+        self, request: web.BaseRequest, user: SessionUser, key_id: str
+    ) -> web.Response:
+        body = await read_object(request)
+        errors: Errors = [(f, "unknown field") for f in sorted(set(body) - {"name", "description"})]
+        if "name" in body:
+            errors += check_name(body["name"])
+        errors += check_description(body.get("description"))
+        if errors:
+            raise invalid_fields(errors)
+        try:
+            async with self._pool.acquire() as conn:
+                updated = await management.update_key(conn, key_id, user.id, body)
+        except management.NotFound:
+            raise _not_found() from None
+        return json_response(_own(updated), headers=NO_STORE)
+
+    async def rotate(
+        self, request: web.BaseRequest, user: SessionUser, key_id: str
+    ) -> web.Response:
+        body = await read_object(request, empty_is_object=True)
+        grace, expires_at = self._rotation(body, datetime.now(UTC))
+        try:
+            async with self._pool.acquire() as conn:
+                created = await management.rotate_key(
+                    conn, key_id, grace, self._prefix, owner=user.id, expires_at=expires_at
+                )
+        except management.NotFound:
+            raise _not_found() from None
+        except management.Conflict as exc:
+            raise Problem(409, "key-not-active", str(exc)) from None
+        return json_response(_own(created), 201, NO_STORE)
+
+    async def revoke(self, user: SessionUser, key_id: str) -> web.Response:
+        try:
+            async with self._pool.acquire() as conn:
+                await management.revoke_key(conn, key_id, owner=user.id)
+        except management.NotFound:
+            raise _not_found() from None
+        return web.Response(status=204, headers=NO_STORE)
+
+    def _creation(self, body: dict[str, Any], user: SessionUser, now: datetime) -> KeySpec:
+        errors: Errors = [(f, "unknown field") for f in sorted(set(body) - _CREATE_FIELDS)]
+        name, scopes = body.get("name"), body.get("scopes")
+        errors += check_name(name) + check_description(body.get("description"))
+        errors += check_scopes(scopes, self._allowed)
+        expires_at, expiry_errors = self._expiry(body, now)
+        errors += expiry_errors
+        if errors:
+            raise invalid_fields(errors)
+        assert isinstance(name, str) and isinstance(scopes, list)
+        unique = list(dict.fromkeys(scopes))
+        return KeySpec(user.id, name, unique, expires_at, body.get("description") or None)
+
+    def _expiry(self, body: dict[str, Any], now: datetime) -> tuple[datetime | None, Errors]:
+        """No expiry field → the default; beyond `max` days or a refused `never` → 422."""
+        days = self._settings.expiry_days
+        given = [f for f in ("expires_in_days", "expires_at") if body.get(f) is not None]
+        never = body.get("never", False)
+        if not isinstance(never, bool):
+            return None, [("never", "must be true or false")]
+        if len(given) + never > 1:
+            return None, [("expires_at", "give one of expires_in_days, expires_at or never")]
+        if never:
+            if not days.allow_never:
+                return None, [("never", f"keys must expire within {days.max} days")]
+            return None, []
+        latest = now + timedelta(days=days.max)
+        if "expires_at" in given:
+            try:
+                when = parse_time(body["expires_at"])
+            except ValueError as exc:
+                return None, [("expires_at", str(exc))]
+            if not now < when <= latest + timedelta(minutes=1):
+                return None, [("expires_at", f"must be in the next {days.max} days")]
+            return when, []
+        count = whole_number(body.get("expires_in_days", days.default))
+        if count is None or not 1 <= count <= days.max:
+            return None, [("expires_in_days", f"must be a whole number from 1 to {days.max}")]
+        return now + timedelta(days=count), []
+
+    def _rotation(self, body: dict[str, Any], now: datetime) -> tuple[int, datetime | None]:
+        errors: Errors = [
+            (f, "unknown field") for f in sorted(set(body) - {"grace_seconds", "expires_in_days"})
+        ]
+        grace = whole_number(body.get("grace_seconds", 0))
+        if grace is None or not 0 <= grace <= MAX_GRACE_SECONDS:
+            errors.append(
+                ("grace_seconds", f"must be a whole number from 0 to {MAX_GRACE_SECONDS}")
+            )
+        # The new key gets a fresh period: the one asked for, else the default.
+        expires_at, expiry_errors = self._expiry(
+            {"expires_in_days": body.get("expires_in_days")}, now
+        )
+        errors += expiry_errors
+        if errors:
+            raise invalid_fields(errors)
+        assert grace is not None
+        return grace, expires_at

@@ -1,0 +1,197 @@
+"""`PATH`, `PATH/static/*` and `PATH/v1/*` on the proxy listener: which request goes
+where, who is signed in, and the cross-site request forgery rule of cookie mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from gateway.config import Config, ConfigError
+from gateway.config import SelfService as Settings
+from gateway.database import DATABASE_DOWN
+from gateway.problems import Problem
+from gateway.selfservice.api import NO_STORE, KeysApi
+from gateway.selfservice.page import Page
+from gateway.selfservice.session import (
+    Jwks,
+    JwksUnavailable,
+    SessionRejected,
+    SessionUser,
+    SessionVerifier,
+    file_loader,
+    url_loader,
+)
+
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+Call = Callable[[web.BaseRequest, SessionUser, str], Awaitable[web.StreamResponse]]
+
+
+def _routes(api: KeysApi) -> dict[tuple[str, str], Call]:
+    """(shape, method) → handler; `{id}` in the shape stands for one key id."""
+
+    async def session(_r: web.BaseRequest, user: SessionUser, _id: str) -> web.StreamResponse:
+        return api.session(user)
+
+    async def revoke(_r: web.BaseRequest, user: SessionUser, key_id: str) -> web.StreamResponse:
+        return await api.revoke(user, key_id)
+
+    return {
+        ("session", "GET"): session,
+        ("keys", "GET"): lambda r, u, _: api.list(r, u),
+        ("keys", "POST"): lambda r, u, _: api.create(r, u),
+        ("keys/{id}", "PATCH"): api.update,
+        ("keys/{id}", "DELETE"): revoke,
+        ("keys/{id}/rotate", "POST"): api.rotate,
+    }
+
+
+class SelfService:
+    """Answers everything under `self_service.path`; returns (response, user id or None)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        page: Page,
+        api: KeysApi,
+        verifier: SessionVerifier,
+        trusted_origins: Collection[str],
+    ) -> None:
+        self.base = settings.path
+        self._session = settings.session
+        self._page = page
+        self._verifier = verifier
+        self._routes = _routes(api)
+        # `*` in cors.allow_origins must not switch the forgery check off.
+        self._trusted = frozenset(o for o in trusted_origins if o not in ("*", "null"))
+
+    def owns(self, path: str) -> bool:
+        return path == self.base or path.startswith(self.base + "/")
+
+    async def handle(
+        self, request: web.BaseRequest, path: str
+    ) -> tuple[web.StreamResponse, str | None]:
+        rest = path[len(self.base) :]
+        if rest in ("", "/"):
+            _allow(request, ("GET", "HEAD"))
+            return self._page.html(), None
+        if rest.startswith("/static/"):
+            _allow(request, ("GET", "HEAD"))
+            asset = self._page.asset(rest.removeprefix("/static/"))
+            if asset is None:
+                raise Problem(404, "no-route", "no such asset")
+            return asset, None
+        try:
+            return await self._api(
+                request, rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
+            )
+        except Problem as problem:
+            problem.headers.update(NO_STORE)
+            raise
+
+    async def _api(
+        self, request: web.BaseRequest, rest: str | None
+    ) -> tuple[web.StreamResponse, str | None]:
+        shape, key_id = _shape(rest)
+        methods = [m for (s, m) in self._routes if s == shape]
+        if not methods:
+            raise Problem(404, "no-route", "no such self-service endpoint")
+        _allow(request, methods)
+        self._check_forgery(request)
+        user = await self._user(request)
+        try:
+            response = await self._routes[shape, request.method](request, user, key_id)
+        except DATABASE_DOWN:
+            raise Problem(
+                503,
+                "database-unavailable",
+                "the database is unavailable; retry shortly",
+                headers={"Retry-After": "2"},
+            ) from None
+        return response, user.id
+
+    def _check_forgery(self, request: web.BaseRequest) -> None:
+        if self._session.cookie is None or request.method not in _STATE_CHANGING:
+            return
+        origin = request.headers.get("Origin")
+        same_site = origin is not None and urlsplit(origin).netloc == request.host
+        if not same_site and origin not in self._trusted:
+            raise Problem(403, "cross-site-request", "the request's Origin is not allowed")
+        if request.body_exists and request.content_type != "application/json":
+            raise Problem(403, "cross-site-request", "a body must be application/json")
+
+    async def _user(self, request: web.BaseRequest) -> SessionUser:
+        try:
+            return await self._verifier.verify(self._token(request))
+        except SessionRejected as exc:
+            extra = {"login_url": self._session.login_url} if self._session.login_url else None
+            raise Problem(
+                401, "no-session", str(exc), headers={"WWW-Authenticate": "Bearer"}, extra=extra
+            ) from None
+        except JwksUnavailable:
+            raise Problem(
+                503,
+                "session-keys-unavailable",
+                "the sign-in keys cannot be fetched right now; retry shortly",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    def _token(self, request: web.BaseRequest) -> str:
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise SessionRejected("expected a Bearer session token")
+            return value.strip()
+        if "X-API-Key" in request.headers:
+            raise SessionRejected("API keys are not accepted here")
+        cookie = self._session.cookie
+        from_cookie = request.cookies.get(cookie) if cookie else None
+        if not from_cookie:
+            raise SessionRejected("not signed in")
+        return from_cookie
+
+
+def _shape(rest: str | None) -> tuple[str, str]:
+    """`keys/3f…/rotate` → (`keys/{id}/rotate`, `3f…`)."""
+    if rest is None:
+        return "", ""
+    parts = rest.split("/")
+    if len(parts) >= 2 and parts[0] == "keys" and parts[1]:
+        return "/".join(["keys", "{id}", *parts[2:]]), parts[1]
+    return rest, ""
+
+
+def _allow(request: web.BaseRequest, methods: Collection[str]) -> None:
+    if request.method not in methods:
+        allowed = ", ".join(sorted(methods))
+        raise Problem(405, "method-not-allowed", f"use {allowed}", headers={"Allow": allowed})
+
+
+def from_config(
+    config: Config, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> SelfService | None:
+    """The API keys page as configured, or None when `self_service.enabled` is false."""
+    settings = config.self_service
+    if not settings.enabled:
+        return None
+    session = settings.session
+    if session.jwks_file is not None:
+        path = config.resolve(session.jwks_file)
+        if not path.is_file():
+            raise ConfigError(f"self_service.session.jwks_file: cannot read {path}")
+        load = file_loader(path)
+    else:
+        assert session.jwks_url is not None  # config validation: exactly one of the two
+        load = url_loader(http, session.jwks_url)
+    return SelfService(
+        settings,
+        Page(settings),
+        KeysApi(settings, config.scopes, pool, config.keys.prefix),
+        SessionVerifier(session, Jwks(load)),
+        config.cors.allow_origins,
+    )

@@ -1,0 +1,447 @@
+// The API keys page. A new key's plaintext lives only in the reveal field's value
+// until "Done": never in a URL, localStorage, sessionStorage, a cookie or the title.
+
+const base = document.body.dataset.base;
+const api = `${base}/v1`;
+const loginUrl = document.body.dataset.loginUrl;
+const $ = (id) => document.getElementById(id);
+
+const FIGMA_PRESET = ["projects:read", "projects:write", "actor_tokens:create"];
+const GROUPS = { me: "Account", organizations: "Organizations", projects: "Projects" };
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+const state = { session: null, view: "active", keys: [] };
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || `request failed (${status})`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function call(method, path, body) {
+  const init = { method, credentials: "same-origin", cache: "no-store", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(api + path, init);
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    if (response.status === 401 && state.session) showSignedOut();
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+// ---- announcements and errors -------------------------------------------------
+
+function announce(text) {
+  const live = $("live");
+  live.textContent = "";
+  // A fresh text node after a tick makes screen readers announce repeats too.
+  setTimeout(() => { live.textContent = text; }, 50);
+}
+
+function showAlert(text) {
+  const alert = $("alert");
+  alert.textContent = text;
+  alert.hidden = !text;
+}
+
+function clearFieldErrors() {
+  for (const el of document.querySelectorAll(".field-error")) {
+    el.hidden = true;
+    el.textContent = "";
+  }
+  for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+}
+
+function fieldError(field, message) {
+  const target = { name: "name", description: "description", scopes: "scopes",
+    expires_in_days: "expiry", expires_at: "expiry", never: "expiry" }[field.split("[")[0]];
+  const box = target && $(`${target}-error`);
+  if (!box) return false;
+  box.textContent = message;
+  box.hidden = false;
+  const input = { name: $("name"), description: $("description"), expiry: $("expiry") }[target];
+  if (input) input.setAttribute("aria-invalid", "true");
+  return true;
+}
+
+// ---- formatting ---------------------------------------------------------------
+
+function formatDate(iso, fallback) {
+  return iso ? dateFormat.format(new Date(iso)) : fallback;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+// ---- signed-in state ----------------------------------------------------------
+
+function showSignedOut() {
+  state.session = null;
+  $("loading").hidden = true;
+  $("app").hidden = true;
+  $("who").textContent = "";
+  $("signed-out").hidden = false;
+  const link = $("sign-in");
+  if (loginUrl) {
+    const url = new URL(loginUrl, location.href);
+    url.searchParams.set("return_to", location.pathname);
+    link.href = url.toString();
+  } else {
+    link.replaceWith(el("p", { class: "hint", text: "Sign in to the application, then reload this page." }));
+  }
+}
+
+async function start() {
+  try {
+    state.session = await call("GET", "/session");
+  } catch (error) {
+    if (error.status === 401) return showSignedOut();
+    $("loading").hidden = true;
+    return showAlert(`The page could not load: ${error.message}`);
+  }
+  $("loading").hidden = true;
+  $("who").textContent = `Signed in as ${state.session.user.name}`;
+  buildScopes(state.session.scopes);
+  buildExpiry(state.session.expiry_days);
+  $("app").hidden = false;
+  await loadKeys();
+}
+
+// ---- the create form ----------------------------------------------------------
+
+function buildScopes(scopes) {
+  const container = $("scope-groups");
+  const groups = new Map();
+  for (const scope of scopes) {
+    const prefix = scope.name.split(":")[0];
+    const title = GROUPS[prefix] || "Other";
+    if (!groups.has(title)) groups.set(title, []);
+    groups.get(title).push(scope);
+  }
+  for (const [title, members] of groups) {
+    const list = el("ul", { class: "scope-list" });
+    for (const scope of members) {
+      const id = `scope-${scope.name.replace(/[^a-z0-9]/gi, "-")}`;
+      const box = el("input", { type: "checkbox", id, value: scope.name, name: "scopes" });
+      const label = el("label", { for: id },
+        el("code", { class: "scope-name", text: scope.name }),
+        scope.description && el("span", { class: "scope-description", text: scope.description }),
+        scope.implies.length && el("span", { class: "scope-implies",
+          text: `Includes ${scope.implies.join(", ")}` }));
+      list.append(el("li", { class: "scope" }, box, label));
+    }
+    container.append(el("div", { class: "scope-group", role: "group", "aria-label": title },
+      el("h3", { class: "scope-group-title", text: title }), list));
+  }
+  const known = new Set(scopes.map((s) => s.name));
+  const preset = $("figma-preset");
+  if (!FIGMA_PRESET.every((name) => known.has(name))) preset.parentElement.hidden = true;
+  preset.addEventListener("click", () => {
+    for (const box of container.querySelectorAll("input[type=checkbox]")) {
+      box.checked = FIGMA_PRESET.includes(box.value);
+    }
+    announce("Figma plugin scopes selected: projects:read, projects:write, actor_tokens:create.");
+  });
+}
+
+function addDays(days) {
+  const date = new Date();
+  date.setDate(date.getDate() + days);
+  return date;
+}
+
+function isoDate(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+function buildExpiry(expiry) {
+  const select = $("expiry");
+  const presets = [...new Set([...expiry.presets, expiry.default])].sort((a, b) => a - b);
+  for (const days of presets) {
+    const option = el("option", { value: String(days), text: `${days} days` });
+    if (days === expiry.default) option.selected = true;
+    select.append(option);
+  }
+  select.append(el("option", { value: "custom", text: "Custom date…" }));
+  if (expiry.allow_never) select.append(el("option", { value: "never", text: "No expiration" }));
+  const custom = $("custom-date");
+  custom.min = isoDate(addDays(1));
+  custom.max = isoDate(addDays(expiry.max));
+  custom.value = isoDate(addDays(expiry.default));
+  select.addEventListener("change", updateExpiry);
+  custom.addEventListener("input", updateExpiry);
+  updateExpiry();
+}
+
+function chosenExpiry() {
+  const value = $("expiry").value;
+  if (value === "never") return { body: { never: true }, date: null };
+  if (value === "custom") {
+    const picked = $("custom-date").value;
+    if (!picked) return { body: null, date: null };
+    // The end of the chosen day, in the person's own time zone.
+    const date = new Date(`${picked}T23:59:00`);
+    return { body: { expires_at: date.toISOString() }, date };
+  }
+  const days = Number(value);
+  return { body: { expires_in_days: days }, date: addDays(days) };
+}
+
+function updateExpiry() {
+  $("custom-date").hidden = $("expiry").value !== "custom";
+  const { body, date } = chosenExpiry();
+  let text;
+  if (body && body.never) text = "The key will never expire. Rotate it regularly.";
+  else if (date) text = `The key will expire on ${dateFormat.format(date)}.`;
+  else text = "Choose a date.";
+  $("expiry-result").textContent = text;
+}
+
+function openForm() {
+  $("create-panel").hidden = false;
+  $("new-key").setAttribute("aria-expanded", "true");
+  $("name").focus();
+}
+
+function closeForm() {
+  $("create-panel").hidden = true;
+  $("create-panel").reset();
+  clearFieldErrors();
+  updateExpiry();
+  $("new-key").setAttribute("aria-expanded", "false");
+}
+
+async function submitCreate(event) {
+  event.preventDefault();
+  clearFieldErrors();
+  showAlert("");
+  const name = $("name").value.trim();
+  const scopes = [...document.querySelectorAll("#scope-groups input:checked")].map((b) => b.value);
+  const { body: expiry } = chosenExpiry();
+  let invalid = false;
+  if (!name) invalid = fieldError("name", "Give the key a name.");
+  if (!scopes.length) invalid = fieldError("scopes", "Choose at least one scope.") || invalid;
+  if (!expiry) invalid = fieldError("expires_at", "Choose an expiration date.") || invalid;
+  if (invalid) {
+    announce("The key was not created: check the highlighted fields.");
+    (document.querySelector("[aria-invalid=true]") || $("name")).focus();
+    return;
+  }
+  const description = $("description").value.trim();
+  const button = $("create");
+  button.disabled = true;
+  try {
+    const created = await call("POST", "/keys", {
+      name, scopes, ...expiry, ...(description ? { description } : {}),
+    });
+    closeForm();
+    reveal(created, `Key “${created.name}” created.`);
+    await loadKeys();
+  } catch (error) {
+    reportFailure("The key was not created", error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function reportFailure(what, error) {
+  const errors = (error.problem && error.problem.errors) || [];
+  const placed = errors.filter((e) => fieldError(e.field, e.message));
+  if (!placed.length || placed.length < errors.length) showAlert(`${what}: ${error.message}`);
+  announce(`${what}: ${error.message}`);
+}
+
+// ---- the one-time reveal ------------------------------------------------------
+
+function reveal(created, headline) {
+  const field = $("reveal-key");
+  field.value = created.key;
+  $("reveal").hidden = false;
+  $("new-key").disabled = true;
+  field.focus();
+  field.select();
+  announce(`${headline} Copy it now: it will not be shown again.`);
+}
+
+async function copyKey() {
+  const field = $("reveal-key");
+  try {
+    await navigator.clipboard.writeText(field.value);
+  } catch {
+    field.select();
+    document.execCommand("copy");
+  }
+  $("copy").textContent = "Copied";
+  announce("Key copied to the clipboard.");
+}
+
+function dismissReveal() {
+  $("reveal-key").value = "";
+  $("reveal").hidden = true;
+  $("copy").textContent = "Copy";
+  $("new-key").disabled = false;
+  $("new-key").focus();
+  announce("The key is no longer shown.");
+}
+
+// ---- the list -----------------------------------------------------------------
+
+async function loadKeys() {
+  try {
+    const data = await call("GET", `/keys?status=${state.view}`);
+    state.keys = data.keys;
+    renderKeys();
+  } catch (error) {
+    showAlert(`Your keys could not be loaded: ${error.message}`);
+  }
+}
+
+function cell(label, ...content) {
+  return el("td", { "data-label": label }, ...content);
+}
+
+function renderKeys() {
+  const body = document.querySelector("#keys tbody");
+  body.replaceChildren();
+  for (const key of state.keys) {
+    const nameCell = cell("Name", el("span", { class: "key-name", text: key.name }));
+    if (key.description) nameCell.append(el("span", { class: "key-description", text: key.description }));
+    const scopes = el("ul", { class: "chips" });
+    for (const scope of key.scopes) scopes.append(el("li", { class: "chip", text: scope }));
+    const actions = cell("Actions");
+    if (key.status === "active") {
+      actions.append(
+        el("button", { class: "button small", type: "button", "data-action": "rotate",
+          "data-id": key.id, "aria-label": `Rotate key ${key.name}`, text: "Rotate" }),
+        el("button", { class: "button small danger-text", type: "button", "data-action": "delete",
+          "data-id": key.id, "aria-label": `Delete key ${key.name}`, text: "Delete" }));
+    }
+    body.append(el("tr", { "data-key-id": key.id },
+      nameCell,
+      cell("Key", el("code", { class: "prefix", text: `${key.display_prefix}…` })),
+      cell("Scopes", scopes),
+      cell("Created", document.createTextNode(formatDate(key.created_at))),
+      cell("Last used", document.createTextNode(
+        key.last_used_at ? dateTimeFormat.format(new Date(key.last_used_at)) : "Never used")),
+      cell("Expires", document.createTextNode(formatDate(key.expires_at, "Never"))),
+      cell("Status", el("span", { class: `status status-${key.status}`, text: key.status })),
+      actions));
+  }
+  const empty = $("empty");
+  empty.textContent = state.view === "active"
+    ? "You have no active keys. Create one to connect Figma or another platform."
+    : "No expired or deleted keys.";
+  empty.hidden = state.keys.length > 0;
+  $("keys").hidden = state.keys.length === 0;
+}
+
+function selectTab(view, focus) {
+  state.view = view;
+  for (const [id, name] of [["tab-active", "active"], ["tab-inactive", "inactive"]]) {
+    const tab = $(id);
+    const selected = name === view;
+    tab.setAttribute("aria-selected", String(selected));
+    tab.tabIndex = selected ? 0 : -1;
+    if (selected) {
+      $("keys-panel").setAttribute("aria-labelledby", id);
+      if (focus) tab.focus();
+    }
+  }
+  loadKeys();
+}
+
+function onTabKey(event) {
+  if (!["ArrowLeft", "ArrowRight", "Home", "End"].includes(event.key)) return;
+  event.preventDefault();
+  selectTab(state.view === "active" ? "inactive" : "active", true);
+}
+
+// ---- rotate and delete --------------------------------------------------------
+
+function confirmDialog({ title, text, ok, grace }) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = ok;
+  $("grace-field").hidden = !grace;
+  $("grace").value = "0";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "cancel";
+    dialog.showModal();
+    $(grace ? "grace" : "confirm-ok").focus();
+  });
+}
+
+async function onRowAction(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const key = state.keys.find((k) => k.id === button.dataset.id);
+  if (!key) return;
+  showAlert("");
+  if (button.dataset.action === "delete") await deleteKey(key, button);
+  else await rotateKey(key, button);
+}
+
+async function deleteKey(key, button) {
+  const confirmed = await confirmDialog({
+    title: `Delete “${key.name}”?`,
+    text: `Anything using the key ${key.display_prefix}… stops working within a second. This cannot be undone.`,
+    ok: `Delete ${key.name}`,
+  });
+  if (!confirmed) return button.focus();
+  try {
+    await call("DELETE", `/keys/${key.id}`);
+    announce(`Key “${key.name}” deleted.`);
+    await loadKeys();
+    $("new-key").focus();
+  } catch (error) {
+    reportFailure("The key was not deleted", error);
+  }
+}
+
+async function rotateKey(key, button) {
+  const confirmed = await confirmDialog({
+    title: `Rotate “${key.name}”?`,
+    text: `A new key with the same name and scopes is created and shown once. The old key ${key.display_prefix}… stops working after the grace period you choose.`,
+    ok: `Rotate ${key.name}`,
+    grace: true,
+  });
+  if (!confirmed) return button.focus();
+  try {
+    const created = await call("POST", `/keys/${key.id}/rotate`, { grace_seconds: Number($("grace").value) });
+    reveal(created, `Key “${key.name}” rotated.`);
+    await loadKeys();
+  } catch (error) {
+    reportFailure("The key was not rotated", error);
+  }
+}
+
+// ---- wiring -------------------------------------------------------------------
+
+$("new-key").addEventListener("click", () => ($("create-panel").hidden ? openForm() : closeForm()));
+$("cancel").addEventListener("click", () => { closeForm(); $("new-key").focus(); });
+$("create-panel").addEventListener("submit", submitCreate);
+$("copy").addEventListener("click", copyKey);
+$("done").addEventListener("click", dismissReveal);
+$("tab-active").addEventListener("click", () => selectTab("active", false));
+$("tab-inactive").addEventListener("click", () => selectTab("inactive", false));
+for (const id of ["tab-active", "tab-inactive"]) $(id).addEventListener("keydown", onTabKey);
+document.querySelector("#keys tbody").addEventListener("click", onRowAction);
+start();
