@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -86,6 +87,12 @@ def database_url(server_url: str, template_name: str) -> Iterator[str]:
 async def upstream() -> AsyncIterator[RecordingUpstream]:
     async with recording_upstream() as running:
         yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ class Pipeline:
             return self._cors.preflight(request, request_id)
         if self._self_service is not None and self._self_service.owns(target.path):
             outcome.route = "self-service"
-            response, outcome.user_id = await self._self_service.handle(request, target.path)
+            response = await self._self_service.handle(request, target.path, outcome)
             response.headers.update({"X-Request-Id": request_id, **cors})
             return response
         if target.path in (MINT_PATH, JWKS_PATH):

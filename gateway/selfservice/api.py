@@ -192,8 +192,9 @@ class KeysApi:
                 ("grace_seconds", f"must be a whole number from 0 to {MAX_GRACE_SECONDS}")
             )
         # The new key gets a fresh period: the one asked for, else the default.
+        days = body.get("expires_in_days")
         expires_at, expiry_errors = self._expiry(
-            {"expires_in_days": body.get("expires_in_days")}, now
+            {} if days is None else {"expires_in_days": days}, now
         )
         errors += expiry_errors
         if errors:

@@ -5,6 +5,7 @@ where, who is signed in, and the cross-site request forgery rule of cookie mode.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,8 +51,14 @@ def _routes(api: KeysApi) -> dict[tuple[str, str], Call]:
     }
 
 
+class Visit(Protocol):
+    """Where the caller's access log learns who was signed in, even when a call fails."""
+
+    user_id: str | None
+
+
 class SelfService:
-    """Answers everything under `self_service.path`; returns (response, user id or None)."""
+    """Answers everything under `self_service.path`."""
 
     def __init__(
         self,
@@ -72,39 +79,39 @@ class SelfService:
     def owns(self, path: str) -> bool:
         return path == self.base or path.startswith(self.base + "/")
 
-    async def handle(
-        self, request: web.BaseRequest, path: str
-    ) -> tuple[web.StreamResponse, str | None]:
+    async def handle(self, request: web.BaseRequest, path: str, visit: Visit) -> web.StreamResponse:
         rest = path[len(self.base) :]
         if rest in ("", "/"):
             _allow(request, ("GET", "HEAD"))
-            return self._page.html(), None
+            return self._page.html()
         if rest.startswith("/static/"):
             _allow(request, ("GET", "HEAD"))
             asset = self._page.asset(rest.removeprefix("/static/"))
             if asset is None:
                 raise Problem(404, "no-route", "no such asset")
-            return asset, None
+            return asset
         try:
-            return await self._api(
-                request, rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
-            )
+            api_path = rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
+            return await self._api(request, api_path, visit)
         except Problem as problem:
             problem.headers.update(NO_STORE)
             raise
 
     async def _api(
-        self, request: web.BaseRequest, rest: str | None
-    ) -> tuple[web.StreamResponse, str | None]:
+        self, request: web.BaseRequest, rest: str | None, visit: Visit
+    ) -> web.StreamResponse:
         shape, key_id = _shape(rest)
         methods = [m for (s, m) in self._routes if s == shape]
         if not methods:
             raise Problem(404, "no-route", "no such self-service endpoint")
         _allow(request, methods)
-        self._check_forgery(request)
-        user = await self._user(request)
+        token, from_cookie = self._token(request)
+        user = await self._user(token)
+        visit.user_id = user.id
+        if from_cookie:
+            self._check_forgery(request)
         try:
-            response = await self._routes[shape, request.method](request, user, key_id)
+            return await self._routes[shape, request.method](request, user, key_id)
         except DATABASE_DOWN:
             raise Problem(
                 503,
@@ -112,10 +119,12 @@ class SelfService:
                 "the database is unavailable; retry shortly",
                 headers={"Retry-After": "2"},
             ) from None
-        return response, user.id
 
     def _check_forgery(self, request: web.BaseRequest) -> None:
-        if self._session.cookie is None or request.method not in _STATE_CHANGING:
+        """The browser sends a cookie on its own, so a cookie-borne session must come
+        from the page's origin (or a trusted one) and with a JSON body. A session in
+        `Authorization` cannot be forged by another site and is not checked."""
+        if request.method not in _STATE_CHANGING:
             return
         origin = request.headers.get("Origin")
         same_site = origin is not None and urlsplit(origin).netloc == request.host
@@ -124,9 +133,11 @@ class SelfService:
         if request.body_exists and request.content_type != "application/json":
             raise Problem(403, "cross-site-request", "a body must be application/json")
 
-    async def _user(self, request: web.BaseRequest) -> SessionUser:
+    async def _user(self, token: str | None) -> SessionUser:
         try:
-            return await self._verifier.verify(self._token(request))
+            if token is None:
+                raise SessionRejected("not signed in (API keys are not accepted here)")
+            return await self._verifier.verify(token)
         except SessionRejected as exc:
             extra = {"login_url": self._session.login_url} if self._session.login_url else None
             raise Problem(
@@ -140,20 +151,16 @@ class SelfService:
                 headers={"Retry-After": "5"},
             ) from None
 
-    def _token(self, request: web.BaseRequest) -> str:
+    def _token(self, request: web.BaseRequest) -> tuple[str | None, bool]:
+        """(the session token, or None; whether it came from the cookie)."""
         authorization = request.headers.get("Authorization")
         if authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                raise SessionRejected("expected a Bearer session token")
-            return value.strip()
+            return (value.strip() or None if scheme.lower() == "bearer" else None), False
         if "X-API-Key" in request.headers:
-            raise SessionRejected("API keys are not accepted here")
+            return None, False
         cookie = self._session.cookie
-        from_cookie = request.cookies.get(cookie) if cookie else None
-        if not from_cookie:
-            raise SessionRejected("not signed in")
-        return from_cookie
+        return (request.cookies.get(cookie) if cookie else None) or None, True
 
 
 def _shape(rest: str | None) -> tuple[str, str]:

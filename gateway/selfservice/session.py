@@ -63,7 +63,8 @@ class Jwks:
 
     async def key(self, kid: str, alg: str) -> jwt.PyJWK | None:
         """The key for `kid`, usable with `alg`; None when the JWKS has no such key."""
-        if self._wants_fetch(kid):
+        # A fetch under way (the lock is held) is awaited, not raced past.
+        if self._wants_fetch(kid) or self._lock.locked():
             await self._refresh(kid)
         if self._keys is None:
             raise JwksUnavailable("the session keys cannot be fetched")

@@ -3,7 +3,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.support import RecordingUpstream, RunningGateway, make_config, running_gateway
@@ -15,9 +14,3 @@ async def gateway(
 ) -> AsyncIterator[RunningGateway]:
     async with running_gateway(make_config(tmp_path, database_url, upstream.url)) as running:
         yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import gateway, http
+from tests.e2e.conftest import gateway
 
-__all__ = ["gateway", "http"]
+__all__ = ["gateway"]

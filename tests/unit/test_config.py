@@ -9,6 +9,7 @@ import pytest
 from gateway.config import Config, ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[2]
+_SESSION = "self_service: {enabled: true, session: {jwks_file: j, issuer: i, audience: a, "
 
 
 def test_shipped_file_matches_the_contract_defaults() -> None:
@@ -21,6 +22,10 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
     assert config.tokens == defaults.tokens
     assert config.cors == defaults.cors
     assert config.scopes == defaults.scopes
+    assert config.self_service == defaults.self_service
+    assert config.scopes["me:read"].description == (
+        "Read account data for the currently logged in user."
+    )
     assert config.resolve(config.policies.dir) == ROOT / "policies"
 
 
@@ -36,6 +41,37 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
         ("listen: [1, 2]", "listen: expected `object`, got `array`"),
         ("listen: {port: 1", "invalid YAML"),
         ("- a\n- b", "the top level must be a mapping"),
+        (
+            "self_service: {enabled: true, session: {jwks_file: j, audience: a}}",
+            "self_service.session.issuer: required when self_service is enabled",
+        ),
+        (
+            "self_service: {enabled: true, session: {issuer: i, audience: a}}",
+            "self_service.session: set exactly one of jwks_url and jwks_file",
+        ),
+        (
+            _SESSION + "algorithms: [EdDSA, HS256]}}",
+            "self_service.session.algorithms[1]: 'HS256' is refused",
+        ),
+        (
+            _SESSION + "algorithms: [none]}}",
+            "self_service.session.algorithms[0]: 'none' is refused",
+        ),
+        (
+            "self_service: {enabled: true, path: /auth/keys, session: {jwks_file: j, issuer: i,"
+            " audience: a}}",
+            "self_service.path: /auth/ and /.well-known/ belong to the gateway",
+        ),
+        (
+            "self_service: {enabled: true, allowed_scopes: [nope], session: {jwks_file: j,"
+            " issuer: i, audience: a}}",
+            "self_service.allowed_scopes[0]: unknown scope 'nope'",
+        ),
+        (
+            "self_service: {enabled: true, expiry_days: {default: 400}, session: {jwks_file: j,"
+            " issuer: i, audience: a}}",
+            "self_service.expiry_days.default: must be between 1 and max",
+        ),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:

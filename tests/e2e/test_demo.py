@@ -1,0 +1,101 @@
+"""`gateway demo` as a newcomer runs it: the printed page link and curl lines work, and
+the demo upstream signs a person in to the API keys page."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from gateway.testing import environment, free_port
+from tests.support import ROOT
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, within: float = 60) -> str:
+    assert process.stdout is not None
+    seen = []
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            # The curl line after the marker belongs to the same block.
+            seen.append(process.stdout.readline())
+            return "".join(seen)
+    raise AssertionError("demo did not print its instructions:\n" + "".join(seen))
+
+
+async def test_demo_prints_working_instructions(tmp_path: Path, database_url: str) -> None:
+    proxy, admin, upstream = free_port(), free_port(), free_port()
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "listen": {"host": "127.0.0.1", "port": proxy},
+                "admin": {"host": "127.0.0.1", "port": admin},
+                "policies": {"dir": str(ROOT / "policies")},
+                "upstreams": {"core": {"url": f"http://127.0.0.1:{upstream}"}},
+            }
+        )
+    )
+    env = environment(GATEWAY_DATABASE_URL=database_url, GATEWAY_ADMIN_TOKEN=None)
+    process = subprocess.Popen(  # noqa: ASYNC220 - its output is read line by line below
+        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        text = _read_until(process, "admin API token for this demo")
+        page = re.search(r"^  (http://\S+/account/api-keys)$", text, re.M)
+        key = re.search(r"^  (gwk_\w+)$", text, re.M)
+        assert page and key, text
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await _curl_lines_answer_as_printed(http, text, key[1])
+            await _sign_in_and_create_a_key(http, page[1])
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "stopped." in out
+
+
+async def _curl_lines_answer_as_printed(http: aiohttp.ClientSession, text: str, key: str) -> None:
+    expected = re.findall(r"# (\d{3}): .*\n\s+curl -i (.*)", text)
+    assert len(expected) == 6
+    for status, args in expected:
+        method = "POST" if "-X POST" in args else "DELETE" if "-X DELETE" in args else "GET"
+        url = args.split()[-1]
+        headers = {"Authorization": f"Bearer {key}"} if "Authorization" in args else {}
+        async with http.request(method, url, headers=headers) as response:
+            assert response.status == int(status), (method, url)
+
+
+async def _sign_in_and_create_a_key(http: aiohttp.ClientSession, page: str) -> None:
+    async with http.get(page) as response:
+        assert response.status == 200 and "API keys" in await response.text()
+    api = page + "/v1"
+    async with http.get(api + "/session") as response:
+        assert response.status == 401
+        login_url = (await response.json(content_type=None))["login_url"]
+    # The host application's sign-in sets its session cookie and sends the person back.
+    async with http.get(login_url, params={"return_to": "/account/api-keys"}) as response:
+        assert response.status == 200 and str(response.url) == page
+    async with http.get(api + "/session") as response:
+        assert (await response.json())["user"]["id"] == "demo-user"
+    origin = page.split("/account")[0]
+    body = {"name": "from the page", "scopes": ["me:read"]}
+    async with http.post(api + "/keys", json=body, headers={"Origin": origin}) as response:
+        assert response.status == 201
+        created = await response.json()
+    async with http.get(origin + "/v1/me", headers={"X-API-Key": created["key"]}) as response:
+        assert response.status == 200
