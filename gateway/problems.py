@@ -16,6 +16,26 @@ from aiohttp import web
 TYPE_BASE = "urn:gateway:problem:"
 CONTENT_TYPE = "application/problem+json"
 _encode = msgspec.json.Encoder().encode
+# The body's JSON Schema, for the OpenAPI documents.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
 
 
 class Problem(Exception):

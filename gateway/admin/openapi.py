@@ -4,49 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-_KEY = {
-    "type": "object",
-    "required": ["id", "user_id", "name", "scopes", "display_prefix", "status", "created_at"],
-    "properties": {
-        "id": {"type": "string", "format": "uuid"},
-        "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
-        "name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "description": {"type": ["string", "null"], "maxLength": 500},
-        "scopes": {"type": "array", "items": {"type": "string"}},
-        "display_prefix": {"type": "string"},
-        "status": {"enum": ["active", "expired", "revoked"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "expires_at": _TIME,
-        "revoked_at": _TIME,
-        "last_used_at": _TIME,
-    },
-}
-_NEW_KEY = {
-    "allOf": [
-        {"$ref": "#/components/schemas/Key"},
-        {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
-    ]
-}
-_PROBLEM = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail", "request_id"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "request_id": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["field", "message"],
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-}
+from gateway.keys.schemas import KEY, NEW_KEY
+from gateway.problems import PROBLEM_SCHEMA
+
 _MEMBERSHIP = {
     "type": "object",
     "required": ["user_id", "resource_type", "resource_id"],
@@ -97,7 +57,7 @@ DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "gateway admin API", "version": "1"},
     "components": {
-        "schemas": {"Key": _KEY, "NewKey": _NEW_KEY, "Problem": _PROBLEM},
+        "schemas": {"Key": KEY, "NewKey": NEW_KEY, "Problem": PROBLEM_SCHEMA},
         "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
     },
     "security": [{"admin": []}],

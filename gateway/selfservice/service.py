@@ -15,7 +15,9 @@ from aiohttp import web
 from gateway.config import Config, ConfigError
 from gateway.config import SelfService as Settings
 from gateway.database import DATABASE_DOWN
+from gateway.jsonbody import json_response
 from gateway.problems import Problem
+from gateway.selfservice import openapi
 from gateway.selfservice.api import NO_STORE, KeysApi
 from gateway.selfservice.page import Page
 from gateway.selfservice.session import (
@@ -73,6 +75,7 @@ class SelfService:
         self._page = page
         self._verifier = verifier
         self._routes = _routes(api)
+        self._document = openapi.document(self.base)
         # `*` in cors.allow_origins must not switch the forgery check off.
         self._trusted = frozenset(o for o in trusted_origins if o not in ("*", "null"))
 
@@ -90,6 +93,9 @@ class SelfService:
             if asset is None:
                 raise Problem(404, "no-route", "no such asset")
             return asset
+        if rest == "/v1/openapi.json":
+            _allow(request, ("GET", "HEAD"))
+            return json_response(self._document)
         try:
             api_path = rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
             return await self._api(request, api_path, visit)

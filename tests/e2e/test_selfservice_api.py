@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from openapi_spec_validator import validate as validate_spec
 
 from tests.hostapp import COOKIE, HostIdentity, host_app
+from tests.openapi import check_answer
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -62,17 +65,27 @@ async def gateway(
 
 
 class Person:
-    """A signed-in person talking to the API with a Bearer session (no cookie)."""
+    """A signed-in person talking to the API with a Bearer session (no cookie); every
+    answer is checked against the self-service OpenAPI document."""
 
     def __init__(self, http: aiohttp.ClientSession, gateway: RunningGateway, token: str):
         self.http, self.base, self.token = http, gateway.proxy + API, token
+        self.document: dict[str, Any] | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, Any]:
+        if self.document is None:
+            async with self.http.get(self.base + "/openapi.json") as response:
+                self.document = await response.json()
+            validate_spec(self.document)
         async with self.http.request(
             method, self.base + path, json=body, headers=bearer(self.token)
         ) as response:
             data = await response.json(content_type=None) if response.status != 204 else None
             assert response.headers["Cache-Control"] == "no-store", (method, path)
+            template = API + re.sub(r"/keys/[^/?]+", "/keys/{id}", path.partition("?")[0])
+            check_answer(
+                self.document, template, method, response.status, response.content_type, data
+            )
             return response.status, data, response.headers
 
 
@@ -396,5 +409,9 @@ async def test_no_secret_in_the_access_log(alice: Person, gateway: RunningGatewa
     lines = gateway.log_lines()
     text = gateway.access_log.getvalue().decode()
     assert key["key"] not in text and alice.token not in text
-    mine = [line for line in lines if line["route"] == "self-service"]
+    mine = [
+        line
+        for line in lines
+        if line["route"] == "self-service" and not line["path"].endswith("/openapi.json")
+    ]
     assert mine and all(line["user_id"] == _user(alice) for line in mine)

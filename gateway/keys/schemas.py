@@ -1,0 +1,47 @@
+"""JSON Schemas of a key as the admin and self-service APIs show it (their OpenAPI documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "format": "uuid"},
+    "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "description": {"type": ["string", "null"], "maxLength": 500},
+    "scopes": {"type": "array", "items": {"type": "string"}},
+    "display_prefix": {"type": "string"},
+    "status": {"enum": ["active", "expired", "revoked"]},
+    "created_at": {"type": "string", "format": "date-time"},
+    "expires_at": _TIME,
+    "revoked_at": _TIME,
+    "last_used_at": _TIME,
+}
+_REQUIRED = ["id", "name", "scopes", "display_prefix", "status", "created_at"]
+
+KEY: dict[str, Any] = {
+    "type": "object",
+    "required": ["user_id", *_REQUIRED],
+    "properties": _PROPERTIES,
+}
+# The self-service API shows a person their own keys: no `user_id`.
+OWN_KEY: dict[str, Any] = {
+    "type": "object",
+    "required": _REQUIRED,
+    "not": {"required": ["user_id"]},
+    "properties": {name: schema for name, schema in _PROPERTIES.items() if name != "user_id"},
+}
+
+
+def with_secret(ref: str) -> dict[str, Any]:
+    """The create/rotate answer: the key schema at `ref` plus its plaintext, shown once."""
+    return {
+        "allOf": [
+            {"$ref": f"#/components/schemas/{ref}"},
+            {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
+        ]
+    }
+
+
+NEW_KEY = with_secret("Key")
