@@ -35,8 +35,10 @@ from gateway.appkeys import (
 from gateway.config import Config, ConfigError
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
+from gateway.edge.decide import Decider
 from gateway.edge.listener import server
 from gateway.edge.pipeline import Pipeline
+from gateway.edge.record import Recorder
 from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.keys.invalidation import Listener
@@ -211,16 +213,17 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
     )
+    authenticator = Authenticator(app[STORE], signer, config.keys.prefix)
+    decider = Decider(app[POLICIES], authenticator, app[STORE])
+    recorder = Recorder(metrics, access_log)
     pipeline = Pipeline(
-        policies=app[POLICIES],
-        authenticator=Authenticator(app[STORE], signer, config.keys.prefix),
-        store=app[STORE],
+        decider=decider,
+        authenticator=authenticator,
         forwarder=Forwarder(session, config.limits.max_body_bytes),
         upstreams={name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()},
         cors=Cors(config.cors),
         tokens=TokenEndpoint(signer, config.tokens),
-        metrics=app[METRICS],
-        access_log=access_log,
+        recorder=recorder,
         max_header_bytes=config.limits.max_header_bytes,
         self_service=self_service.from_config(config, app[POOL], session),
     )

@@ -28,19 +28,24 @@ class Target:
 
 def check(request: web.BaseRequest, max_header_bytes: int) -> Target:
     """The request's target if it is safe to route; raises a 400/431 `Problem`."""
-    _check_message(request, max_header_bytes)
-    raw = request.raw_path
+    check_message(request, max_header_bytes)
+    return check_target(request.method, request.raw_path)
+
+
+def check_target(method: str, raw: str) -> Target:
+    """A method and request target (as received, or as a front proxy reports them)."""
+    if not _METHOD.fullmatch(method):
+        raise bad_request("bad-method", "the method must be an upper-case token")
     path, sep, query = raw.partition("?")
     if sep and _QUERY_FORBIDDEN.search(query):
         raise bad_request("bad-query", "the query has characters that must be percent-encoded")
     return Target(raw, path, split_path(path))
 
 
-def _check_message(request: web.BaseRequest, max_header_bytes: int) -> None:
+def check_message(request: web.BaseRequest, max_header_bytes: int) -> None:
+    """Protocol, header size and framing: what only the listener itself can judge."""
     if request.version not in _VERSIONS:
         raise bad_request("bad-protocol", "only HTTP/1.0 and HTTP/1.1 are served")
-    if not _METHOD.fullmatch(request.method):
-        raise bad_request("bad-method", "the method must be an upper-case token")
     size = len(request.method) + len(request.raw_path) + 11
     for name, value in request.raw_headers:
         size += len(name) + len(value) + 4

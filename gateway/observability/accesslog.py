@@ -33,6 +33,7 @@ FIELDS = (
     "upstream",
     "upstream_ms",
     "reason",
+    "endpoint",  # proxy, or the decision endpoint asked (auth-request, forward-auth, ext-authz)
 )
 
 

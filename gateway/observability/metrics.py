@@ -18,12 +18,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "Proxied requests", ["route", "status"], registry=r
+            "gateway_requests",
+            "Requests proxied or decided, by endpoint (proxy or a decision endpoint)",
+            ["route", "status", "endpoint"],
+            registry=r,
         )
         self.latency = Histogram(
             "gateway_request_duration_seconds",
             "Time from request to response start",
-            ["route"],
+            ["route", "endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -44,8 +47,8 @@ class Metrics:
             "gateway_invalidations", "Cache invalidations received", ["kind"], registry=r
         )
         self.denials = Counter("gateway_denials", "Requests refused", ["reason"], registry=r)
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._pending: list[tuple[str, int, float, str | None]] = []
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._pending: list[tuple[str, int, float, str | None, str]] = []
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
             for event in ("hit", "miss", "eviction"):
@@ -58,9 +61,11 @@ class Metrics:
     def query_seconds(self, query: str, seconds: float) -> None:
         self.db_query.labels(query).observe(seconds)
 
-    def observe_request(self, route: str, status: int, seconds: float, reason: str | None) -> None:
+    def observe_request(
+        self, route: str, status: int, seconds: float, reason: str | None, endpoint: str = "proxy"
+    ) -> None:
         """Queue one request's figures; `drain()` applies them (before every scrape)."""
-        self._pending.append((route, status, seconds, reason))
+        self._pending.append((route, status, seconds, reason, endpoint))
         if len(self._pending) >= 4096:
             self.drain()
 
@@ -68,11 +73,14 @@ class Metrics:
         # Applied in a batch, away from the request: the histogram's bucket search
         # and the locks cost several times more per request with cold caches.
         pending, self._pending = self._pending, []
-        for route, status, seconds, reason in pending:
-            children = self._request_children.get((route, status))
+        for route, status, seconds, reason, endpoint in pending:
+            children = self._request_children.get((route, status, endpoint))
             if children is None:
-                children = (self.requests.labels(route, str(status)), self.latency.labels(route))
-                self._request_children[route, status] = children
+                children = (
+                    self.requests.labels(route, str(status), endpoint),
+                    self.latency.labels(route, endpoint),
+                )
+                self._request_children[route, status, endpoint] = children
             children[0].inc()
             children[1].observe(seconds)
             if reason is not None:

@@ -1,0 +1,75 @@
+"""The stages every request passes whichever door it came in by — the proxy listener
+or a decision endpoint: match → authenticate → authorize (the target already safe).
+
+One copy of the checks: `Pipeline` forwards after `decide()`, the decision
+endpoints answer after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from gateway.edge.authn import Authenticator
+from gateway.edge.safety import Target
+from gateway.keys.principal import Principal
+from gateway.keys.store import KeyStore, StoreUnavailable
+from gateway.policy.authz import authorize
+from gateway.policy.reloader import ActivePolicies
+from gateway.policy.routing import Match, Route
+from gateway.problems import Problem, database_unavailable
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the access log and metrics say about one request."""
+
+    endpoint: str = "proxy"  # or the decision endpoint that was asked
+    route: str = "-"
+    reason: str | None = None
+    principal: Principal | None = None
+    user_id: str | None = None  # signed in to the API keys page (no key involved)
+    upstream: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An allowed request: its route and, unless the route is public, who it is."""
+
+    route: Route
+    principal: Principal | None
+
+
+class Decider:
+    def __init__(
+        self, policies: ActivePolicies, authenticator: Authenticator, store: KeyStore
+    ) -> None:
+        self._policies = policies
+        self._authn = authenticator
+        self._store = store
+
+    async def decide(
+        self, method: str, target: Target, headers: CIMultiDictProxy[str], outcome: Outcome
+    ) -> Decision:
+        """Allow (a `Decision`) or raise the `Problem` the request is refused with."""
+        match = self._policies.current.router.match(method, target.segments)
+        if match is None:
+            raise Problem(404, "no-route", "no route allows this method and path")
+        route = match.route
+        outcome.route = route.name
+        if route.public:
+            return Decision(route, None)
+        principal = await self._authn.authenticate(headers)
+        outcome.principal = principal
+        await self._authorize(principal, match)
+        return Decision(route, principal)
+
+    async def _authorize(self, principal: Principal, match: Match) -> None:
+        memberships: frozenset[tuple[str, str]] = frozenset()
+        if match.route.member_of and match.route.scopes <= principal.scopes:
+            try:
+                memberships = await self._store.memberships(principal.user_id)
+            except StoreUnavailable:
+                raise database_unavailable() from None
+        authorize(principal.scopes, match, memberships)

@@ -1,0 +1,65 @@
+"""Request ids, and the one access-log line and metrics sample per request (either door)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from multidict import CIMultiDictProxy
+
+from gateway.edge.decide import Outcome
+from gateway.observability.accesslog import AccessLog
+from gateway.observability.metrics import Metrics
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(headers: CIMultiDictProxy[str]) -> str:
+    """The client's (or front proxy's) `X-Request-Id` when well-formed, else a new one."""
+    incoming = headers.get("X-Request-Id")
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return secrets.token_hex(16)
+
+
+class Recorder:
+    def __init__(self, metrics: Metrics, access_log: AccessLog | None) -> None:
+        self._metrics = metrics
+        self._access_log = access_log
+
+    def record(
+        self,
+        method: str,
+        raw_target: str,
+        request_id: str,
+        status: int,
+        outcome: Outcome,
+        started: float,
+        upstream_ms: float | None = None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        self._metrics.observe_request(
+            outcome.route, status, elapsed, outcome.reason, outcome.endpoint
+        )
+        if self._access_log is None:
+            return
+        principal = outcome.principal
+        self._access_log.emit(
+            (  # in the order of accesslog.FIELDS
+                time.time(),
+                request_id,
+                method,
+                # As received, without the query (which may carry anything).
+                raw_target.partition("?")[0],
+                outcome.route,
+                status,
+                elapsed * 1000,
+                principal.user_id if principal else outcome.user_id,
+                principal.key_id if principal else None,
+                outcome.upstream,
+                upstream_ms,
+                outcome.reason,
+                outcome.endpoint,
+            )
+        )
