@@ -24,6 +24,7 @@ from gateway.admin.api import add_routes as add_admin_routes
 from gateway.appkeys import (
     CONFIG,
     DATABASE_URL,
+    DECISIONS_ADDRESS,
     LISTENER,
     METRICS,
     POLICIES,
@@ -32,7 +33,8 @@ from gateway.appkeys import (
     SCOPES,
     STORE,
 )
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, DecisionListen, Listen
+from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider
@@ -227,19 +229,14 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         max_header_bytes=config.limits.max_header_bytes,
         self_service=self_service.from_config(config, app[POOL], session),
     )
-    runner = web.ServerRunner(server(pipeline, config.limits), handle_signals=False)
-    await runner.setup()
-    # aiohttp's default backlog (128) drops connections in a burst before we ever
-    # accept them, and the header deadline only starts at the accept.
-    site = web.TCPSite(
-        runner,
-        config.listen.host,
-        config.listen.port,
-        reuse_port=app[OPTIONS].reuse_port or None,
-        backlog=1024,
-    )
-    await site.start()
-    app[PROXY_ADDRESS] = tuple(runner.addresses[0][:2])
+    reuse_port = app[OPTIONS].reuse_port
+    runners = [await _listen(server(pipeline, config.limits), config.listen, reuse_port)]
+    app[PROXY_ADDRESS] = tuple(runners[0].addresses[0][:2])
+    if config.decisions.enabled:
+        decisions = server(DecisionEndpoints(decider, recorder), config.limits)
+        runners.append(await _listen(decisions, config.decisions.listen, reuse_port))
+        app[DECISIONS_ADDRESS] = tuple(runners[1].addresses[0][:2])
+        log.info("decision endpoints listening on %s:%s", *app[DECISIONS_ADDRESS])
     if options.freeze_gc:
         # Everything alive now lives as long as the process; leaving it to the
         # collector made each full collection a 15-30 ms stall (the p99 under load).
@@ -247,9 +244,24 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         gc.freeze()
     log.info("proxy listening on %s:%s", *app[PROXY_ADDRESS])
     yield
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     await session.close()
     telemetry.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await telemetry
     flush_telemetry()
+
+
+async def _listen(
+    handler: web.Server, address: Listen | DecisionListen, reuse_port: bool
+) -> web.ServerRunner:
+    runner = web.ServerRunner(handler, handle_signals=False)
+    await runner.setup()
+    # aiohttp's default backlog (128) drops connections in a burst before we ever
+    # accept them, and the header deadline only starts at the accept.
+    site = web.TCPSite(
+        runner, address.host, address.port, reuse_port=reuse_port or None, backlog=1024
+    )
+    await site.start()
+    return runner

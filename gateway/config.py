@@ -165,6 +165,18 @@ def _default_upstreams() -> dict[str, Upstream]:
     return {"core": Upstream(url="http://127.0.0.1:9000")}
 
 
+class DecisionListen(_Strict, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8082
+
+
+class Decisions(_Strict, frozen=True, forbid_unknown_fields=True):
+    """Decision endpoints for a front proxy (nginx, Envoy, Traefik, Caddy)."""
+
+    enabled: bool = False
+    listen: DecisionListen = msgspec.field(default_factory=DecisionListen)
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -179,6 +191,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     cors: Cors = msgspec.field(default_factory=Cors)
     scopes: dict[str, ScopeDef] = msgspec.field(default_factory=_default_scopes)
     self_service: SelfService = msgspec.field(default_factory=SelfService)
+    decisions: Decisions = msgspec.field(default_factory=Decisions)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
     base_dir: str = "."
     admin_token: str | None = None
@@ -263,7 +276,12 @@ def _check(config: Config, path: Path) -> None:
 
 def _check_values(config: Config) -> list[str]:
     out: list[str] = []
-    for name, port in (("listen.port", config.listen.port), ("admin.port", config.admin.port)):
+    ports = (
+        ("listen.port", config.listen.port),
+        ("admin.port", config.admin.port),
+        ("decisions.listen.port", config.decisions.listen.port),
+    )
+    for name, port in ports:
         if not 0 <= port <= 65535:
             out.append(f"{name}: must be between 0 and 65535")
     positive = {

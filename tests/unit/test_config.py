@@ -23,6 +23,7 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
     assert config.cors == defaults.cors
     assert config.scopes == defaults.scopes
     assert config.self_service == defaults.self_service
+    assert config.decisions == defaults.decisions
     assert config.scopes["me:read"].description == (
         "Read account data for the currently logged in user."
     )

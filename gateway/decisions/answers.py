@@ -1,0 +1,46 @@
+"""What a front proxy is told: allow with the identity headers, or the refusal."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.edge.decide import Decision
+from gateway.problems import Problem
+
+NO_STORE = {"Cache-Control": "no-store"}
+IDENTITY_HEADERS = (
+    "X-Gateway-User-Id",
+    "X-Gateway-Key-Id",
+    "X-Gateway-Scopes",
+    "X-Gateway-Auth",
+    "X-Gateway-Route",
+)
+
+
+def allow(decision: Decision, request_id: str) -> web.Response:
+    """200, empty; every identity header present (empty on a public route), so the
+    front proxy overwrites whatever copy a client sent."""
+    principal = decision.principal
+    values = (
+        (principal.user_id, principal.key_id, principal.scope_header, principal.auth)
+        if principal is not None
+        else ("", "", "", "")
+    )
+    headers = dict(zip(IDENTITY_HEADERS, (*values, decision.route.name), strict=True))
+    return web.Response(status=200, headers={**headers, "X-Request-Id": request_id, **NO_STORE})
+
+
+def refuse(endpoint: str, problem: Problem, request_id: str) -> web.Response:
+    """The status a proxied request would get, with its problem body and headers.
+
+    nginx's `auth_request` understands only 401 and 403 (anything else becomes a
+    500), so that endpoint answers one of those, with the real status and reason in
+    `X-Gateway-Deny-Status` and `X-Gateway-Deny-Reason`."""
+    if endpoint != "auth-request":
+        return problem.response(request_id, NO_STORE)
+    deny = {"X-Gateway-Deny-Status": str(problem.status), "X-Gateway-Deny-Reason": problem.slug}
+    status = problem.status if problem.status in (401, 403) else 403
+    told = Problem(
+        status, problem.slug, problem.detail, headers=problem.headers, extra=problem.extra
+    )
+    return told.response(request_id, {**NO_STORE, **deny})

@@ -1,0 +1,96 @@
+"""How each front proxy describes the original request. Each endpoint reads only its own
+headers — never `Forwarded`, never another endpoint's — so a client cannot pick the
+description that suits it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.problems import Problem
+
+EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The original request a decision is asked about."""
+
+    method: str
+    uri: str  # raw path and query, as the client sent them
+    host: str
+    proto: str
+    client: str
+
+
+def _one(request: web.BaseRequest, name: str) -> str | None:
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise Problem(400, "ambiguous-original-request", f"{name} is repeated")
+    return values[0] if values else None
+
+
+def _required(request: web.BaseRequest, name: str) -> str:
+    value = _one(request, name)
+    if not value:
+        raise Problem(400, "missing-original-request", f"{name} is missing")
+    return value
+
+
+def _last_hop(forwarded_for: str | None) -> str:
+    # The front proxy appends the address it saw; anything before it the client wrote.
+    return forwarded_for.rsplit(",", 1)[-1].strip() if forwarded_for else ""
+
+
+def auth_request(request: web.BaseRequest) -> Asked:
+    """nginx `auth_request`, with the headers of the README's configuration."""
+    return Asked(
+        method=_required(request, "X-Original-Method"),
+        uri=_required(request, "X-Original-URI"),
+        host=_one(request, "X-Original-Host") or "",
+        proto=_one(request, "X-Original-Proto") or "",
+        client=_one(request, "X-Original-IP") or "",
+    )
+
+
+def forward_auth(request: web.BaseRequest) -> Asked:
+    """Traefik ForwardAuth and Caddy `forward_auth`."""
+    return Asked(
+        method=_required(request, "X-Forwarded-Method"),
+        uri=_required(request, "X-Forwarded-Uri"),
+        host=_one(request, "X-Forwarded-Host") or "",
+        proto=_one(request, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(request, "X-Forwarded-For")),
+    )
+
+
+def ext_authz(request: web.BaseRequest) -> Asked:
+    """Envoy's `ext_authz` HTTP service: the original method, the original path behind
+    `path_prefix`, the original headers."""
+    uri = request.raw_path[len(EXT_AUTHZ_PREFIX) :]
+    if not uri.startswith("/"):
+        raise Problem(400, "missing-original-request", "no original path after the prefix")
+    return Asked(
+        method=request.method,
+        uri=uri,
+        host=_one(request, "Host") or "",
+        proto=_one(request, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(request, "X-Forwarded-For")),
+    )
+
+
+Shape = Callable[[web.BaseRequest], Asked]
+
+
+def endpoint_for(raw_path: str) -> tuple[str, Shape] | None:
+    """(endpoint name, its reader) for a decision listener path, or None."""
+    path = raw_path.partition("?")[0]
+    if path == "/decisions/auth-request":
+        return "auth-request", auth_request
+    if path == "/decisions/forward-auth":
+        return "forward-auth", forward_auth
+    if raw_path.startswith(EXT_AUTHZ_PREFIX + "/"):
+        return "ext-authz", ext_authz
+    return None
