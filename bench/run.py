@@ -57,7 +57,7 @@ def process(
             proc.kill()
 
 
-def nginx_conf(upstream_port: int, proxy_port: int) -> Path:
+def nginx_conf(upstream_port: int, proxy_port: int, auth_port: int, decisions_port: int) -> Path:
     docroot = OUT / "www"
     for prefix in ("", "api/", "public/"):
         (docroot / prefix).mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,44 @@ http {{
   server {{
     listen 127.0.0.1:{proxy_port};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  # The README's auth_request configuration, with keep-alive to both sides.
+  upstream decisions {{ server 127.0.0.1:{decisions_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{auth_port};
+    location / {{
+      auth_request /.gateway-decision;
+      auth_request_set $gateway_user_id $upstream_http_x_gateway_user_id;
+      auth_request_set $gateway_key_id  $upstream_http_x_gateway_key_id;
+      auth_request_set $gateway_scopes  $upstream_http_x_gateway_scopes;
+      auth_request_set $gateway_auth    $upstream_http_x_gateway_auth;
+      auth_request_set $gateway_route   $upstream_http_x_gateway_route;
+      auth_request_set $gateway_request $upstream_http_x_request_id;
+      proxy_set_header X-Gateway-User-Id $gateway_user_id;
+      proxy_set_header X-Gateway-Key-Id  $gateway_key_id;
+      proxy_set_header X-Gateway-Scopes  $gateway_scopes;
+      proxy_set_header X-Gateway-Auth    $gateway_auth;
+      proxy_set_header X-Gateway-Route   $gateway_route;
+      proxy_set_header X-Request-Id      $gateway_request;
+      proxy_set_header Authorization     "";
+      proxy_set_header X-API-Key         "";
+      proxy_set_header Connection        "";
+      proxy_http_version 1.1;
+      proxy_pass http://origin;
+    }}
+    location = /.gateway-decision {{
+      internal;
+      proxy_pass http://decisions/decisions/auth-request;
+      proxy_http_version 1.1;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI    $request_uri;
+      proxy_set_header X-Original-Host   $host;
+      proxy_set_header X-Original-Proto  $scheme;
+      proxy_set_header X-Original-IP     $remote_addr;
+    }}
   }}
 }}
 """)
@@ -197,7 +235,12 @@ async def mint(proxy: str, key: str) -> str:
 
 
 def gateway_config(
-    database_url: str, upstream_port: int, proxy_port: int, admin_port: int, name: str
+    database_url: str,
+    upstream_port: int,
+    proxy_port: int,
+    admin_port: int,
+    name: str,
+    decisions_port: int | None = None,
 ) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
@@ -215,6 +258,8 @@ def gateway_config(
         "upstreams": {"origin": {"url": f"http://127.0.0.1:{upstream_port}"}},
         "cache": {"ttl_seconds": 600},
     }
+    if decisions_port is not None:
+        config["decisions"] = {"enabled": True, "listen": {"port": decisions_port}}
     path = OUT / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -260,8 +305,11 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     upstream_port, nginx_proxy_port, naive_port = free_port(), free_port(), free_port()
     gw_port, admin_port = free_port(), free_port()
     uv_port, uv_admin_port = free_port(), free_port()
-    conf = nginx_conf(upstream_port, nginx_proxy_port)
-    config = gateway_config(database_url, upstream_port, gw_port, admin_port, "gateway")
+    auth_port, decisions_port = free_port(), free_port()
+    conf = nginx_conf(upstream_port, nginx_proxy_port, auth_port, decisions_port)
+    config = gateway_config(
+        database_url, upstream_port, gw_port, admin_port, "gateway", decisions_port
+    )
     uv_config = gateway_config(
         database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop"
     )
@@ -322,6 +370,14 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             ),
             "gateway cached API key, uvloop (default)": (uv_port, "/api/", auth, None),
             "gateway fresh key (miss), asyncio": (gw_port, "/api/", {}, fresh_script),
+            "nginx auth_request + gateway decision, asyncio": (auth_port, "/api/", auth, None),
+            # The decision alone: what one gateway process decides per second.
+            "gateway decisions alone (forward-auth), asyncio": (
+                decisions_port,
+                "/decisions/forward-auth",
+                {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/200B"},
+                None,
+            ),
         }
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
@@ -330,7 +386,10 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                     for name, (port, prefix, headers, script) in targets.items():
                         if script is not None and (body != "200B" or round_ > 0):
                             continue  # each fresh key misses only once
-                        url = f"http://127.0.0.1:{port}{prefix}{body}"
+                        fixed = prefix.startswith("/decisions/")
+                        if fixed and body != "200B":
+                            continue  # a decision has no body to vary
+                        url = f"http://127.0.0.1:{port}{prefix}{'' if fixed else body}"
                         measured = wrk(url, connections, args.seconds, headers, script)
                         results.setdefault((name, connections, body), []).append(measured)
                         print(
