@@ -218,11 +218,12 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     authenticator = Authenticator(app[STORE], signer, config.keys.prefix)
     decider = Decider(app[POLICIES], authenticator, app[STORE])
     recorder = Recorder(metrics, access_log)
+    upstreams = {name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()}
     pipeline = Pipeline(
         decider=decider,
         authenticator=authenticator,
         forwarder=Forwarder(session, config.limits.max_body_bytes),
-        upstreams={name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()},
+        upstreams=upstreams,
         cors=Cors(config.cors),
         tokens=TokenEndpoint(signer, config.tokens),
         recorder=recorder,
@@ -246,6 +247,8 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     yield
     for runner in runners:
         await runner.cleanup()
+    for upstream in upstreams.values():
+        upstream.pool.close()
     await session.close()
     telemetry.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider, Outcome
 from gateway.edge.record import Recorder, request_id
-from gateway.forward.proxy import Forwarder, request_headers
+from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.problems import Problem
 from gateway.selfservice.service import SelfService
@@ -99,9 +99,10 @@ class Pipeline:
         decision = await self._decider.decide(request.method, target, request.headers, outcome)
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
-        headers = request_headers(request, decision.principal, rid)
         extra = {"X-Request-Id": rid, **cors}
-        return await self._forwarder.forward(request, target.raw, upstream, headers, extra, timing)
+        return await self._forwarder.forward(
+            request, target.raw, upstream, decision.principal, rid, extra, timing
+        )
 
     async def _gateway_owned(
         self, request: web.BaseRequest, path: str, outcome: Outcome

@@ -3,6 +3,7 @@
 The credential and every header a client could use to impersonate someone
 (`X-Gateway-*`, method overrides, forwarding headers) are removed before the
 identity is added; the path the policy checked is the path sent, byte for byte.
+The request head is built once, as bytes, from the headers as received.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from gateway.forward import websocket
+from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeout
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.keys.principal import Principal
 from gateway.problems import Problem
@@ -51,9 +52,12 @@ _REQUEST_DROP = HOP_BY_HOP | {
     # Answered here, after authorization: an upload the policy refuses is never sent.
     "expect",
 }
+# The body's framing is ours to write.
+_HEAD_DROP = frozenset(name.encode() for name in _REQUEST_DROP | {"content-length"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
 _BODILESS = frozenset({204, 304})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class BodyTooLarge(Exception):
@@ -63,7 +67,7 @@ class BodyTooLarge(Exception):
 def request_headers(
     request: web.BaseRequest, principal: Principal | None, request_id: str
 ) -> CIMultiDict[str]:
-    """The headers sent upstream."""
+    """The headers sent upstream with a WebSocket handshake (aiohttp's client)."""
     incoming = request.headers
     named = _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
@@ -74,17 +78,58 @@ def request_headers(
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
             continue
         out.add(name, value)
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    out["X-Forwarded-For"] = peer[0] if peer else "unknown"
-    out["X-Forwarded-Proto"] = request.scheme
-    out["X-Forwarded-Host"] = incoming.get("Host", "")
-    out["X-Request-Id"] = request_id
-    if principal is not None:
-        out["X-Gateway-User-Id"] = principal.user_id
-        out["X-Gateway-Key-Id"] = principal.key_id
-        out["X-Gateway-Scopes"] = principal.scope_header
-        out["X-Gateway-Auth"] = principal.auth
+    for name, value in _added_headers(request, principal, request_id):
+        out[name] = value
     return out
+
+
+def _added_headers(
+    request: web.BaseRequest, principal: Principal | None, request_id: str
+) -> list[tuple[str, str]]:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    added = [
+        ("X-Forwarded-For", peer[0] if peer else "unknown"),
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", request.headers.get("Host", "")),
+        ("X-Request-Id", request_id),
+    ]
+    if principal is not None:
+        added += [
+            ("X-Gateway-User-Id", principal.user_id),
+            ("X-Gateway-Key-Id", principal.key_id),
+            ("X-Gateway-Scopes", principal.scope_header),
+            ("X-Gateway-Auth", principal.auth),
+        ]
+    return added
+
+
+def request_head(
+    request: web.BaseRequest,
+    principal: Principal | None,
+    request_id: str,
+    upstream: UpstreamTarget,
+    raw_target: str,
+    framing: bytes,
+) -> bytes:
+    """The request line and headers sent upstream, as bytes, ready for one write."""
+    origin = upstream.origin
+    target = (origin.path_prefix + raw_target).encode("ascii")
+    parts = [
+        b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
+    ]
+    named = _connection_tokens(request.headers)
+    for name, value in request.raw_headers:
+        lower = name.lower().replace(b"_", b"-")
+        if lower in _HEAD_DROP or lower.startswith(b"x-gateway-"):
+            continue
+        if named and lower.decode("latin-1") in named:
+            continue
+        parts.append(b"%b: %b\r\n" % (name, value))
+    for added, text in _added_headers(request, principal, request_id):
+        parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
+    parts.append(framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -102,22 +147,19 @@ class _LimitedBody:
     def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
         self._content = content
         self._limit = limit
-        # aiohttp's client wraps errors raised by a body generator; remember ours.
-        self.exceeded = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in self._content.iter_chunked(CHUNK):
             seen += len(chunk)
             if seen > self._limit:
-                self.exceeded = True
                 raise BodyTooLarge
             yield chunk
 
 
 class Forwarder:
-    """One client session for all upstreams: pooled keep-alive, no cookies, no decompression.
-    WebSocket upgrades go to `websocket.relay`; everything else is streamed here."""
+    """Streams requests to their upstream over the lean client's pooled connections;
+    WebSocket upgrades go to `websocket.relay` on aiohttp's client session."""
 
     def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int) -> None:
         self._session = session
@@ -128,11 +170,13 @@ class Forwarder:
         request: web.BaseRequest,
         raw_target: str,
         upstream: UpstreamTarget,
-        headers: CIMultiDict[str],
+        principal: Principal | None,
+        request_id: str,
         extra: dict[str, str],
         timing: dict[str, float],
     ) -> web.StreamResponse:
         if websocket.is_upgrade(request):
+            headers = request_headers(request, principal, request_id)
             return await websocket.relay(
                 self._session, request, raw_target, upstream, headers, extra
             )
@@ -140,23 +184,46 @@ class Forwarder:
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
         await _continue(request)
-        body = _LimitedBody(request.content, self._max_body) if request.body_exists else None
-        url = URL(upstream.base + raw_target, encoded=True)
+        body, stream, framing = await self._body(request, length)
+        head = request_head(request, principal, request_id, upstream, raw_target, framing)
         started = time.perf_counter()
         try:
-            upstream_response = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body.chunks() if body else None,
-                timeout=upstream.timeout,
+            answer = await upstream.pool.send(
+                head,
+                method=request.method.encode(),
+                body=body,
+                stream=stream,
+                header_timeout=upstream.timeout_seconds,
             )
-        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
-            raise _failure(exc, body) from None
+        except (UpstreamError, BodyTooLarge) as exc:
+            raise _failure(exc) from None
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            # The client went away in the middle of its upload; nobody reads this answer.
+            raise Problem(400, "incomplete-body", "the request body ended early") from None
         finally:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
-        async with upstream_response:
-            return await _relay(request, upstream_response, extra)
+        try:
+            return await _relay(request, answer, extra, upstream.timeout_seconds)
+        finally:
+            answer.release()
+
+    async def _body(
+        self, request: web.BaseRequest, length: int | None
+    ) -> tuple[bytes, Stream | None, bytes]:
+        """(a small body to send with the head, or a stream; the framing header)."""
+        if not request.body_exists:
+            empty = request.method in _BODY_METHODS
+            return b"", None, b"Content-Length: 0\r\n" if empty else b""
+        if length is not None and length <= CHUNK:
+            try:
+                body = await request.content.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise Problem(400, "incomplete-body", "the request body ended early") from None
+            return body, None, b"Content-Length: %d\r\n" % length
+        limited = _LimitedBody(request.content, self._max_body)
+        if length is not None:
+            return b"", Stream(limited.chunks, chunked=False), b"Content-Length: %d\r\n" % length
+        return b"", Stream(limited.chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
 
 
 async def _continue(request: web.BaseRequest) -> None:
@@ -170,24 +237,22 @@ async def _continue(request: web.BaseRequest) -> None:
     request.writer.output_size = 0  # the real response has not started
 
 
-def _failure(exc: Exception, body: _LimitedBody | None) -> Problem:
-    if body is not None and body.exceeded:
+def _failure(exc: Exception) -> Problem:
+    if isinstance(exc, BodyTooLarge):
         return Problem(413, "body-too-large", "the request body is too large")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, UpstreamTimeout):
         return Problem(504, "upstream-timeout", "the upstream timed out")
     return Problem(502, "upstream-unreachable", "the upstream failed")
 
 
 async def _relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, extra: dict[str, str]
+    request: web.BaseRequest, answer: Answer, extra: dict[str, str], seconds: float
 ) -> web.StreamResponse:
-    headers = _response_headers(upstream, extra)
-    length = upstream.content_length
-    if request.method == "HEAD" or upstream.status in _BODILESS:
+    headers = _response_headers(answer, extra)
+    status, reason, length = answer.status, answer.reason or None, answer.content_length
+    if request.method == "HEAD" or status in _BODILESS:
         # No body follows, whatever Content-Length says (for HEAD it describes a GET).
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
         if length is not None and request.method == "HEAD":
             response.content_length = length
         await response.prepare(request)
@@ -197,20 +262,18 @@ async def _relay(
         # One chunk at most: read it, then answer with headers and body in one
         # write. Streaming it would cost two more system calls per response.
         try:
-            body = await upstream.content.readexactly(length)
-        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-            raise _failure(exc, None) from None
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, body=body, headers=headers
-        )
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            body = await answer.read_all(seconds)
+        except UpstreamError as exc:
+            raise _failure(exc) from None
+        return web.Response(status=status, reason=reason, body=body, headers=headers)
+    response = web.StreamResponse(status=status, reason=reason, headers=headers)
     if length is not None:
         response.content_length = length
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        while chunk := await answer.next_chunk(seconds):
             await response.write(chunk)
-    except (TimeoutError, aiohttp.ClientError):
+    except UpstreamError:
         # The status is already sent: cutting the connection is the only honest
         # signal left, so the client cannot mistake a truncated body for a whole one.
         if request.transport is not None:
@@ -220,10 +283,16 @@ async def _relay(
     return response
 
 
-def _response_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str]) -> CIMultiDict[str]:
-    named = _connection_tokens(upstream.headers)
+def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:
+    decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers]
+    named = {
+        t.strip().lower().replace("_", "-")
+        for n, v in decoded
+        if n.lower() == "connection"
+        for t in v.split(",")
+    }
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+    for name, value in decoded:
         lower = name.lower().replace("_", "-")
         if lower not in _RESPONSE_DROP and lower not in named:
             headers.add(name, value)

@@ -1,0 +1,402 @@
+"""A lean HTTP/1.1 client for the request path (WebSocket upgrades stay on aiohttp's).
+
+Keep-alive connections are pooled per upstream (a bounded idle set, each closed
+after `IDLE_SECONDS` unused); the request head, and a small body with it, goes
+out in one write; responses are parsed by llhttp (httptools), which refuses
+response splitting (bad header bytes, two Content-Lengths, Content-Length with
+chunked). Flow control both ways: reading from the upstream pauses while more
+than `HIGH_WATER` bytes wait for the client, and writing a streamed body waits
+while the upstream's socket buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+IDLE_SECONDS = 30.0
+MAX_IDLE = 128
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class UpstreamError(Exception):
+    """The upstream failed or answered something that is not HTTP: 502."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No response headers, or no next body chunk, within the timeout: 504."""
+
+
+class _Retry(Exception):
+    """A reused connection was closed before any byte of the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an upstream's connections go, parsed once from its URL."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    host_header: bytes
+    path_prefix: str
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        host = parts.hostname or "127.0.0.1"
+        default = port == (443 if secure else 80)
+        netloc = host if default else f"{host}:{port}"
+        context = ssl.create_default_context() if secure else None
+        return cls(host, port, context, netloc.encode("idna"), parts.path.rstrip("/"))
+
+
+class Answer:
+    """One response as it arrives: status and headers first, then the body in chunks."""
+
+    def __init__(self, connection: _Connection, head_only: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._connection = connection
+        self._loop = loop
+        self.head_only = head_only
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_ready: asyncio.Future[None] = loop.create_future()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self.interim = False
+        self.error: BaseException | None = None
+        self.started = False  # any byte of the answer arrived
+
+    # --- fed by the connection ---------------------------------------------------
+
+    def add_chunk(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.complete:
+            return
+        self.error = error
+        if not self.headers_ready.done():
+            self.headers_ready.set_exception(error)
+            self.headers_ready.exception()  # retrieved: no warning when nobody waits
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- read by the relay -------------------------------------------------------
+
+    @property
+    def content_length(self) -> int | None:
+        for name, value in self.headers:
+            if name.lower() == b"content-length":
+                return int(value)
+        return None
+
+    async def wait_headers(self, seconds: float) -> None:
+        await _within(self._loop, self.headers_ready, seconds)
+
+    async def next_chunk(self, seconds: float) -> bytes:
+        """The next piece of the body; b"" once it is complete."""
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            self._waiter = self._loop.create_future()
+            await _within(self._loop, self._waiter, seconds)
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < LOW_WATER:
+            self._connection.resume_reading()
+        return chunk
+
+    async def read_all(self, seconds: float) -> bytes:
+        parts = []
+        while chunk := await self.next_chunk(seconds):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Hand the connection back: pooled if the answer was read whole and may be kept."""
+        self._connection.done_with(self)
+
+
+async def _within(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], seconds: float
+) -> None:
+    # A timer on the future itself: cheaper than wait_for's task per await.
+    handle = loop.call_later(seconds, _expire, future)
+    try:
+        await future
+    finally:
+        handle.cancel()
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeout("upstream timed out"))
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.answer: Answer | None = None
+        self.closed = False
+        self.reusable = True
+        self._paused = False
+        self._writable: asyncio.Event = asyncio.Event()
+        self._writable.set()
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transport has the methods but not the asyncio base class.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        answer = self.answer
+        if answer is None or answer.complete:
+            self.reusable = False  # bytes nobody asked for: this connection is unusable
+            self.close()
+            return
+        answer.started = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.reusable = False
+            answer.fail(UpstreamError("the upstream's response is not valid HTTP/1.1"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        answer = self.answer
+        if answer is None or answer.complete:
+            return
+        if not answer.started:
+            answer.fail(_Retry())
+        elif answer.headers_ready.done() and answer.content_length is None and not _chunked(answer):
+            answer.finish()  # a body delimited by the connection's end (HTTP/1.0 style)
+        else:
+            answer.fail(UpstreamError("the upstream closed the connection mid-response"))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- httptools callbacks -------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        assert self.answer is not None
+        self.answer.reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.answer is not None
+        self.answer.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        answer = self.answer
+        assert answer is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            answer.headers.clear()
+            answer.interim = True
+            return
+        answer.status = status
+        if not answer.headers_ready.done():
+            answer.headers_ready.set_result(None)
+        if answer.head_only:
+            # llhttp cannot be told this answered a HEAD: it would wait for the body
+            # its Content-Length describes. Take the message as complete; never reuse.
+            self.reusable = False
+            answer.finish()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.answer is not None
+        if not self.answer.complete:
+            self.answer.add_chunk(body)
+
+    def on_message_complete(self) -> None:
+        assert self.answer is not None
+        if self.answer.interim:
+            self.answer.interim = False
+            return
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self.answer.finish()
+
+    # --- used by the pool and the answer ----------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise _Retry() if not (self.answer and self.answer.started) else UpstreamError("closed")
+        self.transport.write(data)
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    def done_with(self, answer: Answer) -> None:
+        self.answer = None
+        if answer.complete and answer.error is None and self.reusable and not self.closed:
+            self.resume_reading()
+            self._pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _chunked(answer: Answer) -> bool:
+    return any(
+        n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in answer.headers
+    )
+
+
+BodyChunks = Callable[[], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A request body too large to send with the head: its chunks, and how to frame them."""
+
+    chunks: BodyChunks
+    chunked: bool  # else the head carries its Content-Length
+
+
+class Pool:
+    """Keep-alive connections to one upstream."""
+
+    def __init__(
+        self, origin: Origin, connect_timeout: float, *, idle_seconds: float = IDLE_SECONDS
+    ) -> None:
+        self.origin = origin
+        self._connect_timeout = connect_timeout
+        self._idle_seconds = idle_seconds
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self.opened = 0  # counted for tests: reuse means fewer
+
+    async def send(
+        self,
+        head: bytes,
+        *,
+        method: bytes,
+        body: bytes = b"",
+        stream: Stream | None = None,
+        header_timeout: float,
+    ) -> Answer:
+        """Send one request; returns once the response headers are in."""
+        retriable = stream is None and (method in _IDEMPOTENT or not body)
+        for attempt in (1, 2):
+            connection, reused = await self._acquire()
+            answer = Answer(connection, method == b"HEAD")
+            connection.answer = answer
+            try:
+                await connection.write(head + body)
+                if stream is not None:
+                    await _send_stream(connection, stream)
+                await answer.wait_headers(header_timeout)
+                return answer
+            except _Retry:
+                connection.close()
+                if not (reused and retriable and attempt == 1):
+                    raise UpstreamError("the upstream closed the connection") from None
+                self.close()  # the other idle ones are likely stale too: a fresh connection
+            except BaseException:
+                connection.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        while self._idle:
+            connection = self._idle.pop()  # the most recently used: likeliest alive
+            if connection.idle_timer is not None:
+                connection.idle_timer.cancel()
+            if not connection.closed:
+                return connection, True
+        return await self._connect(), False
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        origin = self.origin
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.ssl,
+                    server_hostname=origin.host if origin.ssl else None,
+                ),
+                self._connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"cannot connect: {exc.__class__.__name__}") from None
+        self.opened += 1
+        return protocol
+
+    def release(self, connection: _Connection) -> None:
+        if len(self._idle) >= MAX_IDLE:
+            connection.close()
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_timer = loop.call_later(self._idle_seconds, connection.close)
+        self._idle.append(connection)
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+async def _send_stream(connection: _Connection, stream: Stream) -> None:
+    async for chunk in stream.chunks():
+        if not chunk:
+            continue
+        await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if stream.chunked else chunk)
+    if stream.chunked:
+        await connection.write(b"0\r\n\r\n")
