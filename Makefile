@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,uvloop]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@# The embedded PostgreSQL ships wheels for some platforms only; without it the
 	@# gateway still runs against GATEWAY_DATABASE_URL or a local initdb/pg_ctl.
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[embedded]' \

@@ -22,6 +22,10 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 def main() -> None:
     port, upstream = int(sys.argv[1]), sys.argv[2]
+    if sys.argv[3:] == ["uvloop"]:
+        import uvloop
+
+        uvloop.install()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}

@@ -270,6 +270,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--soak-seconds", type=int, default=60, help="RSS check; 0 skips it")
     parser.add_argument("--database-url", default=os.environ.get("GATEWAY_DATABASE_URL"))
     parser.add_argument(
         "--workers", type=int, default=0, help="also measure serve --workers N on both cores"
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     upstream_port, nginx_proxy_port, naive_port = free_port(), free_port(), free_port()
     gw_port, admin_port = free_port(), free_port()
     uv_port, uv_admin_port = free_port(), free_port()
-    auth_port, decisions_port = free_port(), free_port()
+    auth_port, decisions_port, naive_uv_port = free_port(), free_port(), free_port()
     conf = nginx_conf(upstream_port, nginx_proxy_port, auth_port, decisions_port)
     config = gateway_config(
         database_url, upstream_port, gw_port, admin_port, "gateway", decisions_port
@@ -334,7 +335,18 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 f"http://127.0.0.1:{upstream_port}",
             ],
             "naive.log",
-        ),
+        ) as naive,
+        process(
+            [
+                *pin(1),
+                PY,
+                str(HERE / "naive_proxy.py"),
+                str(naive_uv_port),
+                f"http://127.0.0.1:{upstream_port}",
+                "uvloop",
+            ],
+            "naive-uvloop.log",
+        ) as naive_uv,
         serving(
             config,
             OUT / "gateway.log",
@@ -342,7 +354,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             args=["--loop", "asyncio"],
             env=env,
             prefix=pin(1),
-        ),
+        ) as gateway,
         serving(
             uv_config,
             OUT / "gateway-uvloop.log",
@@ -350,9 +362,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             args=["--loop", "uvloop"],
             env=env,
             prefix=pin(1),
-        ),
+        ) as gateway_uv,
     ):
-        for port in (upstream_port, naive_port):
+        for port in (upstream_port, naive_port, naive_uv_port):
             wait_http(f"http://127.0.0.1:{port}/public/200B")
         token = asyncio.run(mint(f"http://127.0.0.1:{gw_port}", cached))
         auth = {"Authorization": f"Bearer {cached}"}
@@ -360,6 +372,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "nginx direct": (upstream_port, "/", {}, None),
             "nginx proxy_pass": (nginx_proxy_port, "/", {}, None),
             "naive aiohttp proxy": (naive_port, "/", {}, None),
+            "naive aiohttp proxy, uvloop": (naive_uv_port, "/", {}, None),
             "gateway public route, asyncio": (gw_port, "/public/", {}, None),
             "gateway cached API key, asyncio": (gw_port, "/api/", auth, None),
             "gateway actor token, asyncio": (
@@ -379,6 +392,15 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 None,
             ),
         }
+        # Whose CPU time a row measures (nginx's own rows: none).
+        pids = {
+            "naive aiohttp proxy": naive.pid,
+            "naive aiohttp proxy, uvloop": naive_uv.pid,
+            "gateway cached API key, uvloop (default)": gateway_uv.pid,
+        }
+        for name in targets:
+            if (name.startswith("gateway") and "uvloop" not in name) or "decision" in name:
+                pids[name] = gateway.pid
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
             for connections in [int(c) for c in args.connections.split(",")]:
@@ -390,13 +412,18 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                         if fixed and body != "200B":
                             continue  # a decision has no body to vary
                         url = f"http://127.0.0.1:{port}{prefix}{'' if fixed else body}"
+                        cpu_before = cpu_seconds(pids.get(name))
                         measured = wrk(url, connections, args.seconds, headers, script)
+                        used = cpu_seconds(pids.get(name)) - cpu_before
+                        done = measured["rps"] * args.seconds
+                        measured["cpu_us"] = used / done * 1e6 if pids.get(name) and done else 0.0
                         results.setdefault((name, connections, body), []).append(measured)
                         print(
                             f"round {round_ + 1} c={connections} {body:>5} {name:<41} {measured['rps']:>9.0f} req/s p50 {measured['p50']:.2f} ms",
                             flush=True,
                         )
-    report(results, args)
+        soak = rss_soak(gateway_uv.pid, uv_port, auth, args.soak_seconds)
+    report(results, args, soak)
     if args.workers:
         workers_scaling(args, database_url, cached, env, conf, upstream_port)
 
@@ -435,30 +462,71 @@ def workers_scaling(
         out.write(f"\n{line}\n")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (from /proc), 0 when not measured."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_soak(pid: int, port: int, headers: dict[str, str], seconds: int) -> str:
+    """RSS of the default gateway before and after a long run at 64 connections."""
+    if seconds <= 0:
+        return ""
+    url = f"http://127.0.0.1:{port}/api/200B"
+    wrk(url, 64, 5, headers, None)  # warm: caches and pools at their working size
+    before = rss_mib(pid)
+    measured = wrk(url, 64, seconds, headers, None)
+    after = rss_mib(pid)
+    line = (
+        f"RSS of the default gateway (uvloop) over a {seconds} s run at 64 connections, cached "
+        f"key, 200 B: {before:.1f} MiB -> {after:.1f} MiB ({measured['rps']:,.0f} req/s, "
+        f"{int(measured['non2xx'] + measured['errors'])} failed)"
+    )
+    print(line, flush=True)
+    return line
+
+
 def report(
-    results: dict[tuple[str, int, str], list[dict[str, float]]], args: argparse.Namespace
+    results: dict[tuple[str, int, str], list[dict[str, float]]],
+    args: argparse.Namespace,
+    soak: str = "",
 ) -> None:
     lines = [
         f"wrk -t1, {args.seconds} s per run, {args.rounds} interleaved rounds (median shown); "
         "wrk + nginx on core 0, the proxy under test alone on core 1. "
-        "Ratio = req/s against the naive aiohttp proxy at the same connections and body.",
+        "Ratio = req/s against the naive aiohttp proxy on the same event loop (asyncio or "
+        "uvloop) at the same connections and body. CPU = CPU time of the measured process "
+        "per request (from /proc), nginx's own rows excepted.",
         "",
-        "| contender | conns | body | req/s | p50 ms | p99 ms | vs naive | non-2xx |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| contender | conns | body | req/s | p50 ms | p99 ms | vs naive | CPU µs/req | failed |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, connections, body), runs in results.items():
+        yardstick = "naive aiohttp proxy, uvloop" if "uvloop" in name else "naive aiohttp proxy"
         rps = statistics.median(r["rps"] for r in runs)
-        naive = statistics.median(
-            r["rps"] for r in results[("naive aiohttp proxy", connections, body)]
-        )
+        naive = statistics.median(r["rps"] for r in results[(yardstick, connections, body)])
+        cpu = statistics.median(r.get("cpu_us", 0.0) for r in runs)
+        failed = int(sum(r["non2xx"] + r["errors"] for r in runs))
         lines.append(
-            f"| {name} | {connections} | {body} | {rps:,.0f} | {statistics.median(r['p50'] for r in runs):.2f}"
-            f" | {statistics.median(r['p99'] for r in runs):.2f} | {rps / naive:.2f}x | {int(sum(r['non2xx'] for r in runs))} |"
+            f"| {name} | {connections} | {body} | {rps:,.0f}"
+            f" | {statistics.median(r['p50'] for r in runs):.2f}"
+            f" | {statistics.median(r['p99'] for r in runs):.2f} | {rps / naive:.2f}x"
+            f" | {f'{cpu:.0f}' if cpu else '-'} | {failed} |"
         )
     table = "\n".join(lines)
     print("\n" + table)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (HERE / "RESULTS.md").write_text(f"# Benchmark results ({stamp})\n\n{table}\n")
+    extra = f"\n{soak}\n" if soak else ""
+    (HERE / "RESULTS.md").write_text(f"# Benchmark results ({stamp})\n\n{table}\n{extra}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from gateway.decisions.answers import allow, refuse
 from gateway.decisions.shapes import endpoint_for
 from gateway.edge import safety
 from gateway.edge.decide import Decider, Outcome
-from gateway.edge.record import Recorder, request_id
+from gateway.edge.record import Recorder
 from gateway.problems import Problem
 
 log = logging.getLogger("gateway.decisions")
@@ -29,7 +29,7 @@ class DecisionEndpoints:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        rid = request_id(request.headers)
+        rid = self._recorder.ids.for_request(request.headers)
         found = endpoint_for(request.raw_path)
         if found is None:
             problem = Problem(404, "no-decision-endpoint", "no such decision endpoint")

@@ -39,8 +39,6 @@ class Authenticator:
         self._store = store
         self._signer = signer
         self._prefix = prefix
-        # Principals are immutable per key record: build each once.
-        self._principals: dict[KeyRecord, Principal] = {}
 
     async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         token = credential(headers)
@@ -58,10 +56,7 @@ class Authenticator:
             raise unauthorized("unknown-credential", "unknown credential")
         self._check_status(record, "")
         self._store.touch(record.id)
-        principal = self._principals.get(record)
-        if principal is None:
-            principal = self._remember(record)
-        return principal
+        return record.principal
 
     async def _actor_token(self, token: str) -> Principal:
         try:
@@ -86,16 +81,3 @@ class Authenticator:
         status = record.status(self._store.now())
         if status != "active":
             raise unauthorized(f"{status}-credential", f"{what}{status} credential".strip())
-
-    def _remember(self, record: KeyRecord) -> Principal:
-        if len(self._principals) > 10_000:
-            self._principals.clear()
-        principal = Principal(
-            record.user_id,
-            record.id,
-            record.effective,
-            "api_key",
-            " ".join(sorted(record.effective)),
-        )
-        self._principals[record] = principal
-        return principal

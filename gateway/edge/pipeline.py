@@ -17,7 +17,7 @@ from gateway.edge import safety
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider, Outcome
-from gateway.edge.record import Recorder, request_id
+from gateway.edge.record import Recorder
 from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.problems import Problem
@@ -55,7 +55,7 @@ class Pipeline:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        rid = request_id(request.headers)
+        rid = self._recorder.ids.for_request(request.headers)
         outcome = Outcome()
         timing: dict[str, float] = {}
         cors = self._cors.headers(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
@@ -15,18 +16,27 @@ from gateway.observability.metrics import Metrics
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-def request_id(headers: CIMultiDictProxy[str]) -> str:
-    """The client's (or front proxy's) `X-Request-Id` when well-formed, else a new one."""
-    incoming = headers.get("X-Request-Id")
-    if incoming and _REQUEST_ID.fullmatch(incoming):
-        return incoming
-    return secrets.token_hex(16)
+class RequestIds:
+    """New request ids: a random 64-bit prefix per process and a counter — unique across
+    processes and hosts without a random-number system call per request."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def for_request(self, headers: CIMultiDictProxy[str]) -> str:
+        """The client's (or front proxy's) `X-Request-Id` when well-formed, else a new one."""
+        incoming = headers.get("X-Request-Id")
+        if incoming and _REQUEST_ID.fullmatch(incoming):
+            return incoming
+        return f"{self._prefix}{next(self._count):016x}"
 
 
 class Recorder:
     def __init__(self, metrics: Metrics, access_log: AccessLog | None) -> None:
         self._metrics = metrics
         self._access_log = access_log
+        self.ids = RequestIds()
 
     def record(
         self,

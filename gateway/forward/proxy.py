@@ -9,6 +9,7 @@ The request head is built once, as bytes, from the headers as received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -52,8 +53,6 @@ _REQUEST_DROP = HOP_BY_HOP | {
     # Answered here, after authorization: an upload the policy refuses is never sent.
     "expect",
 }
-# The body's framing is ours to write.
-_HEAD_DROP = frozenset(name.encode() for name in _REQUEST_DROP | {"content-length"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
 _BODILESS = frozenset({204, 304})
@@ -119,17 +118,32 @@ def request_head(
     ]
     named = _connection_tokens(request.headers)
     for name, value in request.raw_headers:
-        lower = name.lower().replace(b"_", b"-")
-        if lower in _HEAD_DROP or lower.startswith(b"x-gateway-"):
+        if _never_forwarded(name) or (named and _folded(name) in named):
             continue
-        if named and lower.decode("latin-1") in named:
-            continue
-        parts.append(b"%b: %b\r\n" % (name, value))
+        parts += (name, b": ", value, b"\r\n")
     for added, text in _added_headers(request, principal, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folded(name: bytes) -> str:
+    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"."""
+    return name.lower().replace(b"_", b"-").decode("latin-1")
+
+
+# Cached per spelling: the same few names arrive on every request.
+@functools.lru_cache(maxsize=4096)
+def _never_forwarded(name: bytes) -> bool:
+    folded = _folded(name)
+    return folded in _REQUEST_DROP or folded == "content-length" or folded.startswith("x-gateway-")
+
+
+@functools.lru_cache(maxsize=4096)
+def _dropped_from_response(name: bytes) -> bool:
+    return _folded(name) in _RESPONSE_DROP
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -284,17 +298,18 @@ async def _relay(
 
 
 def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:
-    decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers]
     named = {
-        t.strip().lower().replace("_", "-")
-        for n, v in decoded
-        if n.lower() == "connection"
-        for t in v.split(",")
+        token.strip().lower().replace("_", "-")
+        for name, value in answer.headers
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
     }
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in decoded:
-        lower = name.lower().replace("_", "-")
-        if lower not in _RESPONSE_DROP and lower not in named:
-            headers.add(name, value)
+    headers: CIMultiDict[str] = CIMultiDict(
+        [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in answer.headers
+            if not _dropped_from_response(name) and not (named and _folded(name) in named)
+        ]
+    )
     headers.update(extra)
     return headers

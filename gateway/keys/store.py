@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg
 from cachetools import TTLCache
 
 from gateway.config import Cache
+from gateway.keys.principal import Principal
 from gateway.policy.scopes import Catalogue
 
 Clock = Callable[[], float]
@@ -64,6 +65,13 @@ class KeyRecord:
     effective: frozenset[str]  # closed under `implies`
     expires_at: float | None
     revoked_at: float | None  # may lie in the future (rotation grace)
+    # Who a request with this key is: built once per load, not once per request.
+    principal: Principal = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        scope_header = " ".join(sorted(self.effective))
+        principal = Principal(self.user_id, self.id, self.effective, "api_key", scope_header)
+        object.__setattr__(self, "principal", principal)
 
     def status(self, now: float) -> Status:
         if self.revoked_at is not None and self.revoked_at <= now:
