@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import database
@@ -30,6 +31,7 @@ from gateway.appkeys import (
     POLICIES,
     POOL,
     PROXY_ADDRESS,
+    RATE_LIMITER,
     SCOPES,
     STORE,
 )
@@ -49,6 +51,9 @@ from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
+from gateway.ratelimit.limiter import Backend, RateLimiter, sweep_periodically
+from gateway.ratelimit.local import LocalBackend
+from gateway.ratelimit.shared import SharedBackend
 from gateway.selfservice import service as self_service
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
@@ -85,7 +90,7 @@ def create_app(config: Config, options: Options | None = None) -> web.Applicatio
     app[SCOPES] = Catalogue({name: d.implies for name, d in config.scopes.items()})
     app[METRICS] = Metrics()
     add_admin_routes(app)
-    app.cleanup_ctx.extend([_database, _store, _invalidation, _policies, _proxy])
+    app.cleanup_ctx.extend([_database, _store, _invalidation, _policies, _rate_limits, _proxy])
     return app
 
 
@@ -174,6 +179,39 @@ async def _policies(app: web.Application) -> AsyncIterator[None]:
             await watcher
 
 
+async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
+    settings = app[CONFIG].rate_limiting
+    local = LocalBackend(time.monotonic)
+    backend: Backend = local
+    client: aioredis.Redis | None = None
+    if settings.backend == "redis":
+        assert settings.redis_url is not None
+        # Short timeouts: a dead Redis must fail fast into on_backend_error.
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.25
+        )
+        shared = SharedBackend(
+            client,
+            sync_interval=settings.sync_interval_ms / 1000,
+            on_error=settings.on_backend_error,
+            fallback=local,
+            metrics=app[METRICS],
+            clock=time.monotonic,
+        )
+        backend = shared
+        tasks = [asyncio.create_task(shared.run()), asyncio.create_task(sweep_periodically(local))]
+    else:
+        tasks = [asyncio.create_task(sweep_periodically(local))]
+    app[RATE_LIMITER] = RateLimiter(backend, app[METRICS])
+    yield
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if client is not None:
+        await client.aclose()
+
+
 def _signer(app: web.Application) -> Signer:
     config = app[CONFIG]
     keys = []
@@ -216,7 +254,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
     )
     authenticator = Authenticator(app[STORE], signer, config.keys.prefix)
-    decider = Decider(app[POLICIES], authenticator, app[STORE])
+    decider = Decider(app[POLICIES], authenticator, app[STORE], app[RATE_LIMITER])
     recorder = Recorder(metrics, access_log)
     upstreams = {name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()}
     pipeline = Pipeline(

@@ -11,6 +11,7 @@ from gateway.keys.store import KeyStore
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
+from gateway.ratelimit.limiter import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
 SCOPES = web.AppKey("scopes", Catalogue)
@@ -21,4 +22,5 @@ STORE = web.AppKey("store", KeyStore)
 POLICIES = web.AppKey("policies", ActivePolicies)
 PROXY_ADDRESS = web.AppKey("proxy_address", tuple)
 DECISIONS_ADDRESS = web.AppKey("decisions_address", tuple)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 LISTENER = web.AppKey("listener", Listener)

@@ -177,6 +177,13 @@ class Decisions(_Strict, frozen=True, forbid_unknown_fields=True):
     listen: DecisionListen = msgspec.field(default_factory=DecisionListen)
 
 
+class RateLimiting(_Strict, frozen=True, forbid_unknown_fields=True):
+    backend: str = "local"  # local: per process | redis: shared by every process and host
+    redis_url: str | None = None
+    on_backend_error: str = "local"  # local | open | closed (503)
+    sync_interval_ms: int = 50  # how often leases are topped up from Redis
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -192,6 +199,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     scopes: dict[str, ScopeDef] = msgspec.field(default_factory=_default_scopes)
     self_service: SelfService = msgspec.field(default_factory=SelfService)
     decisions: Decisions = msgspec.field(default_factory=Decisions)
+    rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
     base_dir: str = "."
     admin_token: str | None = None
@@ -269,6 +277,7 @@ def _check(config: Config, path: Path) -> None:
         *_check_values(config),
         *_check_scopes(config.scopes),
         *_check_self_service(config.self_service, config.scopes),
+        *_check_rate_limiting(config.rate_limiting),
     ]
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
@@ -356,4 +365,19 @@ def _check_self_service(settings: SelfService, scopes: dict[str, ScopeDef]) -> l
     for index, scope in enumerate(settings.allowed_scopes or []):
         if scope not in scopes:
             out.append(f"self_service.allowed_scopes[{index}]: unknown scope {scope!r}")
+    return out
+
+
+def _check_rate_limiting(settings: RateLimiting) -> list[str]:
+    out = []
+    if settings.backend not in ("local", "redis"):
+        out.append("rate_limiting.backend: must be local or redis")
+    if settings.on_backend_error not in ("local", "open", "closed"):
+        out.append("rate_limiting.on_backend_error: must be local, open or closed")
+    if settings.backend == "redis" and not (settings.redis_url or "").startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        out.append("rate_limiting.redis_url: a redis:// URL is required with backend redis")
+    if not 5 <= settings.sync_interval_ms <= 10_000:
+        out.append("rate_limiting.sync_interval_ms: must be between 5 and 10000")
     return out

@@ -41,15 +41,17 @@ class DecisionEndpoints:
             asked = read(request)
             method, uri = asked.method, asked.uri
             target = safety.check_target(asked.method, asked.uri)
-            decision = await self._decider.decide(asked.method, target, request.headers, outcome)
-            response = allow(decision, rid)
+            decision = await self._decider.decide(
+                asked.method, target, request.headers, asked.client, outcome
+            )
+            response = allow(decision, rid, outcome.limit_headers())
         except Problem as problem:
             outcome.reason = problem.slug
-            response = refuse(endpoint, problem, rid)
+            response = refuse(endpoint, problem, rid, outcome.limit_headers())
         except Exception:
             log.exception("unexpected error deciding (request_id %s)", rid)
             outcome.reason = "internal-error"
             failure = Problem(500, "internal-error", "the gateway failed to decide")
-            response = refuse(endpoint, failure, rid)
+            response = refuse(endpoint, failure, rid, {})
         self._recorder.record(method, uri, rid, response.status, outcome, started)
         return response

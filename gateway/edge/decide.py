@@ -19,6 +19,7 @@ from gateway.policy.authz import authorize
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.routing import Match, Route
 from gateway.problems import Problem, database_unavailable
+from gateway.ratelimit.limiter import LimitState, RateLimiter
 
 
 @dataclass(slots=True)
@@ -31,6 +32,10 @@ class Outcome:
     principal: Principal | None = None
     user_id: str | None = None  # signed in to the API keys page (no key involved)
     upstream: str | None = None
+    limits: LimitState | None = None  # only on a route with rate limits
+
+    def limit_headers(self) -> dict[str, str]:
+        return self.limits.headers if self.limits is not None else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +48,24 @@ class Decision:
 
 class Decider:
     def __init__(
-        self, policies: ActivePolicies, authenticator: Authenticator, store: KeyStore
+        self,
+        policies: ActivePolicies,
+        authenticator: Authenticator,
+        store: KeyStore,
+        limiter: RateLimiter,
     ) -> None:
         self._policies = policies
         self._authn = authenticator
         self._store = store
+        self._limiter = limiter
 
     async def decide(
-        self, method: str, target: Target, headers: CIMultiDictProxy[str], outcome: Outcome
+        self,
+        method: str,
+        target: Target,
+        headers: CIMultiDictProxy[str],
+        client: str,
+        outcome: Outcome,
     ) -> Decision:
         """Allow (a `Decision`) or raise the `Problem` the request is refused with."""
         match = self._policies.current.router.match(method, target.segments)
@@ -58,11 +73,18 @@ class Decider:
             raise Problem(404, "no-route", "no route allows this method and path")
         route = match.route
         outcome.route = route.name
+        limited = bool(route.rate_limits)
+        if limited:
+            outcome.limits = LimitState()
+            await self._limiter.before_authentication(route, client, outcome.limits)
         if route.public:
             return Decision(route, None)
         principal = await self._authn.authenticate(headers)
         outcome.principal = principal
         await self._authorize(principal, match)
+        if limited:
+            assert outcome.limits is not None
+            await self._limiter.after_authorization(route, principal, outcome.limits)
         return Decision(route, principal)
 
     async def _authorize(self, principal: Principal, match: Match) -> None:

@@ -63,7 +63,7 @@ class Pipeline:
             response = await self._handle(request, rid, cors, outcome, timing)
         except Problem as problem:
             outcome.reason = problem.slug
-            response = problem.response(rid, cors)
+            response = problem.response(rid, {**cors, **outcome.limit_headers()})
         except Exception:
             log.exception("unexpected error (request_id %s)", rid)
             outcome.reason = "internal-error"
@@ -96,10 +96,12 @@ class Pipeline:
         if owned is not None:
             owned.headers.update({"X-Request-Id": rid, **cors})
             return owned
-        decision = await self._decider.decide(request.method, target, request.headers, outcome)
+        decision = await self._decider.decide(
+            request.method, target, request.headers, _client_address(request), outcome
+        )
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
-        extra = {"X-Request-Id": rid, **cors}
+        extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
         return await self._forwarder.forward(
             request, target.raw, upstream, decision.principal, rid, extra, timing
         )
@@ -122,3 +124,9 @@ class Pipeline:
         principal = await self._authn.authenticate(request.headers)
         outcome.principal = principal
         return await self._tokens.mint(request, principal)
+
+
+def _client_address(request: web.BaseRequest) -> str:
+    """The peer's address: the gateway is the edge, so no forwarding header is believed."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else ""

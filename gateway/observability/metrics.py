@@ -47,6 +47,14 @@ class Metrics:
             "gateway_invalidations", "Cache invalidations received", ["kind"], registry=r
         )
         self.denials = Counter("gateway_denials", "Requests refused", ["reason"], registry=r)
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused by a rate limit", ["limit"], registry=r
+        )
+        self.rate_limit_backend_errors = Counter(
+            "gateway_rate_limit_backend_errors",
+            "Failed calls to the shared rate limit backend (Redis)",
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, int, float, str | None, str]] = []
         self._cache_children = {}

@@ -11,11 +11,12 @@ from gateway.policy.scopes import Catalogue
 
 
 def _requires(route: Route) -> str:
+    limits = [f"rate limit {limit.name}" for limit in route.rate_limits]
     if route.public:
-        return "public (no credential)"
+        return "; ".join(["public (no credential)", *limits])
     parts = [f"scopes: {' '.join(sorted(route.scopes)) or '(any valid credential)'}"]
     parts += [f"member of {kind} {{{param}}}" for kind, param in route.member_of]
-    return "; ".join(parts)
+    return "; ".join(parts + limits)
 
 
 def route_table(policies: PolicySet) -> str:
@@ -56,6 +57,7 @@ def explain(
         f"  upstream: {route.upstream}",
         f"  requires: {_requires(route)}",
     ]
+    lines += [f"  limit:    {limit.describe()}" for limit in route.rate_limits]
     others = [r for r in candidates if r is not route]
     if others:
         lines.append("  beat (less specific or other method):")

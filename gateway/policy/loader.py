@@ -6,16 +6,18 @@ file and line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import yaml
 
+from gateway.policy.ratelimits import BY_VALUES, RateLimit
 from gateway.policy.routing import ANY_METHOD, TAIL, Route, Router, conflicts
 from gateway.policy.scopes import Catalogue
 
@@ -47,11 +49,21 @@ class RouteSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     member_of: MemberOf | None = None
     public: bool = False
     upstream: str | None = None
+    rate_limit: list[str] | None = None  # None: the file's default
+
+
+class RateLimitSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    limit: int
+    per_seconds: float
+    by: str
+    burst: int | None = None  # defaults to `limit`
 
 
 class PolicyFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routes: list[RouteSpec]
     upstream: str | None = None
+    rate_limits: dict[str, RateLimitSpec] = msgspec.field(default_factory=dict)
+    rate_limit: list[str] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,7 @@ class PolicySet:
     router: Router
     version: str  # content hash: the same files give the same version
     files: tuple[str, ...]
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
 
 
 def load_dir(directory: Path, catalogue: Catalogue, upstreams: frozenset[str]) -> PolicySet:
@@ -67,19 +80,58 @@ def load_dir(directory: Path, catalogue: Catalogue, upstreams: frozenset[str]) -
         raise PolicyError([f"{directory}: not a directory"])
     files = sorted(directory.glob("*.yaml"))
     routes: list[Route] = []
+    limits: dict[str, tuple[RateLimit, str]] = {}
     problems: list[str] = []
     digest = hashlib.sha256()
     for path in files:
         try:
             text = _read(path)
             digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
-            routes += _FileLoader(path, text, catalogue, upstreams).routes()
+            loader = _FileLoader(path, text, catalogue, upstreams)
+            routes += loader.routes()
+            problems += _merge_limits(limits, loader.limits, path)
         except PolicyError as exc:
             problems += exc.problems
     problems += _cross_file_problems(routes, directory)
+    routes, unknown = _with_limits(routes, {name: limit for name, (limit, _) in limits.items()})
+    problems += [f"{directory / source}: {reason}" for source, reason in unknown]
     if problems:
         raise PolicyError(problems)
-    return PolicySet(Router(routes), digest.hexdigest()[:12], tuple(p.name for p in files))
+    return PolicySet(
+        Router(routes),
+        digest.hexdigest()[:12],
+        tuple(p.name for p in files),
+        {name: limit for name, (limit, _) in limits.items()},
+    )
+
+
+def _merge_limits(
+    into: dict[str, tuple[RateLimit, str]], found: dict[str, tuple[RateLimit, str]], path: Path
+) -> list[str]:
+    """Names are global to the set: the same name in two files is an error."""
+    problems = []
+    for name, (limit, source) in found.items():
+        if name in into:
+            problems.append(
+                f"{path.parent / source}: rate limit {name!r} is also defined at {into[name][1]}"
+            )
+        else:
+            into[name] = (limit, source)
+    return problems
+
+
+def _with_limits(
+    routes: list[Route], limits: dict[str, RateLimit]
+) -> tuple[list[Route], list[tuple[str, str]]]:
+    resolved, unknown = [], []
+    for route in routes:
+        missing = [name for name in route.rate_limit_names if name not in limits]
+        unknown += [(route.source, f"unknown rate limit {name!r}") for name in missing]
+        chosen = tuple(limits[n] for n in route.rate_limit_names if n in limits)
+        if route.public and any(limit.by != "ip" for limit in chosen):
+            unknown.append((route.source, "a public route has no key or user: only by: ip limits"))
+        resolved.append(dataclasses.replace(route, rate_limits=chosen))
+    return resolved, unknown
 
 
 def _read(path: Path) -> str:
@@ -115,6 +167,7 @@ class _FileLoader:
         self.catalogue = catalogue
         self.upstreams = upstreams
         self.root: yaml.Node | None = None
+        self.limits: dict[str, tuple[RateLimit, str]] = {}  # name -> (limit, "file:line")
 
     def fail(self, where: str | int, reason: str) -> PolicyError:
         line = where if isinstance(where, int) else self.line_of(where)
@@ -133,9 +186,14 @@ class _FileLoader:
             raise self.fail(where, reason or str(exc)) from None
         out: list[Route] = []
         problems: list[str] = []
+        for name, limit_spec in spec.rate_limits.items():
+            try:
+                self.limits[name] = self._limit(name, limit_spec)
+            except PolicyError as exc:
+                problems += exc.problems
         for index, route_spec in enumerate(spec.routes):
             try:
-                out.append(self._route(index, route_spec, spec.upstream))
+                out.append(self._route(index, route_spec, spec.upstream, spec.rate_limit))
             except PolicyError as exc:
                 problems += exc.problems
         if problems:
@@ -184,7 +242,26 @@ class _FileLoader:
             node = child
         return node.start_mark.line + 1 if node is not None else 1
 
-    def _route(self, index: int, spec: RouteSpec, file_upstream: str | None) -> Route:
+    def _limit(self, name: str, spec: RateLimitSpec) -> tuple[RateLimit, str]:
+        at = f"$.rate_limits.{name}"
+        if not name or not name.isprintable() or '"' in name:
+            raise self.fail(at, f"invalid rate limit name {name!r}")
+        burst = spec.limit if spec.burst is None else spec.burst
+        for key, value in (
+            ("limit", spec.limit),
+            ("per_seconds", spec.per_seconds),
+            ("burst", burst),
+        ):
+            if not value > 0:
+                raise self.fail(f"{at}.{key}", f"{key} must be positive")
+        if spec.by not in BY_VALUES:
+            raise self.fail(f"{at}.by", f"by must be one of {', '.join(BY_VALUES)}")
+        limit = RateLimit(name, spec.limit, float(spec.per_seconds), burst, spec.by)
+        return limit, f"{self.path.name}:{self.line_of(at)}"
+
+    def _route(
+        self, index: int, spec: RouteSpec, file_upstream: str | None, file_limits: list[str]
+    ) -> Route:
         at = f"$.routes[{index}]"
         shape, params = self._template(at, spec.path)
         methods = self._methods(at, spec.methods)
@@ -211,6 +288,7 @@ class _FileLoader:
             public=spec.public,
             upstream=upstream,
             source=f"{self.path.name}:{line}",
+            rate_limit_names=tuple(file_limits if spec.rate_limit is None else spec.rate_limit),
         )
 
     def _template(self, at: str, path: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:

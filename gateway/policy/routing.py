@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.policy.ratelimits import RateLimit
+
 ANY_METHOD = "*"
 
 
@@ -26,6 +28,8 @@ class Route:
     public: bool
     upstream: str
     source: str  # "file:line", for errors and `policy explain`
+    rate_limit_names: tuple[str, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()  # resolved from the names by the loader
 
     def allows(self, method: str) -> bool:
         return method in self.methods or ANY_METHOD in self.methods

@@ -14,7 +14,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 FOUNDATION = frozenset({"config", "problems", "database", "jsonbody"})
-BELOW_EDGE = FOUNDATION | {"observability", "policy", "keys", "tokens", "forward", "selfservice"}
+BELOW_EDGE = FOUNDATION | {
+    "observability",
+    "policy",
+    "keys",
+    "tokens",
+    "forward",
+    "selfservice",
+    "ratelimit",
+}
 # What each unit (a top-level module or a capability package) may import.
 ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset(),
@@ -28,8 +36,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tokens": FOUNDATION | {"observability", "policy", "keys"},
     "forward": FOUNDATION | {"observability", "policy", "keys"},
     "selfservice": FOUNDATION | {"observability", "policy", "keys"},
+    "ratelimit": FOUNDATION | {"observability", "policy", "keys"},
     "edge": BELOW_EDGE,
-    "appkeys": FOUNDATION | {"observability", "policy", "keys"},
+    "appkeys": FOUNDATION | {"observability", "policy", "keys", "ratelimit"},
     "admin": BELOW_EDGE | {"appkeys"},
     "decisions": BELOW_EDGE | {"edge"},
     "app": BELOW_EDGE | {"edge", "decisions", "admin", "appkeys"},

@@ -128,3 +128,80 @@ def test_a_collection_as_a_key_is_a_load_error(tmp_path: Path) -> None:
     # Found by fuzz/fuzz_policy.py.
     [problem] = _load(tmp_path, odd="{[a, b]: 1, routes: []}")
     assert "invalid YAML" in problem
+
+
+LIMITS = """\
+rate_limits:
+  per-key: {limit: 100, per_seconds: 1, by: key, burst: 200}
+  daily: {limit: 100000, per_seconds: 86400, by: key}
+  guessing: {limit: 20, per_seconds: 1, by: ip}
+rate_limit: [per-key]
+upstream: core
+routes:
+  - {methods: [GET], path: /v1/search, scopes: [projects:read], rate_limit: [per-key, daily]}
+  - {methods: [GET], path: /v1/status, public: true, rate_limit: [guessing]}
+  - {methods: [GET], path: /v1/me, scopes: [me:read]}
+  - {methods: [GET], path: /v1/free, scopes: [me:read], rate_limit: []}
+"""
+
+
+def test_rate_limits_resolve_with_file_defaults(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(LIMITS)
+    policies = load_dir(tmp_path, CATALOGUE, UPSTREAMS)
+    by_path = {route.template: route for route in policies.router.routes}
+    assert [limit.name for limit in by_path["/v1/search"].rate_limits] == ["per-key", "daily"]
+    assert [limit.name for limit in by_path["/v1/status"].rate_limits] == ["guessing"]
+    assert [limit.name for limit in by_path["/v1/me"].rate_limits] == ["per-key"]
+    assert by_path["/v1/free"].rate_limits == ()
+    daily = policies.rate_limits["daily"]
+    assert (daily.limit, daily.per_seconds, daily.burst, daily.by) == (
+        100000,
+        86400.0,
+        100000,
+        "key",
+    )
+    again = load_dir(tmp_path, CATALOGUE, UPSTREAMS).rate_limits["daily"]
+    assert again.identity == daily.identity  # a reload keeps an unchanged limit's counters
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        (
+            LIMITS.replace("rate_limit: [per-key]", "rate_limit: [nope]"),
+            10,
+            "unknown rate limit 'nope'",
+        ),
+        (LIMITS.replace("limit: 20,", "limit: 0,"), 4, "limit must be positive"),
+        (
+            LIMITS.replace("per_seconds: 86400", "per_seconds: -1"),
+            3,
+            "per_seconds must be positive",
+        ),
+        (LIMITS.replace("burst: 200", "burst: 0"), 2, "burst must be positive"),
+        (LIMITS.replace("by: ip", "by: country"), 4, "by must be one of key, user, ip"),
+        (LIMITS.replace("[guessing]", "[per-key]"), 9, "only by: ip limits"),
+    ],
+)
+def test_rate_limit_errors_name_file_and_line(
+    tmp_path: Path, text: str, line: int, reason: str
+) -> None:
+    problems = _load(tmp_path, a=text)
+    assert any(f"a.yaml:{line}: " in p and reason in p for p in problems), problems
+
+
+def test_rate_limit_names_are_global_to_the_set(tmp_path: Path) -> None:
+    other = "rate_limits:\n  daily: {limit: 5, per_seconds: 1, by: user}\nroutes: []\n"
+    problems = _load(tmp_path, a=LIMITS, b=other)
+    assert any("b.yaml:2: rate limit 'daily' is also defined at a.yaml:3" in p for p in problems)
+
+
+def test_explain_shows_a_routes_limits(tmp_path: Path) -> None:
+    from gateway.policy.explain import explain
+
+    (tmp_path / "a.yaml").write_text(LIMITS)
+    text, _ = explain(
+        load_dir(tmp_path, CATALOGUE, UPSTREAMS), CATALOGUE, "GET", "/v1/search", None
+    )
+    assert "limit:    per-key: 100/1s by key, burst 200" in text
+    assert "limit:    daily: 100000/86400s by key, burst 100000" in text

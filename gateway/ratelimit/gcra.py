@@ -1,0 +1,58 @@
+"""GCRA (the generic cell rate algorithm): one stored time per (limit, subject).
+
+The theoretical arrival time (TAT) advances by one emission interval per admitted
+request; a request is admitted while the TAT stays within `burst` intervals of
+now. A refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gateway.policy.ratelimits import RateLimit
+
+_EPSILON = 1e-9  # float slack, so exactly `burst` requests at one instant all fit
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    limit: RateLimit
+    allowed: bool
+    remaining: int  # requests still admitted right now
+    reset: float  # seconds until the subject's quota is whole again
+    retry_after: float  # when refused: seconds until one request would be admitted
+
+
+def decide(limit: RateLimit, tat: float | None, now: float) -> tuple[float, Verdict]:
+    """(the TAT to store if the request is admitted, the verdict)."""
+    base = now if tat is None or tat < now else tat
+    new_tat = base + limit.interval
+    ahead = new_tat - now
+    if ahead > limit.tolerance + _EPSILON:
+        wait = ahead - limit.tolerance
+        return base, Verdict(limit, False, 0, base - now, wait)
+    remaining = math.floor((limit.tolerance - ahead) / limit.interval + _EPSILON)
+    return new_tat, Verdict(limit, True, remaining, ahead, 0.0)
+
+
+def whole_seconds(seconds: float) -> int:
+    """Retry-After and `t`: whole seconds, rounded up."""
+    return max(0, math.ceil(seconds - _EPSILON))
+
+
+def policy_header(limits: tuple[RateLimit, ...]) -> str:
+    """`RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11): every limit of the route."""
+    return ", ".join(
+        f'"{limit.name}";q={limit.limit};w={_number(limit.per_seconds)}' for limit in limits
+    )
+
+
+def state_header(verdict: Verdict) -> str:
+    """`RateLimit`: the limit closest to refusing, its remaining quota and reset."""
+    seconds = verdict.retry_after if not verdict.allowed else verdict.reset
+    return f'"{verdict.limit.name}";r={verdict.remaining};t={whole_seconds(seconds)}'
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)

@@ -1,0 +1,101 @@
+"""The rate-limit stage of the pipeline (§13): which limits a request counts against, the
+429, and the draft-ietf-httpapi-ratelimit-headers-11 fields on every response of a
+limited route. `by: ip` limits run before authentication, the others after authorization."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.keys.principal import Principal
+from gateway.observability.metrics import Metrics
+from gateway.policy.ratelimits import RateLimit
+from gateway.policy.routing import Route
+from gateway.problems import Problem
+from gateway.ratelimit.gcra import Verdict, policy_header, state_header, whole_seconds
+from gateway.ratelimit.local import Ask, LocalBackend
+from gateway.ratelimit.shared import BackendUnavailable
+
+
+class Backend(Protocol):
+    async def take(self, asks: Sequence[Ask]) -> list[Verdict]: ...
+
+
+@dataclass(slots=True)
+class LimitState:
+    """What a request's limits said so far: the headers every response of it carries."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    closest: Verdict | None = None
+
+
+class RateLimiter:
+    def __init__(self, backend: Backend, metrics: Metrics) -> None:
+        self.backend = backend
+        self._metrics = metrics
+        self._policies: dict[tuple[RateLimit, ...], str] = {}
+
+    async def before_authentication(self, route: Route, client: str, state: LimitState) -> None:
+        await self._admit(
+            route, [(limit, client) for limit in route.rate_limits if limit.by == "ip"], state
+        )
+
+    async def after_authorization(
+        self, route: Route, principal: Principal | None, state: LimitState
+    ) -> None:
+        if principal is None:
+            return
+        asks = [
+            (limit, principal.key_id if limit.by == "key" else principal.user_id)
+            for limit in route.rate_limits
+            if limit.by != "ip"
+        ]
+        await self._admit(route, asks, state)
+
+    async def _admit(self, route: Route, asks: list[Ask], state: LimitState) -> None:
+        if not route.rate_limits:
+            return
+        state.headers["RateLimit-Policy"] = self._policy(route.rate_limits)
+        if not asks:
+            return
+        try:
+            verdicts = await self.backend.take(asks)
+        except BackendUnavailable:
+            raise Problem(
+                503,
+                "rate-limit-unavailable",
+                "rate limits cannot be checked right now; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        refused = [verdict for verdict in verdicts if not verdict.allowed]
+        closest = refused[0] if refused else min(verdicts, key=lambda v: v.remaining)
+        if state.closest is None or refused or closest.remaining < state.closest.remaining:
+            state.closest = closest
+            state.headers["RateLimit"] = state_header(closest)
+        if refused:
+            for verdict in refused:
+                self._metrics.rate_limited.labels(verdict.limit.name).inc()
+            worst = max(refused, key=lambda v: v.retry_after)
+            raise Problem(
+                429,
+                "rate-limited",
+                f"rate limit {worst.limit.name!r} exceeded; retry later",
+                headers={"Retry-After": str(max(1, whole_seconds(worst.retry_after)))},
+            )
+
+    def _policy(self, limits: tuple[RateLimit, ...]) -> str:
+        header = self._policies.get(limits)
+        if header is None:
+            if len(self._policies) > 10_000:
+                self._policies.clear()  # a reload storm of changing definitions
+            header = self._policies[limits] = policy_header(limits)
+        return header
+
+
+async def sweep_periodically(backend: LocalBackend, seconds: float = 1.0) -> None:
+    """Forget idle subjects of a local backend: memory follows the active subjects."""
+    while True:
+        await asyncio.sleep(seconds)
+        backend.sweep()

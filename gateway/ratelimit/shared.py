@@ -1,0 +1,186 @@
+"""The Redis backend: limits shared by every process and host, decided in process.
+
+Each process holds a *lease* of tokens per (limit, subject) that Redis granted
+from the one shared GCRA state (a Lua script on Redis's own clock, so hosts'
+clocks do not matter). A request spends a token locally — no round trip — and a
+background loop tops leases up in one pipelined call per sync interval, asking
+for about twice what each subject used in the last interval. Redis never grants
+more than the global allowance, so processes together admit at most the limit
+plus the tokens leased but not yet spent. Only a subject's first request in a
+process waits for Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.observability.metrics import Metrics
+from gateway.policy.ratelimits import RateLimit
+from gateway.ratelimit.gcra import Verdict
+from gateway.ratelimit.local import Ask, LocalBackend
+
+log = logging.getLogger("gateway.ratelimit")
+REDIS_DOWN = (RedisError, OSError, TimeoutError)
+IDLE_LEASE_SECONDS = 60.0
+# KEYS[1]: the subject's TAT. ARGV: interval and tolerance (µs), tokens wanted.
+# Returns the tokens granted and how far the TAT now runs ahead of Redis's now (µs).
+LEASE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local room = math.floor((now + tolerance - tat) / interval + 0.000001)
+local granted = math.max(0, math.min(want, room))
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+return {granted, string.format('%.0f', tat - now)}
+"""
+
+
+class BackendUnavailable(Exception):
+    """`on_backend_error: closed` and Redis cannot be reached: 503."""
+
+
+@dataclass
+class _Lease:
+    limit: RateLimit
+    tokens: int = 0
+    tat_at: float = 0.0  # the shared TAT, on this process's clock
+    used: int = 0  # requests seen since the last top-up
+    last_used: float = 0.0
+
+
+class SharedBackend:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        sync_interval: float,
+        on_error: str,
+        fallback: LocalBackend,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._redis = client
+        self._script = client.register_script(LEASE_SCRIPT)
+        self._interval = sync_interval
+        self._on_error = on_error
+        self._fallback = fallback
+        self._metrics = metrics
+        self._clock = clock
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self.down = False
+
+    async def take(self, asks: Sequence[Ask]) -> list[Verdict]:
+        if self.down:
+            return self._degraded(asks)
+        first = [ask for ask in asks if (ask[0].identity, ask[1]) not in self._leases]
+        if first:
+            try:
+                await self._lease(
+                    [
+                        (limit, subject, _first_want(limit, self._interval))
+                        for limit, subject in first
+                    ]
+                )
+            except REDIS_DOWN as exc:
+                self._went_down(exc)
+                return self._degraded(asks)
+        now = self._clock()
+        leases = [self._leases[limit.identity, subject] for limit, subject in asks]
+        verdicts = [_verdict(lease, now) for lease in leases]
+        for lease in leases:
+            lease.used += 1
+            lease.last_used = now
+        if all(verdict.allowed for verdict in verdicts):
+            for lease in leases:
+                lease.tokens -= 1
+        return verdicts
+
+    def _degraded(self, asks: Sequence[Ask]) -> list[Verdict]:
+        if self._on_error == "closed":
+            raise BackendUnavailable
+        if self._on_error == "open":
+            return [Verdict(limit, True, limit.burst, 0.0, 0.0) for limit, _ in asks]
+        return self._fallback.take_now(asks)
+
+    async def run(self) -> None:
+        """Top leases up every sync interval; notice Redis going and coming back."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._top_up()
+            except REDIS_DOWN as exc:
+                self._went_down(exc)
+                await asyncio.sleep(min(1.0, self._interval * 10))
+                continue
+            if self.down:
+                self.down = False
+                log.warning("rate limit backend (redis) is back: limits are shared again")
+
+    async def _top_up(self) -> None:
+        if self.down:
+            await self._redis.ping()
+        now = self._clock()
+        wanted = []
+        for key, lease in list(self._leases.items()):
+            if now - lease.last_used > IDLE_LEASE_SECONDS:
+                del self._leases[key]  # its unspent tokens were charged: a small, bounded waste
+                continue
+            target = min(lease.limit.burst, max(1, 2 * lease.used))
+            lease.used = 0
+            if lease.tokens < target / 2 or (lease.tokens == 0 and target):
+                wanted.append((lease.limit, key[1], target - lease.tokens))
+        if wanted:
+            await self._lease(wanted)
+
+    async def _lease(self, wanted: Sequence[tuple[RateLimit, str, int]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for limit, subject, want in wanted:
+                args = [round(limit.interval * 1e6), round(limit.tolerance * 1e6), want]
+                await self._script(keys=[_key(limit, subject)], args=args, client=pipe)
+            answers = await pipe.execute()
+        now = self._clock()
+        for (limit, subject, _), (granted, ahead) in zip(wanted, answers, strict=True):
+            lease = self._leases.setdefault((limit.identity, subject), _Lease(limit, last_used=now))
+            lease.tokens += int(granted)
+            lease.tat_at = now + int(ahead) / 1e6
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._metrics.rate_limit_backend_errors.inc()
+        if not self.down:
+            self.down = True
+            log.warning(
+                "rate limit backend (redis) unreachable (%s): on_backend_error=%s until it returns",
+                exc.__class__.__name__,
+                self._on_error,
+            )
+
+
+def _key(limit: RateLimit, subject: str) -> str:
+    return f"gateway:ratelimit:{limit.identity}:{subject}"
+
+
+def _first_want(limit: RateLimit, sync_interval: float) -> int:
+    """What a subject's first lease asks for: what the limit allows in one sync interval."""
+    return max(1, min(limit.burst, math.ceil(sync_interval / limit.interval)))
+
+
+def _verdict(lease: _Lease, now: float) -> Verdict:
+    limit = lease.limit
+    if lease.tokens > 0:
+        return Verdict(limit, True, lease.tokens - 1, max(0.0, lease.tat_at - now), 0.0)
+    wait = max(limit.interval, lease.tat_at - limit.tolerance - now)
+    return Verdict(limit, False, 0, max(0.0, lease.tat_at - now), wait)

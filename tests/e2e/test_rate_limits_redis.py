@@ -1,0 +1,190 @@
+"""The Redis-shared backend against a real, private redis-server: limits shared across
+processes, no Redis command on the request path for a hot key, outages and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from gateway.appkeys import RATE_LIMITER
+from gateway.ratelimit.shared import SharedBackend
+from gateway.testing import environment, free_port, spawn_serve, stop, wait_ready
+from tests.redisserver import RedisServer, redis_server
+from tests.support import (
+    ADMIN_TOKEN,
+    RecordingUpstream,
+    admin_headers,
+    bearer,
+    make_config,
+    routes_dir,
+    running_gateway,
+    unique,
+)
+
+__all__ = ["redis_server"]
+SOAK = bool(os.environ.get("GATEWAY_SOAK"))
+
+
+def policy(limit: int, per_seconds: int, burst: int) -> str:
+    return (
+        f"rate_limits:\n  shared: {{limit: {limit}, per_seconds: {per_seconds}, by: key,"
+        f" burst: {burst}}}\nupstream: core\nroutes:\n"
+        "  - {methods: [GET], path: /v1/limited, scopes: [me:read], rate_limit: [shared]}\n"
+    )
+
+
+def limiting(server: RedisServer, **extra: Any) -> dict[str, Any]:
+    return {"backend": "redis", "redis_url": server.url, **extra}
+
+
+async def _commands(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info")
+
+
+async def test_a_hot_key_makes_no_redis_command_on_the_request_path(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    config = make_config(
+        tmp_path,
+        database_url,
+        upstream.url,
+        routes_dir(tmp_path, policy(1000, 1, 1000)),
+        rate_limiting=limiting(redis_server, sync_interval_ms=5000),
+    )
+    client = aioredis.Redis.from_url(redis_server.url)
+    async with running_gateway(config) as gateway:
+        key = await gateway.create_key(unique("hot"), ["me:read"])
+        async with http.get(gateway.proxy + "/v1/limited", headers=bearer(key["key"])) as r:
+            assert r.status == 200  # the first sighting leases from Redis
+        before = await _commands(client)
+        for _ in range(200):
+            async with http.get(gateway.proxy + "/v1/limited", headers=bearer(key["key"])) as r:
+                assert r.status == 200
+        after = await _commands(client)
+    await client.aclose()
+    print(f"\nredis commands during 200 requests of a hot key: {after - before}")
+    assert after - before == 0
+
+
+async def test_two_processes_share_one_keys_limit(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream, redis_server: RedisServer
+) -> None:
+    """limit 20/s, burst 20, 64 connections over two `gateway serve` for 5 s: 20 + 100
+    ideally; the contract allows 10 % more than the limit plus one burst."""
+    directory = routes_dir(tmp_path, policy(20, 1, 20))
+    processes, proxies, admins = [], [], []
+    for name in ("one", "two"):
+        proxy, admin_port = free_port(), free_port()
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "state_dir": str(tmp_path / "state"),
+                    "listen": {"host": "127.0.0.1", "port": proxy},
+                    "admin": {"host": "127.0.0.1", "port": admin_port},
+                    "database": {"url": database_url},
+                    "policies": {"dir": str(directory)},
+                    "upstreams": {"core": {"url": upstream.url}},
+                    "rate_limiting": limiting(redis_server),
+                }
+            )
+        )
+        env = environment(GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN, GATEWAY_DATABASE_URL=None)
+        processes.append(spawn_serve(path, tmp_path / f"{name}.log", env=env))
+        proxies.append(f"http://127.0.0.1:{proxy}")
+        admins.append(f"http://127.0.0.1:{admin_port}")
+    try:
+        for admin, process in zip(admins, processes, strict=True):
+            await asyncio.to_thread(wait_ready, admin, process, 30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            body = {"user_id": unique("duo"), "name": "k", "scopes": ["me:read"]}
+            async with http.post(
+                admins[0] + "/admin/v1/keys", json=body, headers=admin_headers()
+            ) as r:
+                key = (await r.json())["key"]
+            statuses = await _hammer(http, proxies, key, connections=64, seconds=5.0)
+    finally:
+        for process in processes:
+            stop(process)
+    admitted = statuses[200]
+    print(f"\ntwo processes, limit 20/s burst 20, 64 connections, 5 s: {admitted} admitted, "
+          f"{statuses[429]} refused (ideal 120, allowed 100-130)")  # fmt: skip
+    assert set(statuses) <= {200, 429}
+    assert 100 <= admitted <= 130
+    assert upstream.count("/v1/limited") == admitted
+
+
+async def _hammer(
+    http: aiohttp.ClientSession, proxies: list[str], key: str, *, connections: int, seconds: float
+) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def loop(base: str) -> None:
+        while time.monotonic() < deadline:
+            async with http.get(base + "/v1/limited", headers=bearer(key)) as r:
+                await r.read()
+                statuses[r.status] += 1
+
+    await asyncio.gather(*(loop(proxies[i % len(proxies)]) for i in range(connections)))
+    return statuses
+
+
+@pytest.mark.parametrize(("mode", "during"), [("local", {200, 429}), ("closed", {503})])
+async def test_redis_outage_follows_on_backend_error_and_recovers(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+    mode: str,
+    during: set[int],
+) -> None:
+    outage = 10.0 if SOAK else 2.0
+    config = make_config(
+        tmp_path,
+        database_url,
+        upstream.url,
+        routes_dir(tmp_path, policy(50, 1, 50)),
+        rate_limiting=limiting(redis_server, on_backend_error=mode),
+    )
+    async with running_gateway(config) as gateway:
+        backend = gateway.app[RATE_LIMITER].backend
+        assert isinstance(backend, SharedBackend)
+        key = await gateway.create_key(unique("out"), ["me:read"])
+        proxies = [gateway.proxy]
+        before = await _hammer(http, proxies, key["key"], connections=8, seconds=0.5)
+        assert set(before) <= {200, 429} and before[200] > 0
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(0.3)  # the next top-up notices
+        down = await _hammer(http, proxies, key["key"], connections=8, seconds=outage)
+        assert backend.down
+        await asyncio.to_thread(redis_server.start)
+        returned = time.monotonic()
+        while backend.down and time.monotonic() - returned < 5:  # noqa: ASYNC110 - polls another component
+            await asyncio.sleep(0.05)
+        recovery = time.monotonic() - returned
+        after = await _hammer(http, proxies, key["key"], connections=8, seconds=0.5)
+        async with http.get(gateway.admin + "/metrics") as r:
+            metrics = await r.text()
+    total = sum(down.values())
+    print(f"\nredis down {outage:.0f} s, on_backend_error={mode}: {dict(down)} of {total}; "
+          f"shared again {recovery:.2f} s after redis returned")  # fmt: skip
+    assert set(down) <= during and total > 0
+    assert recovery < 2.0
+    assert set(after) <= {200, 429} and after[200] > 0
+    assert "gateway_rate_limit_backend_errors_total" in metrics
