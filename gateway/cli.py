@@ -15,6 +15,8 @@ import msgspec
 
 from gateway import config as config_module
 from gateway import database
+from gateway.audit import events as audit
+from gateway.audit.events import Actor
 from gateway.config import Config, ConfigError
 from gateway.keys import management, validation
 from gateway.policy.explain import explain, route_table
@@ -22,6 +24,8 @@ from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
 from gateway.problems import Problem
 from gateway.tokens import signing
+
+CLI = Actor("cli")
 
 
 class CommandError(Exception):
@@ -82,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("method")
     explain_cmd.add_argument("path")
     explain_cmd.add_argument("--scopes", default=None)
+
+    audit_cmd = add(commands, "audit", help="key and membership changes, newest first")
+    audit_cmd.add_argument("--user")
+    audit_cmd.add_argument("--key")
+    audit_cmd.add_argument("--action", dest="event_action")
+    audit_cmd.add_argument("--since", help="RFC 3339, e.g. 2026-11-01T00:00:00Z")
+    audit_cmd.add_argument("--limit", default="100")
+    audit_cmd.add_argument("--json", action="store_true")
+    audit_cmd.set_defaults(action="show")
 
     signing = add(commands, "signing-keys").add_subparsers(dest="action", required=True)
     generate = add(signing, "generate")
@@ -200,7 +213,7 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
     spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
         raise CommandError("; ".join(f"{field}: {message}" for field, message in spec))
-    created = await management.create_key(conn, spec, config.keys.prefix)
+    created = await management.create_key(conn, spec, config.keys.prefix, actor=CLI)
     _print(created, args.json, _created)
     return 0
 
@@ -216,7 +229,7 @@ async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Na
 
 async def _keys_revoke(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
     try:
-        await management.revoke_key(conn, args.id)
+        await management.revoke_key(conn, args.id, actor=CLI)
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
     print(f"revoked {args.id}")
@@ -227,7 +240,9 @@ async def _keys_rotate(conn: asyncpg.Connection, config: Config, args: argparse.
     if args.grace_seconds < 0:
         raise CommandError("--grace-seconds must not be negative")
     try:
-        created = await management.rotate_key(conn, args.id, args.grace_seconds, config.keys.prefix)
+        created = await management.rotate_key(
+            conn, args.id, args.grace_seconds, config.keys.prefix, actor=CLI
+        )
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
     except management.Conflict as exc:
@@ -245,10 +260,30 @@ async def _members(conn: asyncpg.Connection, config: Config, args: argparse.Name
     )
     if isinstance(parsed, list):
         raise CommandError("; ".join(f"{field}: {message}" for field, message in parsed))
-    await management.set_membership(conn, *parsed, member=args.action == "add")
+    await management.set_membership(conn, *parsed, member=args.action == "add", actor=CLI)
     verb = "added to" if args.action == "add" else "removed from"
     print(f"{args.user} {verb} {kind} {resource}")
     return 0
+
+
+async def _audit(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    given = {"user_id": args.user, "key_id": args.key, "action": args.event_action,
+             "since": args.since, "limit": args.limit}  # fmt: skip
+    parsed = audit.parse_query({name: value for name, value in given.items() if value is not None})
+    if isinstance(parsed, list):
+        raise CommandError("; ".join(f"{field}: {message}" for field, message in parsed))
+    events, cursor = await audit.query(conn, parsed)
+    _print({"events": events, "next_cursor": cursor}, args.json, _audit_lines)
+    return 0
+
+
+def _audit_lines(page: dict[str, Any]) -> str:
+    lines = [
+        f"{e['at']}  {e['actor']:<12} {e['action']:<18} user={e['user_id']}"
+        f" key={e['key_id'] or '-'}  {msgspec.json.encode(e['details']).decode()}"
+        for e in page["events"]
+    ]
+    return "\n".join(lines) or "no events"
 
 
 _Handler = Callable[[asyncpg.Connection, Config, argparse.Namespace], Awaitable[int]]
@@ -259,4 +294,5 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "rotate"): _keys_rotate,
     ("members", "add"): _members,
     ("members", "remove"): _members,
+    ("audit", "show"): _audit,
 }

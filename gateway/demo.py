@@ -21,11 +21,13 @@ from jwt.algorithms import OKPAlgorithm
 
 from gateway.app import Options, create_app
 from gateway.appkeys import CONFIG, POOL, PROXY_ADDRESS, SCOPES
+from gateway.audit.events import Actor
 from gateway.config import Config, SelfService, Session
 from gateway.keys import management, validation
 from gateway.observability.diagnostics import configure_logging
 
 DEMO_USER = "demo-user"
+ADMIN = Actor("admin")  # the demo's own set-up, as an operator would do it
 SESSION_COOKIE = "demo_session"
 HOST_ISSUER = "demo-host-app"
 SESSION_AUDIENCE = "gateway-api-keys"
@@ -151,8 +153,10 @@ async def _demo_key(app: web.Application) -> str:
     spec = validation.validate_key(body, app[SCOPES], datetime.now(UTC))
     assert not isinstance(spec, list)
     async with app[POOL].acquire() as conn:
-        created = await management.create_key(conn, spec, app[CONFIG].keys.prefix)
-        await management.set_membership(conn, DEMO_USER, "organization", "acme", member=True)
+        created = await management.create_key(conn, spec, app[CONFIG].keys.prefix, actor=ADMIN)
+        await management.set_membership(
+            conn, DEMO_USER, "organization", "acme", member=True, actor=ADMIN
+        )
     return str(created["key"])
 
 

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from gateway.app import Options, create_app
 from gateway.appkeys import POOL, PROXY_ADDRESS, SCOPES, STORE
+from gateway.audit.events import Actor
 from gateway.config import Config
 from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
@@ -201,11 +202,15 @@ class RunningGateway:
         )
         assert not isinstance(spec, list), spec
         async with self.pool.acquire() as conn:
-            return await management.create_key(conn, spec, self.config.keys.prefix)
+            return await management.create_key(
+                conn, spec, self.config.keys.prefix, actor=Actor("admin")
+            )
 
     async def member(self, user_id: str, kind: str, resource: str, *, member: bool = True) -> None:
         async with self.pool.acquire() as conn:
-            await management.set_membership(conn, user_id, kind, resource, member=member)
+            await management.set_membership(
+                conn, user_id, kind, resource, member=member, actor=Actor("admin")
+            )
 
 
 @asynccontextmanager

@@ -14,6 +14,8 @@ from aiohttp import web
 
 from gateway.admin.openapi import DOCUMENT
 from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
+from gateway.audit import events as audit
+from gateway.audit.events import Actor
 from gateway.database import DATABASE_DOWN
 from gateway.jsonbody import json_response, read_object
 from gateway.keys import management, validation
@@ -21,6 +23,7 @@ from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
 
 log = logging.getLogger("gateway.admin")
+REQUEST_ID = web.RequestKey("request_id", str)  # given by the problems middleware
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encode = msgspec.json.Encoder().encode
 _OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -29,8 +32,11 @@ _OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = secrets.token_hex(16)
+    request[REQUEST_ID] = request_id
     try:
-        return await handler(request)
+        response = await handler(request)
+        response.headers["X-Request-Id"] = request_id
+        return response
     except Problem as problem:
         return problem.response(request_id)
     except web.HTTPException as exc:
@@ -66,6 +72,10 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def _actor(request: web.Request) -> Actor:
+    return Actor("admin", request.get(REQUEST_ID), request.remote)
+
+
 def _not_found(key_id: str) -> Problem:
     return Problem(404, "key-not-found", "no such key")
 
@@ -76,7 +86,8 @@ async def create_key(request: web.Request) -> web.Response:
     if isinstance(spec, list):
         raise invalid_fields(spec)
     async with request.app[POOL].acquire() as conn:
-        created = await management.create_key(conn, spec, request.app[CONFIG].keys.prefix)
+        prefix = request.app[CONFIG].keys.prefix
+        created = await management.create_key(conn, spec, prefix, actor=_actor(request))
     return json_response(created, 201)
 
 
@@ -102,7 +113,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
         async with request.app[POOL].acquire() as conn:
-            await management.revoke_key(conn, key_id)
+            await management.revoke_key(conn, key_id, actor=_actor(request))
     except management.NotFound:
         raise _not_found(key_id) from None
     return web.Response(status=204)
@@ -120,7 +131,9 @@ async def rotate_key(request: web.Request) -> web.Response:
     try:
         async with request.app[POOL].acquire() as conn:
             prefix = request.app[CONFIG].keys.prefix
-            created = await management.rotate_key(conn, key_id, grace, prefix)
+            created = await management.rotate_key(
+                conn, key_id, grace, prefix, actor=_actor(request)
+            )
     except management.NotFound:
         raise _not_found(key_id) from None
     except management.Conflict as exc:
@@ -133,7 +146,7 @@ async def _membership(request: web.Request, *, member: bool) -> web.Response:
     if isinstance(parsed, list):
         raise invalid_fields(parsed)
     async with request.app[POOL].acquire() as conn:
-        await management.set_membership(conn, *parsed, member=member)
+        await management.set_membership(conn, *parsed, member=member, actor=_actor(request))
     return web.Response(status=204)
 
 
@@ -143,6 +156,15 @@ async def put_membership(request: web.Request) -> web.Response:
 
 async def delete_membership(request: web.Request) -> web.Response:
     return await _membership(request, member=False)
+
+
+async def audit_events(request: web.Request) -> web.Response:
+    parsed = audit.parse_query(dict(request.query))
+    if isinstance(parsed, list):
+        raise invalid_fields(parsed)
+    async with request.app[POOL].acquire() as conn:
+        events, cursor = await audit.query(conn, parsed)
+    return json_response({"events": events, "next_cursor": cursor})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -178,6 +200,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
+    app.router.add_get("/admin/v1/audit", audit_events)
     app.router.add_get("/admin/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.events import ACTIONS
 from gateway.keys.schemas import KEY, NEW_KEY
 from gateway.problems import PROBLEM_SCHEMA
 
@@ -30,6 +31,39 @@ _CREATE = {
         "expires_at": {"type": "string", "format": "date-time"},
     },
 }
+
+
+_EVENT = {
+    "type": "object",
+    "required": ["id", "at", "actor", "action", "user_id", "key_id", "details"],
+    "properties": {
+        "id": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+        "actor": {"type": "string"},
+        "action": {"enum": list(ACTIONS)},
+        "user_id": {"type": ["string", "null"]},
+        "key_id": {"type": ["string", "null"]},
+        "details": {"type": "object"},
+        "request_id": {"type": ["string", "null"]},
+        "ip": {"type": ["string", "null"]},
+    },
+}
+_AUDIT_PAGE = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["events", "next_cursor"],
+            "properties": {
+                "events": {"type": "array", "items": _EVENT},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        }
+    }
+}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 def _json(ref: str) -> dict[str, Any]:
@@ -160,6 +194,22 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"204": {"description": "Done"}, **_ERRORS},
             }
             for method in ("put", "delete")
+        },
+        "/admin/v1/audit": {
+            "get": {
+                "parameters": [
+                    _query("user_id", {"type": "string"}),
+                    _query("key_id", {"type": "string", "format": "uuid"}),
+                    _query("action", {"enum": list(ACTIONS)}),
+                    _query("since", {"type": "string", "format": "date-time"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _query("cursor", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": {"description": "Events, newest first", "content": _AUDIT_PAGE},
+                    **_ERRORS,
+                },
+            }
         },
         "/admin/v1/openapi.json": {"get": {"responses": {"200": {"description": "This document"}}}},
     },

@@ -92,7 +92,7 @@ class Pipeline:
         if self._cors.is_preflight(request):
             outcome.route = "cors-preflight"
             return self._cors.preflight(request, rid)
-        owned = await self._gateway_owned(request, target.path, outcome)
+        owned = await self._gateway_owned(request, target.path, outcome, rid)
         if owned is not None:
             owned.headers.update({"X-Request-Id": rid, **cors})
             return owned
@@ -107,12 +107,12 @@ class Pipeline:
         )
 
     async def _gateway_owned(
-        self, request: web.BaseRequest, path: str, outcome: Outcome
+        self, request: web.BaseRequest, path: str, outcome: Outcome, rid: str
     ) -> web.StreamResponse | None:
         """The paths the gateway answers itself, before any policy route."""
         if self._self_service is not None and self._self_service.owns(path):
             outcome.route = "self-service"
-            return await self._self_service.handle(request, path, outcome)
+            return await self._self_service.handle(request, path, outcome, rid)
         if path not in (MINT_PATH, JWKS_PATH):
             return None
         outcome.route = path

@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.audit import events as audit
+from gateway.audit.events import Actor
 from gateway.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
@@ -59,7 +61,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-async def create_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
+async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     secret = key_format.generate(prefix)
     row = await conn.fetchrow(
         "INSERT INTO api_keys"
@@ -78,8 +80,23 @@ async def create_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     return {**key_json(row, datetime.now(UTC)), "key": secret}
 
 
+def _described(key: dict[str, Any]) -> dict[str, Any]:
+    """What the audit trail keeps of a key: never its secret or hash."""
+    return {name: key[name] for name in ("name", "description", "scopes", "expires_at")}
+
+
+async def create_key(conn: Conn, spec: KeySpec, prefix: str, *, actor: Actor) -> dict[str, Any]:
+    async with conn.transaction():
+        created = await _insert_key(conn, spec, prefix)
+        await audit.record(
+            conn, actor, "key.created", user_id=spec.user_id, key_id=created["id"],
+            details=_described(created),
+        )  # fmt: skip
+    return created
+
+
 async def create_key_within_limit(
-    conn: Conn, spec: KeySpec, prefix: str, max_active: int
+    conn: Conn, spec: KeySpec, prefix: str, max_active: int, *, actor: Actor
 ) -> dict[str, Any]:
     """`create_key` unless the user already has `max_active` active keys (`Conflict`).
 
@@ -97,7 +114,7 @@ async def create_key_within_limit(
         )
         if active >= max_active:
             raise Conflict(f"you already have {active} active keys, the most allowed")
-        return await create_key(conn, spec, prefix)
+        return await create_key(conn, spec, prefix, actor=actor)
 
 
 _USER_LOCK = 0x6B65
@@ -127,35 +144,52 @@ async def get_key(conn: Conn, key_id: str, owner: str | None = None) -> dict[str
 
 
 async def update_key(
-    conn: Conn, key_id: str, owner: str | None, changes: dict[str, str | None]
+    conn: Conn, key_id: str, owner: str | None, changes: dict[str, str | None], *, actor: Actor
 ) -> dict[str, Any]:
     """Set `name` and/or `description` (validated by the caller); returns the key."""
-    row = await conn.fetchrow(
-        f"UPDATE api_keys SET name = COALESCE($3, name),"
-        f" description = CASE WHEN $4 THEN $5 ELSE description END"
-        f" WHERE {_OWNED} RETURNING {_KEY_FIELDS}",
-        _uuid(key_id),
-        owner,
-        changes.get("name"),
-        "description" in changes,
-        changes.get("description") or None,
-    )
-    if row is None:
-        raise NotFound(key_id)
-    return key_json(row, datetime.now(UTC))
-
-
-async def revoke_key(conn: Conn, key_id: str, owner: str | None = None) -> None:
     async with conn.transaction():
         row = await conn.fetchrow(
-            "UPDATE api_keys SET revoked_at = LEAST(COALESCE(revoked_at, now()), now())"
-            f" WHERE {_OWNED} RETURNING id, key_hash",
+            f"UPDATE api_keys SET name = COALESCE($3, name),"
+            f" description = CASE WHEN $4 THEN $5 ELSE description END"
+            f" WHERE {_OWNED} RETURNING {_KEY_FIELDS}",
             _uuid(key_id),
             owner,
+            changes.get("name"),
+            "description" in changes,
+            changes.get("description") or None,
         )
         if row is None:
             raise NotFound(key_id)
-        await notify_key(conn, str(row["id"]), bytes(row["key_hash"]))
+        updated = key_json(row, datetime.now(UTC))
+        changed: dict[str, Any] = {
+            name: updated[name] for name in ("name", "description") if name in changes
+        }
+        await audit.record(
+            conn, actor, "key.updated", user_id=updated["user_id"], key_id=updated["id"],
+            details=changed,
+        )  # fmt: skip
+    return updated
+
+
+async def revoke_key(conn: Conn, key_id: str, owner: str | None = None, *, actor: Actor) -> None:
+    """Revoke now (also a key in its rotation grace); a key already revoked stays as it was."""
+    async with conn.transaction():
+        old = await conn.fetchrow(
+            f"SELECT id, key_hash, user_id, name, revoked_at FROM api_keys WHERE {_OWNED}"
+            " FOR UPDATE",
+            _uuid(key_id),
+            owner,
+        )
+        if old is None:
+            raise NotFound(key_id)
+        if old["revoked_at"] is not None and old["revoked_at"] <= datetime.now(UTC):
+            return
+        await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", old["id"])
+        await audit.record(
+            conn, actor, "key.revoked", user_id=old["user_id"], key_id=str(old["id"]),
+            details={"name": old["name"]},
+        )  # fmt: skip
+        await notify_key(conn, str(old["id"]), bytes(old["key_hash"]))
 
 
 _SAME_EXPIRY = object()
@@ -167,6 +201,7 @@ async def rotate_key(
     grace_seconds: int,
     prefix: str,
     *,
+    actor: Actor,
     owner: str | None = None,
     expires_at: datetime | object | None = _SAME_EXPIRY,
 ) -> dict[str, Any]:
@@ -189,7 +224,7 @@ async def rotate_key(
         expiry = old["expires_at"] if expires_at is _SAME_EXPIRY else expires_at
         assert expiry is None or isinstance(expiry, datetime)
         spec = KeySpec(old["user_id"], old["name"], list(old["scopes"]), expiry, old["description"])
-        created = await create_key(conn, spec, prefix)
+        created = await _insert_key(conn, spec, prefix)
         await conn.execute(
             "UPDATE api_keys SET rotated_to = $2,"
             " revoked_at = LEAST(COALESCE(revoked_at, 'infinity'),"
@@ -199,16 +234,31 @@ async def rotate_key(
             uuid.UUID(created["id"]),
             float(grace_seconds),
         )
+        details = {
+            **_described(created),
+            "new_key_id": created["id"],
+            "grace_seconds": grace_seconds,
+        }
+        await audit.record(
+            conn, actor, "key.rotated", user_id=old["user_id"], key_id=str(old["id"]),
+            details=details,
+        )  # fmt: skip
         await notify_key(conn, str(old["id"]), bytes(old["key_hash"]))
     return created
 
 
 async def set_membership(
-    conn: Conn, user_id: str, resource_type: str, resource_id: str, *, member: bool
+    conn: Conn,
+    user_id: str,
+    resource_type: str,
+    resource_id: str,
+    *,
+    member: bool,
+    actor: Actor,
 ) -> None:
     async with conn.transaction():
         if member:
-            await conn.execute(
+            status = await conn.execute(
                 "INSERT INTO memberships (user_id, resource_type, resource_id)"
                 " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 user_id,
@@ -216,13 +266,17 @@ async def set_membership(
                 resource_id,
             )
         else:
-            await conn.execute(
+            status = await conn.execute(
                 "DELETE FROM memberships"
                 " WHERE user_id = $1 AND resource_type = $2 AND resource_id = $3",
                 user_id,
                 resource_type,
                 resource_id,
             )
+        if status.rsplit(" ", 1)[-1] != "0":  # only a real change is an event
+            action = "membership.added" if member else "membership.removed"
+            details = {"resource_type": resource_type, "resource_id": resource_id}
+            await audit.record(conn, actor, action, user_id=user_id, details=details)
         await notify_user(conn, user_id)
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.policy.scopes import Catalogue
+from gateway.timestamps import parse_time
 
 Errors = list[tuple[str, str]]
 RESOURCE_TYPES = ("organization", "project")
@@ -24,16 +25,6 @@ class KeySpec:
     scopes: list[str]
     expires_at: datetime | None
     description: str | None = None
-
-
-def parse_time(value: object) -> datetime:
-    """An RFC 3339 timestamp with an offset; raises ValueError otherwise."""
-    if not isinstance(value, str) or "T" not in value.upper():
-        raise ValueError("must be an RFC 3339 timestamp")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a UTC offset")
-    return parsed
 
 
 def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> KeySpec | Errors:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from gateway.audit.events import Actor
 from gateway.config import ScopeDef
 from gateway.config import SelfService as Settings
 from gateway.jsonbody import json_response, read_object
@@ -22,11 +23,11 @@ from gateway.keys.validation import (
     check_description,
     check_name,
     check_scopes,
-    parse_time,
     whole_number,
 )
 from gateway.problems import Problem, invalid_fields
 from gateway.selfservice.session import SessionUser
+from gateway.timestamps import parse_time
 
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_GRACE_SECONDS = 7 * 86400
@@ -91,18 +92,22 @@ class KeysApi:
         # Newest first, as a settings page lists them.
         return json_response({"keys": shown[::-1]}, headers=NO_STORE)
 
-    async def create(self, request: web.BaseRequest, user: SessionUser) -> web.Response:
+    async def create(
+        self, request: web.BaseRequest, user: SessionUser, actor: Actor
+    ) -> web.Response:
         spec = self._creation(await read_object(request), user, datetime.now(UTC))
         try:
             async with self._pool.acquire() as conn:
                 limit = self._settings.max_keys_per_user
-                created = await management.create_key_within_limit(conn, spec, self._prefix, limit)
+                created = await management.create_key_within_limit(
+                    conn, spec, self._prefix, limit, actor=actor
+                )
         except management.Conflict as exc:
             raise Problem(409, "too-many-keys", str(exc)) from None
         return json_response(_own(created), 201, NO_STORE)
 
     async def update(
-        self, request: web.BaseRequest, user: SessionUser, key_id: str
+        self, request: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
     ) -> web.Response:
         body = await read_object(request)
         errors: Errors = [(f, "unknown field") for f in sorted(set(body) - {"name", "description"})]
@@ -113,20 +118,26 @@ class KeysApi:
             raise invalid_fields(errors)
         try:
             async with self._pool.acquire() as conn:
-                updated = await management.update_key(conn, key_id, user.id, body)
+                updated = await management.update_key(conn, key_id, user.id, body, actor=actor)
         except management.NotFound:
             raise _not_found() from None
         return json_response(_own(updated), headers=NO_STORE)
 
     async def rotate(
-        self, request: web.BaseRequest, user: SessionUser, key_id: str
+        self, request: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
     ) -> web.Response:
         body = await read_object(request, empty_is_object=True)
         grace, expires_at = self._rotation(body, datetime.now(UTC))
         try:
             async with self._pool.acquire() as conn:
                 created = await management.rotate_key(
-                    conn, key_id, grace, self._prefix, owner=user.id, expires_at=expires_at
+                    conn,
+                    key_id,
+                    grace,
+                    self._prefix,
+                    actor=actor,
+                    owner=user.id,
+                    expires_at=expires_at,
                 )
         except management.NotFound:
             raise _not_found() from None
@@ -134,10 +145,10 @@ class KeysApi:
             raise Problem(409, "key-not-active", str(exc)) from None
         return json_response(_own(created), 201, NO_STORE)
 
-    async def revoke(self, user: SessionUser, key_id: str) -> web.Response:
+    async def revoke(self, user: SessionUser, key_id: str, actor: Actor) -> web.Response:
         try:
             async with self._pool.acquire() as conn:
-                await management.revoke_key(conn, key_id, owner=user.id)
+                await management.revoke_key(conn, key_id, owner=user.id, actor=actor)
         except management.NotFound:
             raise _not_found() from None
         return web.Response(status=204, headers=NO_STORE)

@@ -12,6 +12,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from gateway.audit.events import Actor
 from gateway.config import Config, ConfigError
 from gateway.config import SelfService as Settings
 from gateway.database import DATABASE_DOWN
@@ -31,22 +32,26 @@ from gateway.selfservice.session import (
 )
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-Call = Callable[[web.BaseRequest, SessionUser, str], Awaitable[web.StreamResponse]]
+Call = Callable[[web.BaseRequest, SessionUser, str, Actor], Awaitable[web.StreamResponse]]
 
 
 def _routes(api: KeysApi) -> dict[tuple[str, str], Call]:
     """(shape, method) → handler; `{id}` in the shape stands for one key id."""
 
-    async def session(_r: web.BaseRequest, user: SessionUser, _id: str) -> web.StreamResponse:
+    async def session(
+        _r: web.BaseRequest, user: SessionUser, _id: str, _a: Actor
+    ) -> web.StreamResponse:
         return api.session(user)
 
-    async def revoke(_r: web.BaseRequest, user: SessionUser, key_id: str) -> web.StreamResponse:
-        return await api.revoke(user, key_id)
+    async def revoke(
+        _r: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
+    ) -> web.StreamResponse:
+        return await api.revoke(user, key_id, actor)
 
     return {
         ("session", "GET"): session,
-        ("keys", "GET"): lambda r, u, _: api.list(r, u),
-        ("keys", "POST"): lambda r, u, _: api.create(r, u),
+        ("keys", "GET"): lambda r, u, _id, _a: api.list(r, u),
+        ("keys", "POST"): lambda r, u, _id, a: api.create(r, u, a),
         ("keys/{id}", "PATCH"): api.update,
         ("keys/{id}", "DELETE"): revoke,
         ("keys/{id}/rotate", "POST"): api.rotate,
@@ -82,7 +87,9 @@ class SelfService:
     def owns(self, path: str) -> bool:
         return path == self.base or path.startswith(self.base + "/")
 
-    async def handle(self, request: web.BaseRequest, path: str, visit: Visit) -> web.StreamResponse:
+    async def handle(
+        self, request: web.BaseRequest, path: str, visit: Visit, request_id: str
+    ) -> web.StreamResponse:
         rest = path[len(self.base) :]
         if rest in ("", "/"):
             _allow(request, ("GET", "HEAD"))
@@ -98,13 +105,13 @@ class SelfService:
             return json_response(self._document)
         try:
             api_path = rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
-            return await self._api(request, api_path, visit)
+            return await self._api(request, api_path, visit, request_id)
         except Problem as problem:
             problem.headers.update(NO_STORE)
             raise
 
     async def _api(
-        self, request: web.BaseRequest, rest: str | None, visit: Visit
+        self, request: web.BaseRequest, rest: str | None, visit: Visit, request_id: str
     ) -> web.StreamResponse:
         shape, key_id = _shape(rest)
         methods = [m for (s, m) in self._routes if s == shape]
@@ -117,7 +124,8 @@ class SelfService:
         if from_cookie:
             self._check_forgery(request)
         try:
-            return await self._routes[shape, request.method](request, user, key_id)
+            actor = Actor(f"user:{user.id}", request_id, _peer(request))
+            return await self._routes[shape, request.method](request, user, key_id, actor)
         except DATABASE_DOWN:
             raise Problem(
                 503,
@@ -167,6 +175,11 @@ class SelfService:
             return None, False
         cookie = self._session.cookie
         return (request.cookies.get(cookie) if cookie else None) or None, True
+
+
+def _peer(request: web.BaseRequest) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else None
 
 
 def _shape(rest: str | None) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.audit.events import Actor
 from gateway.keys import management
 from tests.support import RecordingUpstream, RunningGateway, bearer, unique
 
@@ -120,7 +121,7 @@ async def test_revoking_the_parent_key_kills_its_tokens(
     async with http.get(gateway.proxy + "/v1/me", headers=bearer(token)) as response:
         assert response.status == 200
     async with gateway.pool.acquire() as conn:
-        await management.revoke_key(conn, key["id"])
+        await management.revoke_key(conn, key["id"], actor=Actor("admin"))
     for _ in range(40):
         async with http.get(gateway.proxy + "/v1/me", headers=bearer(token)) as response:
             if response.status == 401:

@@ -70,14 +70,14 @@ async def test_bad_credentials_are_401_and_not_forwarded(
 async def test_unknown_expired_and_revoked_keys_are_401(
     gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
+    from gateway.audit.events import Actor
     from gateway.keys import format as keyformat
+    from gateway.keys import management
 
     unknown = keyformat.generate("gwk")
     revoked = await gateway.create_key(unique("user"), ["me:read"])
     async with gateway.pool.acquire() as conn:
-        from gateway.keys import management
-
-        await management.revoke_key(conn, revoked["id"])
+        await management.revoke_key(conn, revoked["id"], actor=Actor("admin"))
         expired = await gateway.create_key(unique("user"), ["me:read"])
         await conn.execute(
             "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",

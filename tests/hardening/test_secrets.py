@@ -12,6 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.audit.events import Actor
 from gateway.keys import management
 from tests.support import RecordingUpstream, RunningGateway, admin_headers, bearer, unique
 
@@ -67,7 +68,7 @@ async def test_no_secret_anywhere(
     async with http.post(gateway.admin + rotate, headers=admin_headers()) as r:
         secrets.append((await r.json())["key"])
     async with gateway.pool.acquire() as conn:
-        await management.revoke_key(conn, key["id"])
+        await management.revoke_key(conn, key["id"], actor=Actor("admin"))
     for headers in attempts[:2]:
         async with http.get(gateway.proxy + "/v1/me", headers=headers) as response:
             bodies.append(await response.text())

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from gateway.audit.events import Actor
 from gateway.config import Cache, Config
 from gateway.keys import format as key_format
 from gateway.keys import management, validation
@@ -39,7 +40,7 @@ async def _create(pool: asyncpg.Pool, scopes: list[str], **extra: object) -> dic
     spec = validation.validate_key(body, CATALOGUE, datetime.now(UTC))
     assert not isinstance(spec, list)
     async with pool.acquire() as conn:
-        return await management.create_key(conn, spec, "gwk")
+        return await management.create_key(conn, spec, "gwk", actor=Actor("cli"))
 
 
 async def test_hit_makes_no_query_and_concurrent_misses_make_one(pool: asyncpg.Pool) -> None:

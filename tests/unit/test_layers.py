@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-FOUNDATION = frozenset({"config", "problems", "database", "jsonbody"})
+FOUNDATION = frozenset({"config", "problems", "database", "jsonbody", "timestamps"})
 BELOW_EDGE = FOUNDATION | {
     "observability",
     "policy",
+    "audit",
     "keys",
     "tokens",
     "forward",
@@ -29,13 +30,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "problems": frozenset(),
     "database": frozenset({"config"}),
     "jsonbody": frozenset({"problems"}),
+    "timestamps": frozenset(),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
-    "keys": FOUNDATION | {"observability", "policy"},
+    "audit": FOUNDATION,
+    "keys": FOUNDATION | {"observability", "policy", "audit"},
     "tokens": FOUNDATION | {"observability", "policy", "keys"},
     "forward": FOUNDATION | {"observability", "policy", "keys"},
-    "selfservice": FOUNDATION | {"observability", "policy", "keys"},
+    "selfservice": FOUNDATION | {"observability", "policy", "audit", "keys"},
     "ratelimit": FOUNDATION | {"observability", "policy", "keys"},
     "edge": BELOW_EDGE,
     "appkeys": FOUNDATION | {"observability", "policy", "keys", "ratelimit"},
