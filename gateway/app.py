@@ -26,6 +26,7 @@ from gateway.appkeys import (
     CONFIG,
     DATABASE_URL,
     DECISIONS_ADDRESS,
+    IDENTITY_TOKENS,
     LISTENER,
     METRICS,
     POLICIES,
@@ -58,6 +59,7 @@ from gateway.selfservice import service as self_service
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
 from gateway.tokens.endpoint import TokenEndpoint
+from gateway.tokens.identity import IdentityTokens
 
 log = logging.getLogger("gateway")
 
@@ -253,6 +255,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
     )
+    app[IDENTITY_TOKENS] = IdentityTokens(signer, config.tokens.issuer)
     authenticator = Authenticator(app[STORE], signer, config.keys.prefix)
     decider = Decider(app[POLICIES], authenticator, app[STORE], app[RATE_LIMITER])
     recorder = Recorder(metrics, access_log)
@@ -266,6 +269,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         tokens=TokenEndpoint(signer, config.tokens),
         recorder=recorder,
         max_header_bytes=config.limits.max_header_bytes,
+        identity_tokens=app[IDENTITY_TOKENS],
         self_service=self_service.from_config(config, app[POOL], session),
     )
     reuse_port = app[OPTIONS].reuse_port

@@ -12,6 +12,7 @@ from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
 from gateway.ratelimit.limiter import RateLimiter
+from gateway.tokens.identity import IdentityTokens
 
 CONFIG = web.AppKey("config", Config)
 SCOPES = web.AppKey("scopes", Catalogue)
@@ -23,4 +24,5 @@ POLICIES = web.AppKey("policies", ActivePolicies)
 PROXY_ADDRESS = web.AppKey("proxy_address", tuple)
 DECISIONS_ADDRESS = web.AppKey("decisions_address", tuple)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+IDENTITY_TOKENS = web.AppKey("identity_tokens", IdentityTokens)
 LISTENER = web.AppKey("listener", Listener)

@@ -16,13 +16,14 @@ from aiohttp import web
 from gateway.edge import safety
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
-from gateway.edge.decide import Decider, Outcome
+from gateway.edge.decide import Decider, Decision, Outcome
 from gateway.edge.record import Recorder
-from gateway.forward.proxy import Forwarder
+from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.problems import Problem
 from gateway.selfservice.service import SelfService
 from gateway.tokens.endpoint import TokenEndpoint
+from gateway.tokens.identity import IdentityTokens
 
 log = logging.getLogger("gateway.pipeline")
 MINT_PATH = "/auth/actor-tokens"
@@ -41,9 +42,11 @@ class Pipeline:
         tokens: TokenEndpoint,
         recorder: Recorder,
         max_header_bytes: int,
+        identity_tokens: IdentityTokens,
         self_service: SelfService | None = None,
     ) -> None:
         self._decider = decider
+        self._identity_tokens = identity_tokens
         self._authn = authenticator
         self._forwarder = forwarder
         self._upstreams = upstreams
@@ -102,9 +105,19 @@ class Pipeline:
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
         extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
+        identity = self._identity(decision, upstream.name)
         return await self._forwarder.forward(
-            request, target.raw, upstream, decision.principal, rid, extra, timing
+            request, target.raw, upstream, identity, rid, extra, timing
         )
+
+    def _identity(self, decision: Decision, upstream: str) -> Identity:
+        principal, mode = decision.principal, decision.route.identity
+        if principal is None:
+            return ANONYMOUS
+        if mode == "headers":
+            return Identity(principal)
+        token = self._identity_tokens.token(principal, upstream)
+        return Identity(principal, headers=mode == "both", token=token)
 
     async def _gateway_owned(
         self, request: web.BaseRequest, path: str, outcome: Outcome, rid: str

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -63,8 +64,21 @@ class BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What the upstream is told about the caller: the `X-Gateway-*` headers, a signed
+    `X-Gateway-Identity` token (§15), or both; nothing on a public route."""
+
+    principal: Principal | None
+    headers: bool = True
+    token: str | None = None
+
+
+ANONYMOUS = Identity(None)
+
+
 def request_headers(
-    request: web.BaseRequest, principal: Principal | None, request_id: str
+    request: web.BaseRequest, identity: Identity, request_id: str
 ) -> CIMultiDict[str]:
     """The headers sent upstream with a WebSocket handshake (aiohttp's client)."""
     incoming = request.headers
@@ -77,13 +91,13 @@ def request_headers(
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
             continue
         out.add(name, value)
-    for name, value in _added_headers(request, principal, request_id):
+    for name, value in _added_headers(request, identity, request_id):
         out[name] = value
     return out
 
 
 def _added_headers(
-    request: web.BaseRequest, principal: Principal | None, request_id: str
+    request: web.BaseRequest, identity: Identity, request_id: str
 ) -> list[tuple[str, str]]:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     added = [
@@ -92,19 +106,22 @@ def _added_headers(
         ("X-Forwarded-Host", request.headers.get("Host", "")),
         ("X-Request-Id", request_id),
     ]
-    if principal is not None:
+    principal = identity.principal
+    if principal is not None and identity.headers:
         added += [
             ("X-Gateway-User-Id", principal.user_id),
             ("X-Gateway-Key-Id", principal.key_id),
             ("X-Gateway-Scopes", principal.scope_header),
             ("X-Gateway-Auth", principal.auth),
         ]
+    if identity.token is not None:
+        added.append(("X-Gateway-Identity", identity.token))
     return added
 
 
 def request_head(
     request: web.BaseRequest,
-    principal: Principal | None,
+    identity: Identity,
     request_id: str,
     upstream: UpstreamTarget,
     raw_target: str,
@@ -121,7 +138,7 @@ def request_head(
         if _never_forwarded(name) or (named and _folded(name) in named):
             continue
         parts += (name, b": ", value, b"\r\n")
-    for added, text in _added_headers(request, principal, request_id):
+    for added, text in _added_headers(request, identity, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
@@ -184,13 +201,13 @@ class Forwarder:
         request: web.BaseRequest,
         raw_target: str,
         upstream: UpstreamTarget,
-        principal: Principal | None,
+        identity: Identity,
         request_id: str,
         extra: dict[str, str],
         timing: dict[str, float],
     ) -> web.StreamResponse:
         if websocket.is_upgrade(request):
-            headers = request_headers(request, principal, request_id)
+            headers = request_headers(request, identity, request_id)
             return await websocket.relay(
                 self._session, request, raw_target, upstream, headers, extra
             )
@@ -199,7 +216,7 @@ class Forwarder:
             raise Problem(413, "body-too-large", "the request body is too large")
         await _continue(request)
         body, stream, framing = await self._body(request, length)
-        head = request_head(request, principal, request_id, upstream, raw_target, framing)
+        head = request_head(request, identity, request_id, upstream, raw_target, framing)
         started = time.perf_counter()
         try:
             answer = await upstream.pool.send(

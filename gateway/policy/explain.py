@@ -54,7 +54,7 @@ def explain(
         f"  route:    {route.name} ({route.source})",
         f"  template: {route.template}  methods: {','.join(sorted(route.methods))}",
         f"  params:   {match.params or '{}'}",
-        f"  upstream: {route.upstream}",
+        f"  upstream: {route.upstream} (identity: {route.identity})",
         f"  requires: {_requires(route)}",
     ]
     lines += [f"  limit:    {limit.describe()}" for limit in route.rate_limits]

@@ -22,6 +22,7 @@ from gateway.policy.routing import ANY_METHOD, TAIL, Route, Router, conflicts
 from gateway.policy.scopes import Catalogue
 
 MAX_FILE_BYTES = 1024 * 1024
+IDENTITY_MODES = ("headers", "jwt", "both")
 # Aliases make a small file a huge document; bound what a walk may visit.
 MAX_NODES = 100_000
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
@@ -50,6 +51,7 @@ class RouteSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     public: bool = False
     upstream: str | None = None
     rate_limit: list[str] | None = None  # None: the file's default
+    identity: str | None = None  # None: the file's default
 
 
 class RateLimitSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -64,6 +66,7 @@ class PolicyFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     upstream: str | None = None
     rate_limits: dict[str, RateLimitSpec] = msgspec.field(default_factory=dict)
     rate_limit: list[str] = msgspec.field(default_factory=list)
+    identity: str = "headers"  # headers | jwt | both: how upstreams learn who is calling
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +196,12 @@ class _FileLoader:
                 problems += exc.problems
         for index, route_spec in enumerate(spec.routes):
             try:
-                out.append(self._route(index, route_spec, spec.upstream, spec.rate_limit))
+                route = self._route(index, route_spec, spec.upstream, spec.rate_limit)
+                if route_spec.identity is None:
+                    out.append(self._with_identity("$", route, spec.identity))
+                else:
+                    at = f"$.routes[{index}]"
+                    out.append(self._with_identity(at, route, route_spec.identity))
             except PolicyError as exc:
                 problems += exc.problems
         if problems:
@@ -241,6 +249,13 @@ class _FileLoader:
                 break
             node = child
         return node.start_mark.line + 1 if node is not None else 1
+
+    def _with_identity(self, at: str, route: Route, identity: str) -> Route:
+        if identity not in IDENTITY_MODES:
+            raise self.fail(
+                f"{at}.identity", f"identity must be one of {', '.join(IDENTITY_MODES)}"
+            )
+        return dataclasses.replace(route, identity=identity)
 
     def _limit(self, name: str, spec: RateLimitSpec) -> tuple[RateLimit, str]:
         at = f"$.rate_limits.{name}"

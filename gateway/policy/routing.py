@@ -30,6 +30,7 @@ class Route:
     source: str  # "file:line", for errors and `policy explain`
     rate_limit_names: tuple[str, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()  # resolved from the names by the loader
+    identity: str = "headers"  # headers | jwt | both (X-Gateway-Identity, §15)
 
     def allows(self, method: str) -> bool:
         return method in self.methods or ANY_METHOD in self.methods

@@ -74,6 +74,11 @@ class Signer:
         headers = {"kid": self._active.kid, "typ": "JWT"}
         return jwt.encode(claims, self._active.private_key, self._active.alg, headers=headers)
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Any claims, signed with the active key (`kid` and `typ: JWT` in the header)."""
+        headers = {"kid": self._active.kid, "typ": "JWT"}
+        return jwt.encode(claims, self._active.private_key, self._active.alg, headers=headers)
+
     def verify(self, token: str) -> ActorClaims:
         digest = hashlib.sha256(token.encode()).digest()
         claims = self._verified.get(digest)

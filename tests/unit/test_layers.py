@@ -41,7 +41,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "selfservice": FOUNDATION | {"observability", "policy", "audit", "keys"},
     "ratelimit": FOUNDATION | {"observability", "policy", "keys"},
     "edge": BELOW_EDGE,
-    "appkeys": FOUNDATION | {"observability", "policy", "keys", "ratelimit"},
+    "appkeys": FOUNDATION | {"observability", "policy", "keys", "ratelimit", "tokens"},
     "admin": BELOW_EDGE | {"appkeys"},
     "decisions": BELOW_EDGE | {"edge"},
     "app": BELOW_EDGE | {"edge", "decisions", "admin", "appkeys"},
