@@ -222,7 +222,8 @@ def _signer(app: web.Application) -> Signer:
             keys.append(signing.load_key(key.kid, config.resolve(key.file)))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(
-                f"tokens.signing_keys[{index}]: cannot load {key.file}: {exc}"
+                f"{config.source}: tokens.signing_keys[{index}] (kid {key.kid}):"
+                f" cannot load {key.file}: {exc}"
             ) from None
     if not keys:
         keys = [signing.dev_key(config.state_path)]

@@ -7,6 +7,7 @@ reason; the CLI prints it on one line and exits 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
     base_dir: str = "."
+    source: str = "(defaults)"  # the file it came from, for errors found after loading
     admin_token: str | None = None
 
     def resolve(self, path: str) -> Path:
@@ -232,12 +234,51 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         raw["database"] = {**raw["database"], "url": env["GATEWAY_DATABASE_URL"]}
     if env.get("GATEWAY_ADMIN_TOKEN"):
         raw["admin_token"] = env["GATEWAY_ADMIN_TOKEN"]
+    if path.exists():
+        _state_dir_beside_the_file(raw, path)
+    raw["source"] = str(path)
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_readable(str(exc))}") from None
+        raise ConfigError(f"{path}: {_named(raw, str(exc))}") from None
     _check(config, path)
     return config
+
+
+def _state_dir_beside_the_file(raw: dict[str, Any], path: Path) -> None:
+    """A `state_dir` written in the file is relative to the file, like every other path
+    in it; only the default (`.gateway`) lives in the working directory."""
+    state_dir = raw.get("state_dir")
+    if isinstance(state_dir, str) and not Path(state_dir).is_absolute():
+        raw["state_dir"] = str((path.resolve().parent / state_dir).resolve())
+
+
+# Mappings whose keys are names ops choose: an error inside one names the entry.
+_NAMED = {"upstreams": Upstream, "scopes": ScopeDef}
+
+
+def named_entry_error(mapping: object, entry_type: type, where: str) -> str | None:
+    """`where.NAME.field: reason` for the first entry of `mapping` that does not convert.
+
+    msgspec reports `upstreams[...]` for an error inside a dict value; this finds
+    which entry it was by converting them one by one."""
+    if not isinstance(mapping, dict):
+        return None
+    for name, value in mapping.items():
+        try:
+            msgspec.convert(value, entry_type)
+        except msgspec.ValidationError as exc:
+            return f"{where}.{name}{_readable(str(exc), lead='.')}"
+    return None
+
+
+def _named(raw: dict[str, Any], message: str) -> str:
+    for key, entry_type in _NAMED.items():
+        if f"$.{key}[...]" in message:
+            found = named_entry_error(raw.get(key), entry_type, key)
+            if found is not None:
+                return found
+    return _readable(message)
 
 
 def _missing(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -263,13 +304,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _readable(message: str) -> str:
-    """msgspec says "Expected `int`, got `str` - at `$.listen.port`"; lead with the key path."""
+def _readable(message: str, lead: str = "") -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.listen.port`"; lead with the key path.
+    With `lead`, the path continues one already written (`upstreams.core` + `.url: …`)."""
     reason, sep, where = message.rpartition(" - at ")
     if not sep:
-        return message
-    key = where.strip("`").removeprefix("$").removeprefix(".") or "(top level)"
-    return f"{key}: {reason[0].lower()}{reason[1:]}"
+        reason, where = message, "$"
+    key = where.strip("`").removeprefix("$").removeprefix(".")
+    missing = re.match(r"Object (missing required|contains unknown) field `(.+)`", reason)
+    if missing:
+        key = f"{key}.{missing[2]}".lstrip(".")
+        reason = "required" if missing[1] == "missing required" else "unknown field"
+    if lead:
+        return f"{lead}{key}: {reason[0].lower()}{reason[1:]}" if key else f": {reason}"
+    return f"{key or '(top level)'}: {reason[0].lower()}{reason[1:]}"
 
 
 def _check(config: Config, path: Path) -> None:

@@ -57,6 +57,11 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, int, float, str | None, str]] = []
+        # Series people alert on exist from the start, at 0: "no data" is not "no failures".
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result)
+        for kind in ("key", "member", "flush"):
+            self.invalidations.labels(kind)
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
             for event in ("hit", "miss", "eviction"):

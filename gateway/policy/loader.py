@@ -181,12 +181,7 @@ class _FileLoader:
         try:
             spec = msgspec.convert(data, PolicyFile)
         except msgspec.ValidationError as exc:
-            reason, _, where = str(exc).rpartition(" - at ")
-            where = where.strip("`")
-            unknown = re.match(r"Object contains unknown field `(.+)`", reason)
-            if unknown:
-                where += "." + unknown[1]
-            raise self.fail(where, reason or str(exc)) from None
+            raise self._invalid(data, exc) from None
         out: list[Route] = []
         problems: list[str] = []
         for name, limit_spec in spec.rate_limits.items():
@@ -207,6 +202,25 @@ class _FileLoader:
         if problems:
             raise PolicyError(problems)
         return out
+
+    def _invalid(self, data: Any, exc: msgspec.ValidationError) -> PolicyError:
+        """The error at its line; inside `rate_limits`, the entry named (msgspec says `[...]`)."""
+        reason, _, where = str(exc).rpartition(" - at ")
+        where = where.strip("`")
+        if where.startswith("$.rate_limits[...]") and isinstance(data, dict):
+            for name, value in (data.get("rate_limits") or {}).items():
+                try:
+                    msgspec.convert(value, RateLimitSpec)
+                except msgspec.ValidationError as inner:
+                    text, sep, rest = str(inner).rpartition(" - at ")
+                    inside = rest.strip("`").removeprefix("$") if sep else ""
+                    where = f"$.rate_limits.{name}{inside}"
+                    reason = f"rate limit {name!r}: {text if sep else str(inner)}"
+                    break
+        field = re.match(r"Object (?:contains unknown|missing required) field `(.+)`", reason)
+        if field:
+            where += "." + field[1]
+        return self.fail(where, reason or str(exc))
 
     def _parse(self) -> Any:
         try:

@@ -209,7 +209,9 @@ def from_config(
     if session.jwks_file is not None:
         path = config.resolve(session.jwks_file)
         if not path.is_file():
-            raise ConfigError(f"self_service.session.jwks_file: cannot read {path}")
+            raise ConfigError(
+                f"{config.source}: self_service.session.jwks_file: cannot read {path}"
+            )
         load = file_loader(path)
     else:
         assert session.jwks_url is not None  # config validation: exactly one of the two

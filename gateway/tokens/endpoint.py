@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.config import Tokens
 from gateway.jsonbody import read_object
 from gateway.keys.principal import Principal
+from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
 from gateway.tokens.actor import Signer
 
@@ -55,8 +56,8 @@ class TokenEndpoint:
         errors: list[tuple[str, str]] = []
         unknown = sorted(set(body) - {"scopes", "ttl_seconds"})
         errors += [(name, "unknown field") for name in unknown]
-        ttl = body.get("ttl_seconds", self._settings.default_ttl_seconds)
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        ttl = whole_number(body.get("ttl_seconds", self._settings.default_ttl_seconds))
+        if ttl is None or ttl <= 0:
             errors.append(("ttl_seconds", "must be a positive integer"))
         elif ttl > self._settings.max_ttl_seconds:
             errors.append(("ttl_seconds", f"must be at most {self._settings.max_ttl_seconds}"))

@@ -56,7 +56,7 @@ async def test_token_works_on_a_proxied_route_with_its_own_scopes(
     gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
     key = await _minter(gateway, ["projects:write"])
-    body = {"scopes": ["projects:read"], "ttl_seconds": 60}
+    body = {"scopes": ["projects:read"], "ttl_seconds": 60.0}  # JSON Schema's integer admits 60.0
     async with http.post(gateway.proxy + MINT, json=body, headers=bearer(key["key"])) as response:
         token = (await response.json())["access_token"]
     async with http.get(

@@ -257,6 +257,21 @@ async def test_metrics_parse_and_carry_no_secret(
     assert key["key"] not in text and key["key"][4:20] not in text
 
 
+async def test_alerting_series_exist_before_anything_happens(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """A dashboard or alert on reload failures sees 0, not "no data", from the start."""
+    async with http.get(gateway.admin + "/metrics") as response:
+        text = await response.text()
+    for series in (
+        'gateway_policy_reloads_total{result="failure"} 0.0',
+        'gateway_policy_reloads_total{result="success"} 0.0',
+        'gateway_invalidations_total{kind="flush"} 0.0',
+        "gateway_rate_limit_backend_errors_total 0.0",
+    ):
+        assert series in text
+
+
 async def test_expires_at_with_offset_is_accepted(admin: Admin) -> None:
     when = (datetime.now(UTC) + timedelta(days=2)).astimezone().isoformat()
     status, created = await admin.call(

@@ -249,7 +249,7 @@ def test_serve_refuses_a_broken_start_with_one_line(tmp_path: Path, database_url
     config.write_text(yaml.safe_dump(raw))
     result = _cli("serve", config=config)
     assert result.returncode == 2
-    assert "tokens.signing_keys[0]: cannot load" in result.stderr
+    assert f"{config}: tokens.signing_keys[0] (kid k1): cannot load" in result.stderr
     assert "Traceback" not in result.stderr
     policies = tmp_path / "bad-policies"
     policies.mkdir()

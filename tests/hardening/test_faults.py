@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import resource
 import time
 from collections import Counter
@@ -108,6 +109,7 @@ async def test_upstream_faults(
         "  - {methods: [POST], path: /stall, public: true, upstream: core}\n"
         "  - {methods: [POST], path: /reset, public: true, upstream: core}\n"
         "  - {methods: [POST], path: /refused, public: true, upstream: closed}\n"
+        "  - {methods: [POST], path: /fast, public: true, upstream: core}\n"
     )
     timeout = 1.0
     config = make_config(
@@ -132,6 +134,15 @@ async def test_upstream_faults(
                 statuses[response.status] += 1
             elapsed.append(time.monotonic() - started)
 
+        # This machine's own latency for a request that is answered at once, printed
+        # beside the figures so a reader can judge them.
+        baseline = []
+        for _ in range(20):
+            started = time.monotonic()
+            async with http.post(gateway.proxy + "/fast", data=b"payload") as response:
+                assert response.status == 200
+            baseline.append(time.monotonic() - started)
+        slowest_normal = max(baseline)
         for i in range(0, count, 20):
             await asyncio.gather(*(one() for _ in range(min(20, count - i))))
             if i == 0:
@@ -139,12 +150,14 @@ async def test_upstream_faults(
         rss_end = _rss_mib()
     print(
         f"\nupstream {path}: {count} requests -> {dict(statuses)}, "
-        f"{min(elapsed):.3f}-{max(elapsed):.3f} s, RSS {rss_start:.0f} -> {rss_end:.0f} MiB, "
-        f"upstream saw {upstream.count(path)}"
+        f"{min(elapsed):.3f}-{max(elapsed):.3f} s (timeout {timeout} s; a normal request here "
+        f"takes {min(baseline) * 1000:.1f}-{slowest_normal * 1000:.1f} ms), "
+        f"RSS {rss_start:.0f} -> {rss_end:.0f} MiB, upstream saw {upstream.count(path)}"
     )
     assert statuses == Counter({status: count})
     if status == 504:
-        assert all(timeout * 0.9 <= t <= timeout * 1.1 + 0.05 for t in elapsed)
+        late = timeout * 1.1 + 0.05 + 2 * slowest_normal
+        assert all(timeout * 0.9 <= t <= late for t in elapsed)
     if path != "/refused":
         assert upstream.count(path) == count  # each POST sent upstream exactly once
     assert rss_end - rss_start < 20
@@ -161,6 +174,7 @@ async def test_random_key_flood_keeps_the_legitimate_key_cached(
         async with http.get(target, headers=bearer(legit)) as response:
             assert response.status == 200
         queries = gateway.store.queries
+        started = time.monotonic()
         random_keys = [key_format.generate("gwk") for _ in range(flood)]
         legit_ok = 0
         for start in range(0, flood, 50):
@@ -174,6 +188,8 @@ async def test_random_key_flood_keeps_the_legitimate_key_cached(
             assert statuses[:-1] == [401] * (len(batch) - 1)
             legit_ok += statuses[-1] == 200
         made = gateway.store.queries - queries
+        # A flood that outlasts the TTL refetches the legitimate key once per period.
+        periods = math.ceil((time.monotonic() - started) / config.cache.ttl_seconds)
         cache_sizes = {
             name: len(cache.entries)
             for name, cache in vars(gateway.store).items()
@@ -182,8 +198,10 @@ async def test_random_key_flood_keeps_the_legitimate_key_cached(
     rounds = len(range(0, flood, 50))
     print(
         f"\nrandom key flood: {flood} keys -> {made} queries, legit key {legit_ok}/{rounds} ok "
-        f"with {made - flood} queries of its own, cache sizes {cache_sizes}"
+        f"with {made - flood} queries of its own over {periods} TTL period(s), "
+        f"cache sizes {cache_sizes}"
     )
-    assert made <= flood  # no query for the legitimate key, one at most per random key
+    # One query at most per random key, and at most one per TTL period for the legitimate one.
+    assert made <= flood + periods
     assert legit_ok == rounds
     assert all(size <= 1000 for size in cache_sizes.values())

@@ -34,7 +34,13 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
     ("text", "message"),
     [
         ("listen: {port: eighty}", "listen.port: expected `int`, got `str`"),
-        ("cache: {ttl: 5}", "cache: object contains unknown field `ttl`"),
+        ("cache: {ttl: 5}", "cache.ttl: unknown field"),
+        ("upstreams: {core: {timeout_seconds: 3}}", "upstreams.core.url: required"),
+        (
+            "upstreams: {core: {url: 'http://x', colour: red}}",
+            "upstreams.core.colour: unknown field",
+        ),
+        ("scopes: {a: {implies: 3}}", "scopes.a.implies: expected `array`, got `int`"),
         ("listen: {port: 70000}", "listen.port: must be between 0 and 65535"),
         ("scopes: {a: {implies: [b]}}", "scopes.a.implies: unknown scope 'b'"),
         ("tokens: {default_ttl_seconds: 1000}", "must not exceed tokens.max_ttl_seconds"),
@@ -112,3 +118,19 @@ def test_cli_reports_a_bad_config_on_one_line_with_exit_2(tmp_path: Path) -> Non
     assert result.stderr.count("\n") == 1
     assert "limits.max_body_bytes: must be positive" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_state_dir_in_the_file_resolves_beside_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "g.yaml").write_text("state_dir: runtime\n")
+    assert load(folder / "g.yaml", {}).state_path == folder / "runtime"
+    (folder / "h.yaml").write_text("listen: {port: 1}\n")
+    assert load(folder / "h.yaml", {}).state_path == Path(".gateway").resolve()
+    (folder / "i.yaml").write_text(f"state_dir: {tmp_path / 'abs'}\n")
+    assert load(folder / "i.yaml", {}).state_path == tmp_path / "abs"
+
+
+def test_a_config_knows_its_file(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text("{}\n")
+    assert load(tmp_path / "g.yaml", {}).source == str(tmp_path / "g.yaml")

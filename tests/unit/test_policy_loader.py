@@ -205,3 +205,9 @@ def test_explain_shows_a_routes_limits(tmp_path: Path) -> None:
     )
     assert "limit:    per-key: 100/1s by key, burst 200" in text
     assert "limit:    daily: 100000/86400s by key, burst 100000" in text
+
+
+def test_a_bad_rate_limit_entry_is_named_at_its_line(tmp_path: Path) -> None:
+    text = "rate_limits:\n  ok: {limit: 1, per_seconds: 1, by: ip}\n  x: {limit: 1}\nroutes: []\n"
+    problems = _load(tmp_path, a=text)
+    assert any("a.yaml:3: rate limit 'x'" in p and "per_seconds" in p for p in problems), problems
