@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -57,9 +58,25 @@ def process(
             proc.kill()
 
 
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A private redis-server for the shared-limit row; None (row skipped) without one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("bench: no redis-server (apt-get install redis-server): redis row skipped")
+        yield None
+        return
+    port = free_port()
+    argv = [*pin(0), binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no"]  # fmt: skip
+    with process(argv, "redis.log"):
+        time.sleep(0.3)
+        yield f"redis://127.0.0.1:{port}/0"
+
+
 def nginx_conf(upstream_port: int, proxy_port: int, auth_port: int, decisions_port: int) -> Path:
     docroot = OUT / "www"
-    for prefix in ("", "api/", "public/"):
+    for prefix in ("", "api/", "public/", "limited/", "jwt/"):
         (docroot / prefix).mkdir(parents=True, exist_ok=True)
         for name, size in BODIES.items():
             (docroot / prefix / name).write_bytes(b"x" * size)
@@ -241,6 +258,7 @@ def gateway_config(
     admin_port: int,
     name: str,
     decisions_port: int | None = None,
+    redis_url: str | None = None,
 ) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
@@ -248,6 +266,13 @@ def gateway_config(
         "upstream: origin\nroutes:\n"
         "  - {name: public, methods: [GET], path: '/public/{rest...}', public: true}\n"
         "  - {name: api, methods: [GET], path: '/api/{rest...}', scopes: [me:read]}\n"
+        # The same route with one by-key limit that never refuses, and with a signed identity.
+        "  - {name: limited, methods: [GET], path: '/limited/{rest...}', scopes: [me:read],"
+        " rate_limit: [roomy]}\n"
+        "  - {name: signed, methods: [GET], path: '/jwt/{rest...}', scopes: [me:read],"
+        " identity: jwt}\n"
+        "rate_limits:\n"
+        "  roomy: {limit: 1000000, per_seconds: 1, by: key}\n"
     )
     config = {
         "state_dir": str(OUT / "state"),
@@ -260,6 +285,8 @@ def gateway_config(
     }
     if decisions_port is not None:
         config["decisions"] = {"enabled": True, "listen": {"port": decisions_port}}
+    if redis_url is not None:
+        config["rate_limiting"] = {"backend": "redis", "redis_url": redis_url}
     path = OUT / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -363,6 +390,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             env=env,
             prefix=pin(1),
         ) as gateway_uv,
+        contextlib.ExitStack() as extras,
     ):
         for port in (upstream_port, naive_port, naive_uv_port):
             wait_http(f"http://127.0.0.1:{port}/public/200B")
@@ -382,6 +410,8 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 None,
             ),
             "gateway cached API key, uvloop (default)": (uv_port, "/api/", auth, None),
+            "gateway cached key + by-key limit (local), uvloop": (uv_port, "/limited/", auth, None),
+            "gateway cached key + identity jwt, uvloop": (uv_port, "/jwt/", auth, None),
             "gateway fresh key (miss), asyncio": (gw_port, "/api/", {}, fresh_script),
             "nginx auth_request + gateway decision, asyncio": (auth_port, "/api/", auth, None),
             # The decision alone: what one gateway process decides per second.
@@ -401,6 +431,27 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         for name in targets:
             if (name.startswith("gateway") and "uvloop" not in name) or "decision" in name:
                 pids[name] = gateway.pid
+            elif name.startswith("gateway"):
+                pids[name] = gateway_uv.pid
+        redis_url = extras.enter_context(redis_server())
+        if redis_url is not None:
+            rd_port, rd_admin = free_port(), free_port()
+            rd_config = gateway_config(
+                database_url, upstream_port, rd_port, rd_admin, "gateway-redis", redis_url=redis_url
+            )
+            rd = extras.enter_context(
+                serving(
+                    rd_config,
+                    OUT / "gateway-redis.log",
+                    f"http://127.0.0.1:{rd_admin}",
+                    args=["--loop", "uvloop"],
+                    env=env,
+                    prefix=pin(1),
+                )
+            )
+            name = "gateway cached key + by-key limit (redis), uvloop"
+            targets[name] = (rd_port, "/limited/", auth, None)
+            pids[name] = rd.pid
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
             for connections in [int(c) for c in args.connections.split(",")]:
