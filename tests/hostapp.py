@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
@@ -81,3 +82,9 @@ async def host_app() -> AsyncIterator[HostIdentity]:
         yield identity
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[HostIdentity]:
+    async with host_app() as identity:
+        yield identity

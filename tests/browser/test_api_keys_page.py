@@ -19,7 +19,7 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.conftest import ARTIFACTS
-from tests.hostapp import COOKIE, HostIdentity, host_app
+from tests.hostapp import COOKIE, HostIdentity, host
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -29,14 +29,9 @@ from tests.support import (
     unique,
 )
 
+__all__ = ["host"]  # a fixture
 PAGE = "/account/api-keys"
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[HostIdentity]:
-    async with host_app() as identity:
-        yield identity
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import jwt
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from tests.hostapp import COOKIE, HostIdentity, host_app
+from tests.hostapp import COOKIE, HostIdentity, host
 from tests.openapi import check_answer
 from tests.support import (
     RecordingUpstream,
@@ -30,18 +30,13 @@ from tests.support import (
     unique,
 )
 
+__all__ = ["host"]  # a fixture
 PAGE = "/account/api-keys"
 API = PAGE + "/v1"
 EXPECTED_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
     " img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[HostIdentity]:
-    async with host_app() as identity:
-        yield identity
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,10 @@ import pytest
 
 from gateway.appkeys import DECISIONS_ADDRESS
 from gateway.testing import free_port, stop
-from tests.support import ROOT, RecordingUpstream, RunningGateway, make_config, running_gateway
+from tests.e2e.test_decisions import gateway
+from tests.support import ROOT, RecordingUpstream, RunningGateway
+
+__all__ = ["gateway"]  # the decision listener's gateway, shared with the shape tests
 
 
 def readme_block(language: str) -> str:
@@ -37,17 +40,6 @@ class Front:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-async def gateway(
-    tmp_path: Path, database_url: str, upstream: RecordingUpstream
-) -> AsyncIterator[RunningGateway]:
-    config = make_config(
-        tmp_path, database_url, upstream.url, decisions={"enabled": True, "listen": {"port": 0}}
-    )
-    async with running_gateway(config) as running:
-        yield running
 
 
 def _addresses(gateway: RunningGateway, upstream: RecordingUpstream) -> dict[str, str]:
