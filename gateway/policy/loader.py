@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway.policy.ratelimits import BY_VALUES, RateLimit
+from gateway.policy.ratelimits import BY_VALUES, RateLimit, policy_header
 from gateway.policy.routing import ANY_METHOD, TAIL, Route, Router, conflicts
 from gateway.policy.scopes import Catalogue
 
@@ -133,7 +133,15 @@ def _with_limits(
         chosen = tuple(limits[n] for n in route.rate_limit_names if n in limits)
         if route.public and any(limit.by != "ip" for limit in chosen):
             unknown.append((route.source, "a public route has no key or user: only by: ip limits"))
-        resolved.append(dataclasses.replace(route, rate_limits=chosen))
+        resolved.append(
+            dataclasses.replace(
+                route,
+                rate_limits=chosen,
+                address_limits=tuple(limit for limit in chosen if limit.by == "ip"),
+                identity_limits=tuple(limit for limit in chosen if limit.by != "ip"),
+                rate_limit_policy=policy_header(chosen),
+            )
+        )
     return resolved, unknown
 
 

@@ -30,6 +30,10 @@ class Route:
     source: str  # "file:line", for errors and `policy explain`
     rate_limit_names: tuple[str, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()  # resolved from the names by the loader
+    # Derived from `rate_limits` once at load, not per request:
+    address_limits: tuple[RateLimit, ...] = ()  # by: ip, before authentication
+    identity_limits: tuple[RateLimit, ...] = ()  # by: key or user, after authorization
+    rate_limit_policy: str = ""  # the RateLimit-Policy header
     identity: str = "headers"  # headers | jwt | both (X-Gateway-Identity, §15)
 
     def allows(self, method: str) -> bool:

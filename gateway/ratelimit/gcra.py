@@ -8,15 +8,14 @@ now. A refused request changes nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.policy.ratelimits import RateLimit
 
 _EPSILON = 1e-9  # float slack, so exactly `burst` requests at one instant all fit
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: cheap to make once per limit per request
     limit: RateLimit
     allowed: bool
     remaining: int  # requests still admitted right now
@@ -41,18 +40,7 @@ def whole_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - _EPSILON))
 
 
-def policy_header(limits: tuple[RateLimit, ...]) -> str:
-    """`RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11): every limit of the route."""
-    return ", ".join(
-        f'"{limit.name}";q={limit.limit};w={_number(limit.per_seconds)}' for limit in limits
-    )
-
-
 def state_header(verdict: Verdict) -> str:
     """`RateLimit`: the limit closest to refusing, its remaining quota and reset."""
     seconds = verdict.retry_after if not verdict.allowed else verdict.reset
     return f'"{verdict.limit.name}";r={verdict.remaining};t={whole_seconds(seconds)}'
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if value == int(value) else repr(value)

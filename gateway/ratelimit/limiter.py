@@ -11,10 +11,9 @@ from typing import Protocol
 
 from gateway.keys.principal import Principal
 from gateway.observability.metrics import Metrics
-from gateway.policy.ratelimits import RateLimit
 from gateway.policy.routing import Route
 from gateway.problems import Problem
-from gateway.ratelimit.gcra import Verdict, policy_header, state_header, whole_seconds
+from gateway.ratelimit.gcra import Verdict, state_header, whole_seconds
 from gateway.ratelimit.local import Ask, LocalBackend
 from gateway.ratelimit.shared import BackendUnavailable
 
@@ -35,33 +34,31 @@ class RateLimiter:
     def __init__(self, backend: Backend, metrics: Metrics) -> None:
         self.backend = backend
         self._metrics = metrics
-        self._policies: dict[tuple[RateLimit, ...], str] = {}
+        # The local backend answers at once: no coroutine per request for it.
+        self._local = backend if isinstance(backend, LocalBackend) else None
 
     async def before_authentication(self, route: Route, client: str, state: LimitState) -> None:
-        await self._admit(
-            route, [(limit, client) for limit in route.rate_limits if limit.by == "ip"], state
-        )
+        state.headers["RateLimit-Policy"] = route.rate_limit_policy
+        if route.address_limits:
+            await self._admit([(limit, client) for limit in route.address_limits], state)
 
     async def after_authorization(
         self, route: Route, principal: Principal | None, state: LimitState
     ) -> None:
-        if principal is None:
+        if principal is None or not route.identity_limits:
             return
         asks = [
             (limit, principal.key_id if limit.by == "key" else principal.user_id)
-            for limit in route.rate_limits
-            if limit.by != "ip"
+            for limit in route.identity_limits
         ]
-        await self._admit(route, asks, state)
+        await self._admit(asks, state)
 
-    async def _admit(self, route: Route, asks: list[Ask], state: LimitState) -> None:
-        if not route.rate_limits:
-            return
-        state.headers["RateLimit-Policy"] = self._policy(route.rate_limits)
-        if not asks:
-            return
+    async def _admit(self, asks: list[Ask], state: LimitState) -> None:
         try:
-            verdicts = await self.backend.take(asks)
+            if self._local is not None:
+                verdicts = self._local.take_now(asks)
+            else:
+                verdicts = await self.backend.take(asks)
         except BackendUnavailable:
             raise Problem(
                 503,
@@ -70,7 +67,10 @@ class RateLimiter:
                 headers={"Retry-After": "1"},
             ) from None
         refused = [verdict for verdict in verdicts if not verdict.allowed]
-        closest = refused[0] if refused else min(verdicts, key=lambda v: v.remaining)
+        if refused:
+            closest = refused[0]
+        else:
+            closest = verdicts[0] if len(verdicts) == 1 else min(verdicts, key=_remaining)
         if state.closest is None or refused or closest.remaining < state.closest.remaining:
             state.closest = closest
             state.headers["RateLimit"] = state_header(closest)
@@ -85,13 +85,9 @@ class RateLimiter:
                 headers={"Retry-After": str(max(1, whole_seconds(worst.retry_after)))},
             )
 
-    def _policy(self, limits: tuple[RateLimit, ...]) -> str:
-        header = self._policies.get(limits)
-        if header is None:
-            if len(self._policies) > 10_000:
-                self._policies.clear()  # a reload storm of changing definitions
-            header = self._policies[limits] = policy_header(limits)
-        return header
+
+def _remaining(verdict: Verdict) -> int:
+    return verdict.remaining
 
 
 async def sweep_periodically(backend: LocalBackend, seconds: float = 1.0) -> None:

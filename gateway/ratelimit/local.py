@@ -29,6 +29,15 @@ class LocalBackend:
     def take_now(self, asks: Sequence[Ask]) -> list[Verdict]:
         """Admit (charging every limit) only if every limit admits; else charge nothing."""
         now = self._clock()
+        if len(asks) == 1:  # the common case, without the bookkeeping for several
+            limit, subject = asks[0]
+            key = (limit.identity, subject)
+            new_tat, verdict = decide(limit, self._tat.get(key), now)
+            if verdict.allowed:
+                self._tat[key] = new_tat
+                if len(self._tat) > self._max:
+                    self._make_room(now)
+            return [verdict]
         decided = []
         for limit, subject in asks:
             key = (limit.identity, subject)

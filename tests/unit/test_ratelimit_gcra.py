@@ -8,8 +8,8 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.policy.ratelimits import RateLimit
-from gateway.ratelimit.gcra import decide, policy_header, state_header, whole_seconds
+from gateway.policy.ratelimits import RateLimit, policy_header
+from gateway.ratelimit.gcra import decide, state_header, whole_seconds
 from gateway.ratelimit.local import LocalBackend
 
 
