@@ -36,11 +36,12 @@ from gateway.appkeys import (
     SCOPES,
     STORE,
 )
-from gateway.config import Config, ConfigError, DecisionListen, Listen
+from gateway.config import Config, ConfigError, DecisionListen
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider
+from gateway.edge.inbound import Lane
 from gateway.edge.listener import server
 from gateway.edge.pipeline import Pipeline
 from gateway.edge.record import Recorder
@@ -274,12 +275,29 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         self_service=self_service.from_config(config, app[POOL], session),
     )
     reuse_port = app[OPTIONS].reuse_port
-    runners = [await _listen(server(pipeline, config.limits), config.listen, reuse_port)]
-    app[PROXY_ADDRESS] = tuple(runners[0].addresses[0][:2])
+    # The listener's own server; connections it hands off go to aiohttp's.
+    handed_off = server(pipeline, config.limits)
+    lane = Lane(
+        pipeline.serve,
+        pipeline.hands_off,
+        handed_off,
+        header_timeout=config.limits.header_timeout_seconds,
+        max_header_bytes=config.limits.max_header_bytes,
+        new_request_id=recorder.ids.new,
+    )
+    proxy = await asyncio.get_running_loop().create_server(
+        lane.protocol,
+        config.listen.host,
+        config.listen.port,
+        reuse_port=reuse_port or None,
+        backlog=_BACKLOG,
+    )
+    app[PROXY_ADDRESS] = tuple(proxy.sockets[0].getsockname()[:2])
+    runners = []
     if config.decisions.enabled:
         decisions = server(DecisionEndpoints(decider, recorder), config.limits)
         runners.append(await _listen(decisions, config.decisions.listen, reuse_port))
-        app[DECISIONS_ADDRESS] = tuple(runners[1].addresses[0][:2])
+        app[DECISIONS_ADDRESS] = tuple(runners[0].addresses[0][:2])
         log.info("decision endpoints listening on %s:%s", *app[DECISIONS_ADDRESS])
     if options.freeze_gc:
         # Everything alive now lives as long as the process; leaving it to the
@@ -288,6 +306,10 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         gc.freeze()
     log.info("proxy listening on %s:%s", *app[PROXY_ADDRESS])
     yield
+    proxy.close()
+    handed_off.pre_shutdown()  # as aiohttp's runner does: idle connections close now
+    await lane.shutdown(_SHUTDOWN_SECONDS)
+    await handed_off.shutdown(_SHUTDOWN_SECONDS)
     for runner in runners:
         await runner.cleanup()
     for upstream in upstreams.values():
@@ -299,15 +321,19 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     flush_telemetry()
 
 
+# aiohttp's default backlog (128) drops connections in a burst before we ever
+# accept them, and the header deadline only starts at the accept.
+_BACKLOG = 1024
+_SHUTDOWN_SECONDS = 30.0  # for requests in flight when the process is told to stop
+
+
 async def _listen(
-    handler: web.Server, address: Listen | DecisionListen, reuse_port: bool
+    handler: web.Server, address: DecisionListen, reuse_port: bool
 ) -> web.ServerRunner:
-    runner = web.ServerRunner(handler, handle_signals=False)
+    runner = web.ServerRunner(handler, handle_signals=False, shutdown_timeout=_SHUTDOWN_SECONDS)
     await runner.setup()
-    # aiohttp's default backlog (128) drops connections in a burst before we ever
-    # accept them, and the header deadline only starts at the accept.
     site = web.TCPSite(
-        runner, address.host, address.port, reuse_port=reuse_port or None, backlog=1024
+        runner, address.host, address.port, reuse_port=reuse_port or None, backlog=_BACKLOG
     )
     await site.start()
     return runner

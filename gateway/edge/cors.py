@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import Cors as CorsSettings
+from gateway.edge.safety import Head
 from gateway.problems import Problem
 
 EXPOSE = "WWW-Authenticate, X-Request-Id"
@@ -26,7 +27,7 @@ class Cors:
     def allowed(self, origin: str | None) -> bool:
         return origin is not None and (self._any or origin in self._origins)
 
-    def headers(self, request: web.BaseRequest) -> dict[str, str]:
+    def headers(self, request: Head) -> dict[str, str]:
         """What every non-preflight response to this request carries."""
         if not self.enabled:
             return {}
@@ -40,7 +41,7 @@ class Cors:
             **VARY,
         }
 
-    def is_preflight(self, request: web.BaseRequest) -> bool:
+    def is_preflight(self, request: Head) -> bool:
         return (
             self.enabled
             and request.method == "OPTIONS"

@@ -4,6 +4,10 @@ safety → CORS → (gateway-owned paths) → match → authn → authz → forw
 Every stage either passes the request on or raises a `Problem`; this module
 turns problems into responses and records one access-log line per request.
 Match, authn and authz are `Decider.decide`, shared with the decision endpoints.
+
+Two entries: `serve` for a request on the listener's own server (`edge.inbound`),
+`__call__` for one on a connection handed to aiohttp's server — the paths the
+gateway answers itself and WebSocket upgrades (`hands_off` says which).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from gateway.edge import safety
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider, Decision, Outcome
+from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
+from gateway.forward import websocket
+from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity, peer_of
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.problems import Problem
 from gateway.selfservice.service import SelfService
@@ -55,6 +61,54 @@ class Pipeline:
         self._recorder = recorder
         self._max_header_bytes = max_header_bytes
         self._self_service = self_service
+
+    def hands_off(self, exchange: Exchange) -> bool:
+        """Whether aiohttp's server takes this connection: paths the gateway answers
+        itself, CORS preflights and WebSocket upgrades have aiohttp handlers."""
+        path = exchange.raw_path.partition("?")[0]
+        return (
+            path in (MINT_PATH, JWKS_PATH)
+            or (self._self_service is not None and self._self_service.owns(path))
+            or self._cors.is_preflight(exchange)
+            or websocket.is_upgrade(exchange.method, exchange.headers)
+        )
+
+    async def serve(self, exchange: Exchange) -> None:
+        """A request for a policy route on the listener's own server, answered on it."""
+        started = time.perf_counter()
+        rid = self._recorder.ids.for_request(exchange.headers)
+        outcome = Outcome()
+        timing: dict[str, float] = {}
+        cors = self._cors.headers(exchange)
+        try:
+            target = safety.check(exchange, self._max_header_bytes)
+            decision = await self._decider.decide(
+                exchange.method, target, exchange.headers, exchange.peer, outcome
+            )
+            upstream = self._upstreams[decision.route.upstream]
+            outcome.upstream = upstream.name
+            extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
+            identity = self._identity(decision, upstream.name)
+            await self._forwarder.relay(
+                exchange, target.raw, upstream, identity, rid, extra, timing
+            )
+        except Problem as problem:
+            outcome.reason = problem.slug
+            _refuse(exchange, problem, rid, {**cors, **outcome.limit_headers()})
+        except Exception:
+            log.exception("unexpected error (request_id %s)", rid)
+            outcome.reason = "internal-error"
+            failure = Problem(500, "internal-error", "the gateway failed to handle the request")
+            _refuse(exchange, failure, rid, cors)
+        self._recorder.record(
+            exchange.method,
+            exchange.raw_path,
+            rid,
+            exchange.status,
+            outcome,
+            started,
+            timing.get("upstream_ms"),
+        )
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -100,7 +154,7 @@ class Pipeline:
             owned.headers.update({"X-Request-Id": rid, **cors})
             return owned
         decision = await self._decider.decide(
-            request.method, target, request.headers, _client_address(request), outcome
+            request.method, target, request.headers, peer_of(request), outcome
         )
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
@@ -139,7 +193,10 @@ class Pipeline:
         return await self._tokens.mint(request, principal)
 
 
-def _client_address(request: web.BaseRequest) -> str:
-    """The peer's address: the gateway is the edge, so no forwarding header is believed."""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else ""
+def _refuse(exchange: Exchange, problem: Problem, rid: str, headers: dict[str, str]) -> None:
+    """Answer with the problem, unless the answer has begun: then only cutting the
+    connection tells the client its response is not whole."""
+    if exchange.started:
+        exchange.abort()
+    else:
+        exchange.problem(problem, rid, headers)

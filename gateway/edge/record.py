@@ -29,6 +29,9 @@ class RequestIds:
         incoming = headers.get("X-Request-Id")
         if incoming and _REQUEST_ID.fullmatch(incoming):
             return incoming
+        return self.new()
+
+    def new(self) -> str:
         return f"{self._prefix}{next(self._count):016x}"
 
 

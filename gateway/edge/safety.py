@@ -7,9 +7,11 @@ unambiguous and is the exact path sent upstream.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.policy.paths import split_path
 from gateway.problems import Problem, bad_request
@@ -26,7 +28,22 @@ class Target:
     segments: list[str]  # decoded, what the routes are matched against
 
 
-def check(request: web.BaseRequest, max_header_bytes: int) -> Target:
+class Head(Protocol):
+    """A request's head as the listener parsed it: aiohttp's request or an inbound `Exchange`."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...  # path and query, as received
+    @property
+    def version(self) -> tuple[int, int]: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+
+def check(request: Head, max_header_bytes: int) -> Target:
     """The request's target if it is safe to route; raises a 400/431 `Problem`."""
     check_message(request, max_header_bytes)
     return check_target(request.method, request.raw_path)
@@ -42,7 +59,7 @@ def check_target(method: str, raw: str) -> Target:
     return Target(raw, path, split_path(path))
 
 
-def check_message(request: web.BaseRequest, max_header_bytes: int) -> None:
+def check_message(request: Head, max_header_bytes: int) -> None:
     """Protocol, header size and framing: what only the listener itself can judge."""
     if request.version not in _VERSIONS:
         raise bad_request("bad-protocol", "only HTTP/1.0 and HTTP/1.1 are served")

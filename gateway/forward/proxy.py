@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +65,17 @@ class BodyTooLarge(Exception):
     pass
 
 
+class IncompleteBody(Exception):
+    """The client closed the connection before its request body ended."""
+
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    return b"".join(
+        b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("utf-8"))
+        for name, value in headers.items()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What the upstream is told about the caller: the `X-Gateway-*` headers, a signed
@@ -91,19 +103,24 @@ def request_headers(
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
             continue
         out.add(name, value)
-    for name, value in _added_headers(request, identity, request_id):
+    for name, value in _added_headers(peer_of(request), incoming, identity, request_id):
         out[name] = value
     return out
 
 
-def _added_headers(
-    request: web.BaseRequest, identity: Identity, request_id: str
-) -> list[tuple[str, str]]:
+def peer_of(request: web.BaseRequest) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else ""
+
+
+def _added_headers(
+    peer: str, headers: CIMultiDictProxy[str], identity: Identity, request_id: str
+) -> list[tuple[str, str]]:
+    # The listener speaks plain HTTP: TLS, when any, ends in front of the gateway.
     added = [
-        ("X-Forwarded-For", peer[0] if peer else "unknown"),
-        ("X-Forwarded-Proto", request.scheme),
-        ("X-Forwarded-Host", request.headers.get("Host", "")),
+        ("X-Forwarded-For", peer or "unknown"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", headers.get("Host", "")),
         ("X-Request-Id", request_id),
     ]
     principal = identity.principal
@@ -119,8 +136,20 @@ def _added_headers(
     return added
 
 
+class Incoming(Protocol):
+    """What forwarding reads of a request: aiohttp's request or a `Downstream`."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+
 def request_head(
-    request: web.BaseRequest,
+    request: Incoming,
+    peer: str,
     identity: Identity,
     request_id: str,
     upstream: UpstreamTarget,
@@ -133,12 +162,13 @@ def request_head(
     parts = [
         b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
     ]
-    named = _connection_tokens(request.headers)
+    headers = request.headers
+    named = _connection_tokens(headers)
     for name, value in request.raw_headers:
         if _never_forwarded(name) or (named and _folded(name) in named):
             continue
         parts += (name, b": ", value, b"\r\n")
-    for added, text in _added_headers(request, identity, request_id):
+    for added, text in _added_headers(peer, headers, identity, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
@@ -172,29 +202,113 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     )
 
 
-class _LimitedBody:
-    """The request body, streamed; stops the upload as soon as it crosses the limit."""
+class Downstream(Protocol):
+    """A client's request as the proxy listener's own server holds it (`edge.inbound.Exchange`):
+    its head, its body, and the connection the answer is written to."""
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
-        self._content = content
-        self._limit = limit
+    close_after: bool  # close the connection once this answer is written
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    @property
+    def method(self) -> str: ...
+    @property
+    def version(self) -> tuple[int, int]: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def body_exists(self) -> bool: ...
+    async def read_exactly(self, length: int) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def send_continue(self) -> None: ...
+    def head(
+        self, status: int, reason: bytes, header_lines: bytes, framing: bytes = b""
+    ) -> bytes: ...
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class _Body(Protocol):
+    """A request body as the forwarder reads it, from either listener."""
+
+    @property
+    def body_exists(self) -> bool: ...
+    async def read_exactly(self, length: int) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class _AiohttpBody:
+    """aiohttp's request body (connections handed to aiohttp's server) as a `_Body`."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.body_exists = request.body_exists
+
+    async def read_exactly(self, length: int) -> bytes:
+        try:
+            return await self._request.content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise IncompleteBody from None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._request.content.iter_chunked(CHUNK)
+
+
+def _limited(
+    chunks: Callable[[], AsyncIterator[bytes]], limit: int
+) -> Callable[[], AsyncIterator[bytes]]:
+    """The body, streamed; stops the upload as soon as it crosses the limit."""
+
+    async def limited() -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self._content.iter_chunked(CHUNK):
+        async for chunk in chunks():
             seen += len(chunk)
-            if seen > self._limit:
+            if seen > limit:
                 raise BodyTooLarge
             yield chunk
 
+    return limited
+
 
 class Forwarder:
-    """Streams requests to their upstream over the lean client's pooled connections;
-    WebSocket upgrades go to `websocket.relay` on aiohttp's client session."""
+    """Streams requests to their upstream over the lean client's pooled connections and
+    relays the answer: to a `Downstream` (the proxy listener's own server) or as
+    an aiohttp response (connections handed to aiohttp). WebSocket upgrades go to
+    `websocket.relay` on aiohttp's client session."""
 
     def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int) -> None:
         self._session = session
         self._max_body = max_body_bytes
+
+    async def relay(
+        self,
+        exchange: Downstream,
+        raw_target: str,
+        upstream: UpstreamTarget,
+        identity: Identity,
+        request_id: str,
+        extra: dict[str, str],
+        timing: dict[str, float],
+    ) -> None:
+        """Forward a request from the proxy listener's own server and answer it."""
+        length = exchange.content_length
+        self._check_length(length)
+        if _expects_continue(exchange.headers, exchange.version):
+            exchange.send_continue()
+        body, stream, framing = await self._body(exchange, exchange.method, length)
+        head = request_head(
+            exchange, exchange.peer, identity, request_id, upstream, raw_target, framing
+        )
+        answer = await self._send(upstream, head, exchange.method, body, stream, timing)
+        try:
+            await _relay_to_exchange(exchange, answer, extra, upstream.timeout_seconds)
+        finally:
+            answer.release()
 
     async def forward(
         self,
@@ -206,66 +320,86 @@ class Forwarder:
         extra: dict[str, str],
         timing: dict[str, float],
     ) -> web.StreamResponse:
-        if websocket.is_upgrade(request):
+        """Forward a request on a connection handed to aiohttp's server."""
+        if websocket.is_upgrade(request.method, request.headers):
             headers = request_headers(request, identity, request_id)
             return await websocket.relay(
                 self._session, request, raw_target, upstream, headers, extra
             )
         length = request.content_length
+        self._check_length(length)
+        if _expects_continue(request.headers, request.version):
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0  # the real response has not started
+        body, stream, framing = await self._body(_AiohttpBody(request), request.method, length)
+        head = request_head(
+            request, peer_of(request), identity, request_id, upstream, raw_target, framing
+        )
+        answer = await self._send(upstream, head, request.method, body, stream, timing)
+        try:
+            return await _relay(request, answer, extra, upstream.timeout_seconds)
+        finally:
+            answer.release()
+
+    def _check_length(self, length: int | None) -> None:
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
-        await _continue(request)
-        body, stream, framing = await self._body(request, length)
-        head = request_head(request, identity, request_id, upstream, raw_target, framing)
+
+    async def _send(
+        self,
+        upstream: UpstreamTarget,
+        head: bytes,
+        method: str,
+        body: bytes,
+        stream: Stream | None,
+        timing: dict[str, float],
+    ) -> Answer:
         started = time.perf_counter()
         try:
-            answer = await upstream.pool.send(
+            return await upstream.pool.send(
                 head,
-                method=request.method.encode(),
+                method=method.encode(),
                 body=body,
                 stream=stream,
                 header_timeout=upstream.timeout_seconds,
             )
         except (UpstreamError, BodyTooLarge) as exc:
             raise _failure(exc) from None
-        except (ConnectionError, aiohttp.ClientPayloadError):
+        except (ConnectionError, IncompleteBody, aiohttp.ClientPayloadError):
             # The client went away in the middle of its upload; nobody reads this answer.
             raise Problem(400, "incomplete-body", "the request body ended early") from None
         finally:
             timing["upstream_ms"] = (time.perf_counter() - started) * 1000
-        try:
-            return await _relay(request, answer, extra, upstream.timeout_seconds)
-        finally:
-            answer.release()
 
     async def _body(
-        self, request: web.BaseRequest, length: int | None
+        self, source: _Body, method: str, length: int | None
     ) -> tuple[bytes, Stream | None, bytes]:
         """(a small body to send with the head, or a stream; the framing header)."""
-        if not request.body_exists:
-            empty = request.method in _BODY_METHODS
-            return b"", None, b"Content-Length: 0\r\n" if empty else b""
+        if not source.body_exists:
+            return b"", None, b"Content-Length: 0\r\n" if method in _BODY_METHODS else b""
         if length is not None and length <= CHUNK:
             try:
-                body = await request.content.readexactly(length)
-            except asyncio.IncompleteReadError:
+                body = await source.read_exactly(length)
+            except IncompleteBody:
                 raise Problem(400, "incomplete-body", "the request body ended early") from None
             return body, None, b"Content-Length: %d\r\n" % length
-        limited = _LimitedBody(request.content, self._max_body)
+        limited = _limited(source.chunks, self._max_body)
         if length is not None:
-            return b"", Stream(limited.chunks, chunked=False), b"Content-Length: %d\r\n" % length
-        return b"", Stream(limited.chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
+            return b"", Stream(limited, chunked=False), b"Content-Length: %d\r\n" % length
+        return b"", Stream(limited, chunked=True), b"Transfer-Encoding: chunked\r\n"
 
 
-async def _continue(request: web.BaseRequest) -> None:
-    """Tell a client waiting on `Expect: 100-continue` to send its body (as aiohttp's router would)."""
-    expect = request.headers.get("Expect")
-    if expect is None or request.version != (1, 1):
-        return
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _expects_continue(headers: CIMultiDictProxy[str], version: tuple[int, int]) -> bool:
+    """Whether a client waits on `Expect: 100-continue` (told to send once authorised)."""
+    expect = headers.get("Expect")
+    if expect is None or version != (1, 1):
+        return False
     if expect.lower() != "100-continue":
         raise Problem(417, "expectation-failed", "only Expect: 100-continue is supported")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the real response has not started
+    return True
 
 
 def _failure(exc: Exception) -> Problem:
@@ -274,6 +408,51 @@ def _failure(exc: Exception) -> Problem:
     if isinstance(exc, UpstreamTimeout):
         return Problem(504, "upstream-timeout", "the upstream timed out")
     return Problem(502, "upstream-unreachable", "the upstream failed")
+
+
+async def _relay_to_exchange(
+    exchange: Downstream, answer: Answer, extra: dict[str, str], seconds: float
+) -> None:
+    lines = b"".join(_kept_response_lines(answer)) + encode_headers(extra)
+    status, reason, length = answer.status, answer.reason.encode("latin-1"), answer.content_length
+    if exchange.method == "HEAD" or status in _BODILESS:
+        # No body follows, whatever Content-Length says (for HEAD it describes a GET).
+        framing = b""
+        if length is not None and exchange.method == "HEAD":
+            framing = b"Content-Length: %d\r\n" % length
+        exchange.write(exchange.head(status, reason, lines, framing))
+        return
+    if length is not None and length <= CHUNK:
+        # One chunk at most: headers and body in one write.
+        try:
+            body = await answer.read_all(seconds)
+        except UpstreamError as exc:
+            raise _failure(exc) from None
+        framing = b"Content-Length: %d\r\n" % len(body)
+        exchange.write(exchange.head(status, reason, lines, framing) + body)
+        return
+    chunked = length is None and exchange.version >= (1, 1)
+    if length is not None:
+        framing = b"Content-Length: %d\r\n" % length
+    elif chunked:
+        framing = b"Transfer-Encoding: chunked\r\n"
+    else:
+        framing = b""  # an HTTP/1.0 client: the body ends with the connection
+        exchange.close_after = True
+    exchange.write(exchange.head(status, reason, lines, framing))
+    try:
+        while chunk := await answer.next_chunk(seconds):
+            exchange.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await exchange.drain()
+    except UpstreamError:
+        # The status is already sent: cutting the connection is the only honest
+        # signal left, so the client cannot mistake a truncated body for a whole one.
+        exchange.abort()
+        return
+    except ConnectionError:
+        return  # the client left; the unread answer closes its upstream connection
+    if chunked:
+        exchange.write(b"0\r\n\r\n")
 
 
 async def _relay(
@@ -290,8 +469,7 @@ async def _relay(
         await response.write_eof()
         return response
     if length is not None and length <= CHUNK:
-        # One chunk at most: read it, then answer with headers and body in one
-        # write. Streaming it would cost two more system calls per response.
+        # One chunk at most: read it, then answer with headers and body in one write.
         try:
             body = await answer.read_all(seconds)
         except UpstreamError as exc:
@@ -305,8 +483,7 @@ async def _relay(
         while chunk := await answer.next_chunk(seconds):
             await response.write(chunk)
     except UpstreamError:
-        # The status is already sent: cutting the connection is the only honest
-        # signal left, so the client cannot mistake a truncated body for a whole one.
+        # As in _relay_to_exchange: a truncated body must not look whole.
         if request.transport is not None:
             request.transport.abort()
         return response
@@ -314,19 +491,24 @@ async def _relay(
     return response
 
 
-def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:
+def _kept_response_lines(answer: Answer) -> Iterator[bytes]:
+    """The upstream's response header lines that travel on: no hop-by-hop header, none
+    its `Connection` names, no framing (the gateway frames the body itself)."""
     named = {
         token.strip().lower().replace("_", "-")
         for name, value in answer.headers
         if name.lower() == b"connection"
         for token in value.decode("latin-1").split(",")
     }
-    headers: CIMultiDict[str] = CIMultiDict(
-        [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in answer.headers
-            if not _dropped_from_response(name) and not (named and _folded(name) in named)
-        ]
-    )
+    for name, value in answer.headers:
+        if not _dropped_from_response(name) and not (named and _folded(name) in named):
+            yield b"%b: %b\r\n" % (name, value)
+
+
+def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in _kept_response_lines(answer):
+        name, _, value = line[:-2].partition(b": ")
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
     headers.update(extra)
     return headers

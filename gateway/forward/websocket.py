@@ -9,7 +9,7 @@ import contextlib
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.forward.upstreams import UpstreamTarget
@@ -19,8 +19,8 @@ from gateway.problems import Problem
 _HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions")
 
 
-def is_upgrade(request: web.BaseRequest) -> bool:
-    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+def is_upgrade(method: str, headers: CIMultiDictProxy[str]) -> bool:
+    return method == "GET" and headers.get("Upgrade", "").lower() == "websocket"
 
 
 async def relay(
