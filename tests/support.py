@@ -45,8 +45,8 @@ class RecordingUpstream:
 
     received: list[Received] = field(default_factory=list)
     url: str = ""
-    # Per-path behaviour: "stall" (never answer), "slow-body", "reset", "big:<n>".
-    delay_seconds: float = 0.0
+    # Per-path behaviour: "stall" (never answer), "slow-body", "reset", "big/<n>",
+    # "chunked/<n>" (no Content-Length), "delay/<seconds>", "no-content", "echo-body", "hop".
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -64,6 +64,8 @@ class RecordingUpstream:
         path = request.path
         if path.startswith("/stall"):
             await asyncio.sleep(3600)
+        if path.startswith("/delay/"):
+            await asyncio.sleep(float(path.rsplit("/", 1)[1]))
         if path.startswith("/reset"):
             assert request.transport is not None
             request.transport.abort()
@@ -76,6 +78,8 @@ class RecordingUpstream:
             return response
         if path.startswith("/big/"):
             return await _stream(request, _pattern(int(path.rsplit("/", 1)[1])))
+        if path.startswith("/chunked/"):
+            return await _stream(request, _pattern(int(path.rsplit("/", 1)[1])), sized=False)
         if path.endswith("/no-content"):
             return web.Response(status=204, headers={"X-Upstream": "yes"})
         if path.startswith("/echo-body"):
@@ -109,9 +113,11 @@ class RecordingUpstream:
         return sum(1 for r in self.received if r.raw_path.startswith(path_prefix))
 
 
-async def _stream(request: web.Request, data: bytes) -> web.StreamResponse:
+async def _stream(request: web.Request, data: bytes, sized: bool = True) -> web.StreamResponse:
+    """`data` in 64 KiB writes; with a Content-Length, else chunked."""
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = len(data)
+    if sized:
+        response.content_length = len(data)
     await response.prepare(request)
     for start in range(0, len(data), 65536):
         await response.write(data[start : start + 65536])

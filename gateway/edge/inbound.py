@@ -187,6 +187,8 @@ class Exchange:
         """The response head: status line, the given header lines (each ending in CRLF),
         `Date` unless given, this connection's `Connection` header, then `framing`."""
         self.status = status
+        if not self.body_complete:
+            self.close_after = True  # its unread rest must not be taken for a request
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), header_lines]
         if b"\ndate:" not in b"\n" + header_lines.lower():
             parts.append(b"Date: %b\r\n" % http_date())
@@ -280,6 +282,7 @@ class InboundConnection(asyncio.Protocol):
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_done = False
+        self._keep_alive = True
         self._message_done = False
         self._deadline: asyncio.TimerHandle | None = None
         self._paused = False
@@ -344,6 +347,8 @@ class InboundConnection(asyncio.Protocol):
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # Read now: llhttp resets its flags once a message without a body completes.
+        self._keep_alive = self._parser.should_keep_alive()
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -396,7 +401,7 @@ class InboundConnection(asyncio.Protocol):
             self._url.decode("latin-1"),
             _version(parser.get_http_version()),
             self._raw_headers,
-            parser.should_keep_alive(),
+            self._keep_alive,
         )
         if upgrade or self._lane.hands_off(exchange):
             self._hand_off()

@@ -494,15 +494,22 @@ async def _relay(
 def _kept_response_lines(answer: Answer) -> Iterator[bytes]:
     """The upstream's response header lines that travel on: no hop-by-hop header, none
     its `Connection` names, no framing (the gateway frames the body itself)."""
-    named = {
-        token.strip().lower().replace("_", "-")
-        for name, value in answer.headers
-        if name.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
+    named = _connection_named(answer.headers)
     for name, value in answer.headers:
         if not _dropped_from_response(name) and not (named and _folded(name) in named):
             yield b"%b: %b\r\n" % (name, value)
+
+
+def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
+    """The header names a response's `Connection` header lists (hop-by-hop by name)."""
+    values = [value for name, value in headers if _folded(name) == "connection"]
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower().replace("_", "-")
+        for value in values
+        for token in value.decode("latin-1").split(",")
+    )
 
 
 def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:

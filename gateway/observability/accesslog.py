@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
 
 
 def _printable(value: Any) -> Any:
@@ -20,21 +20,26 @@ def _printable(value: Any) -> Any:
     return value
 
 
-FIELDS = (
-    "time",
-    "request_id",
-    "method",
-    "path",
-    "route",
-    "status",
-    "duration_ms",
-    "user_id",
-    "key_id",
-    "upstream",
-    "upstream_ms",
-    "reason",
-    "endpoint",  # proxy, or the decision endpoint asked (auth-request, forward-auth, ext-authz)
-)
+class _Line(msgspec.Struct):
+    """One access-log line, its fields in order (a struct: msgspec encodes a batch of
+    them in one call, several times faster than a dict per line)."""
+
+    time: float
+    request_id: str
+    method: str
+    path: str
+    route: str
+    status: int
+    duration_ms: float
+    user_id: str | None
+    key_id: str | None
+    upstream: str | None
+    upstream_ms: float | None
+    reason: str | None
+    endpoint: str  # proxy, or the decision endpoint asked (auth-request, forward-auth, ext-authz)
+
+
+FIELDS: tuple[str, ...] = _Line.__struct_fields__
 
 
 class AccessLog:
@@ -58,19 +63,24 @@ class AccessLog:
         batch, self._pending = self._pending, []
         lines = [_line(values) for values in batch]
         try:
-            self._stream.write(b"\n".join(lines) + b"\n")
+            encoded = _encoder.encode_lines(lines)
+        except UnicodeEncodeError:
+            # A raw request line may carry undecodable bytes (kept as surrogates).
+            encoded = b"".join(_encoder.encode(_printable_line(line)) + b"\n" for line in lines)
+        try:
+            self._stream.write(encoded)
             self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout gone (closed pipe): serving matters more than logging
 
 
-def _line(values: tuple[Any, ...]) -> bytes:
-    record = dict(zip(FIELDS, values, strict=True))
-    for key in ("duration_ms", "upstream_ms"):
-        if record[key] is not None:
-            record[key] = round(record[key], 3)
-    try:
-        return _encode(record)
-    except UnicodeEncodeError:
-        # A raw request line may carry undecodable bytes (kept as surrogates).
-        return _encode({k: _printable(v) for k, v in record.items()})
+def _line(values: tuple[Any, ...]) -> _Line:
+    line = _Line(*values)
+    line.duration_ms = round(line.duration_ms, 3)
+    if line.upstream_ms is not None:
+        line.upstream_ms = round(line.upstream_ms, 3)
+    return line
+
+
+def _printable_line(line: _Line) -> dict[str, Any]:
+    return {name: _printable(getattr(line, name)) for name in FIELDS}
