@@ -31,6 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.forward.proxy import IncompleteBody, encode_headers
 from gateway.problems import CONTENT_TYPE, Problem
+from gateway.timers import Deadline
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
@@ -284,7 +285,7 @@ class InboundConnection(asyncio.Protocol):
         self._head_done = False
         self._keep_alive = True
         self._message_done = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self._loop, self._expire)
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writable = True
@@ -304,7 +305,7 @@ class InboundConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._lane.connections.discard(self)
-        self._cancel_deadline()
+        self._deadline.stop()
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
@@ -325,11 +326,11 @@ class InboundConnection(asyncio.Protocol):
             return  # answering the last request this connection gets
         if self._reading_body:
             self._feed_body(data)
+        elif self._exchange is None:
+            self._next_request(self._take_buffer() + data if self._buffer else data)
         else:
             self._buffer += data
-            if self._exchange is None:
-                self._next_request()
-            elif len(self._buffer) > self._lane.max_header_bytes:
+            if len(self._buffer) > self._lane.max_header_bytes:
                 self.pause_reading()  # pipelined requests wait their turn, bounded
 
     # --- httptools callbacks -------------------------------------------------------------
@@ -363,36 +364,38 @@ class InboundConnection(asyncio.Protocol):
 
     # --- parsing -----------------------------------------------------------------------
 
-    def _next_request(self) -> None:
-        """Parse the next head in the buffer, if whole, and start serving it.
+    def _next_request(self, pending: bytes) -> None:
+        """Parse the head at the start of `pending`, if whole, and start serving it.
 
-        Only the head's own bytes go to the parser, so where the request starts in
-        the buffer is known: a hand-off passes aiohttp the bytes exactly as received.
+        Only the head's own bytes go to the parser, so where the request starts is
+        known: a hand-off passes aiohttp the bytes exactly as received.
         """
-        while self._exchange is None and not self._closing:
-            end = self._buffer.find(b"\r\n\r\n")
+        while not self._closing:
+            end = pending.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > self._lane.max_header_bytes + 4:
+                if len(pending) > self._lane.max_header_bytes + 4:
                     self._refuse_head(
                         Problem(431, "headers-too-large", "the request headers are too large")
                     )
+                else:
+                    self._buffer += pending
                 return
             head_end = end + 4
             self._head_done = self._message_done = False
             upgrade = False
             try:
-                self._parser.feed_data(bytes(self._buffer[:head_end]))
+                self._parser.feed_data(pending[:head_end])  # no copy when it is all of it
             except httptools.HttpParserUpgrade:
                 upgrade = True
             except httptools.HttpParserError:
                 self._refuse_head(Problem(400, "bad-request", "the request could not be parsed"))
                 return
-            if not self._head_done:
-                del self._buffer[:head_end]  # empty lines before a request line
-                continue
-            self._start(head_end, upgrade)
+            if self._head_done:
+                self._start(pending, head_end, upgrade)
+                return
+            pending = pending[head_end:]  # empty lines before a request line
 
-    def _start(self, head_end: int, upgrade: bool) -> None:
+    def _start(self, pending: bytes, head_end: int, upgrade: bool) -> None:
         self._cancel_deadline()
         parser = self._parser
         exchange = Exchange(
@@ -404,17 +407,17 @@ class InboundConnection(asyncio.Protocol):
             self._keep_alive,
         )
         if upgrade or self._lane.hands_off(exchange):
-            self._hand_off()
+            self._hand_off(pending)
             return
         length = _content_length(self._raw_headers)
         exchange.content_length = length
         exchange.chunked = not self._message_done and length is None
-        rest = bytes(self._buffer[head_end:])
-        self._buffer.clear()
+        rest = pending[head_end:]
         self._exchange = exchange
         if self._message_done:
             exchange._end_body()
-            self._buffer += rest
+            if rest:
+                self._buffer += rest
         else:
             self._reading_body = True
             self._remaining = length
@@ -452,14 +455,18 @@ class InboundConnection(asyncio.Protocol):
         self._buffer.clear()
         self._closing = True
 
-    def _hand_off(self) -> None:
+    def _take_buffer(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def _hand_off(self, data: bytes) -> None:
         """Give the connection, with the bytes of this request on, to aiohttp's server."""
         transport = self._transport
         assert transport is not None
         self._lane.connections.discard(self)
+        self._deadline.stop()
         self._closing = True
-        data = bytes(self._buffer)
-        self._buffer.clear()
         handler = self._lane.fallback()
         transport.set_protocol(handler)
         if self._paused:
@@ -500,7 +507,7 @@ class InboundConnection(asyncio.Protocol):
         self.resume_reading()
         self._arm_deadline()
         if self._buffer:
-            self._next_request()
+            self._next_request(self._take_buffer())
 
     # --- writing and flow control --------------------------------------------------------
 
@@ -539,22 +546,24 @@ class InboundConnection(asyncio.Protocol):
     # --- the header deadline ---------------------------------------------------------------
 
     def _arm_deadline(self) -> None:
-        self._cancel_deadline()
-        self._deadline = self._loop.call_later(self._lane.header_timeout, self._expire)
+        self._deadline.set(self._lane.header_timeout)
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline.clear()
 
     def _expire(self) -> None:
-        self._deadline = None
         if self._exchange is None and self._transport is not None:
             self._closing = True
             self._transport.close()
 
 
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+
+
 def _version(text: str) -> tuple[int, int]:
+    known = _VERSIONS.get(text)
+    if known is not None:
+        return known
     major, _, minor = text.partition(".")
     return int(major), int(minor or 0)
 

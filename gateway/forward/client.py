@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.timers import Deadline
+
 IDLE_SECONDS = 30.0
 MAX_IDLE = 128
 HIGH_WATER = 256 * 1024
@@ -119,7 +121,9 @@ class Answer:
         return None
 
     async def wait_headers(self, seconds: float) -> None:
-        await _within(self._loop, self.headers_ready, seconds)
+        if not self.headers_ready.done():
+            await _within(self._loop, self.headers_ready, seconds)
+        self.headers_ready.result()  # raises what failed it
 
     async def next_chunk(self, seconds: float) -> bytes:
         """The next piece of the body; b"" once it is complete."""
@@ -137,6 +141,12 @@ class Answer:
         return chunk
 
     async def read_all(self, seconds: float) -> bytes:
+        if self.complete and self.error is None:
+            # Usually so for a small answer: it arrived with its headers.
+            body = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return body
         parts = []
         while chunk := await self.next_chunk(seconds):
             parts.append(chunk)
@@ -174,7 +184,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._writable: asyncio.Event = asyncio.Event()
         self._writable.set()
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle = Deadline(asyncio.get_running_loop(), self.close)  # while pooled
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -269,12 +279,19 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def write(self, data: bytes) -> None:
+    def write_now(self, data: bytes) -> bool:
+        """Write; False when the upstream's socket buffer is full (then await `writable`)."""
         if self.closed or self.transport is None:
             raise _Retry() if not (self.answer and self.answer.started) else UpstreamError("closed")
         self.transport.write(data)
-        if not self._writable.is_set():
-            await self._writable.wait()
+        return self._writable.is_set()
+
+    async def write(self, data: bytes) -> None:
+        if not self.write_now(data):
+            await self.writable()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
 
     def done_with(self, answer: Answer) -> None:
         self.answer = None
@@ -286,8 +303,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self.idle.stop()
         if self.transport is not None:
             self.transport.close()
 
@@ -337,7 +353,8 @@ class Pool:
             answer = Answer(connection, method == b"HEAD")
             connection.answer = answer
             try:
-                await connection.write(head + body)
+                if not connection.write_now(head + body):
+                    await connection.writable()
                 if stream is not None:
                     await _send_stream(connection, stream)
                 await answer.wait_headers(header_timeout)
@@ -355,8 +372,7 @@ class Pool:
     async def _acquire(self) -> tuple[_Connection, bool]:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: likeliest alive
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
+            connection.idle.clear()
             if not connection.closed:
                 return connection, True
         return await self._connect(), False
@@ -384,8 +400,7 @@ class Pool:
         if len(self._idle) >= MAX_IDLE:
             connection.close()
             return
-        loop = asyncio.get_running_loop()
-        connection.idle_timer = loop.call_later(self._idle_seconds, connection.close)
+        connection.idle.set(self._idle_seconds)
         self._idle.append(connection)
 
     def close(self) -> None:

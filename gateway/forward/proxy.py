@@ -70,10 +70,11 @@ class IncompleteBody(Exception):
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
-    return b"".join(
-        b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("utf-8"))
-        for name, value in headers.items()
-    )
+    """Header lines, each ending in CRLF (values as UTF-8, as aiohttp writes them)."""
+    lines = ""
+    for name, value in headers.items():
+        lines += name + ": " + value + "\r\n"
+    return lines.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,10 @@ class Forwarder:
         self._check_length(length)
         if _expects_continue(exchange.headers, exchange.version):
             exchange.send_continue()
-        body, stream, framing = await self._body(exchange, exchange.method, length)
+        if exchange.body_exists:
+            body, stream, framing = await self._body(exchange, exchange.method, length)
+        else:
+            body, stream, framing = b"", None, _empty_framing(exchange.method)
         head = request_head(
             exchange, exchange.peer, identity, request_id, upstream, raw_target, framing
         )
@@ -376,7 +380,7 @@ class Forwarder:
     ) -> tuple[bytes, Stream | None, bytes]:
         """(a small body to send with the head, or a stream; the framing header)."""
         if not source.body_exists:
-            return b"", None, b"Content-Length: 0\r\n" if method in _BODY_METHODS else b""
+            return b"", None, _empty_framing(method)
         if length is not None and length <= CHUNK:
             try:
                 body = await source.read_exactly(length)
@@ -390,6 +394,11 @@ class Forwarder:
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _empty_framing(method: str) -> bytes:
+    """A method that normally carries a body says it has none."""
+    return b"Content-Length: 0\r\n" if method in _BODY_METHODS else b""
 
 
 def _expects_continue(headers: CIMultiDictProxy[str], version: tuple[int, int]) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-FOUNDATION = frozenset({"config", "problems", "database", "jsonbody", "timestamps"})
+FOUNDATION = frozenset({"config", "problems", "database", "jsonbody", "timestamps", "timers"})
 BELOW_EDGE = FOUNDATION | {
     "observability",
     "policy",
@@ -31,6 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "database": frozenset({"config"}),
     "jsonbody": frozenset({"problems"}),
     "timestamps": frozenset(),
+    "timers": frozenset(),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
