@@ -122,7 +122,7 @@ class Answer:
 
     async def wait_headers(self, seconds: float) -> None:
         if not self.headers_ready.done():
-            await _within(self._loop, self.headers_ready, seconds)
+            await self._within(self.headers_ready, seconds)
         self.headers_ready.result()  # raises what failed it
 
     async def next_chunk(self, seconds: float) -> bytes:
@@ -133,7 +133,7 @@ class Answer:
             if self.complete:
                 return b""
             self._waiter = self._loop.create_future()
-            await _within(self._loop, self._waiter, seconds)
+            await self._within(self._waiter, seconds)
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._buffered < LOW_WATER:
@@ -156,21 +156,14 @@ class Answer:
         """Hand the connection back: pooled if the answer was read whole and may be kept."""
         self._connection.done_with(self)
 
-
-async def _within(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], seconds: float
-) -> None:
-    # A timer on the future itself: cheaper than wait_for's task per await.
-    handle = loop.call_later(seconds, _expire, future)
-    try:
-        await future
-    finally:
-        handle.cancel()
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeout("upstream timed out"))
+    async def _within(self, future: asyncio.Future[None], seconds: float) -> None:
+        # The connection's own deadline, moved per wait: no loop timer per request.
+        patience = self._connection.patience
+        patience.set(seconds)
+        try:
+            await future
+        finally:
+            patience.clear()
 
 
 class _Connection(asyncio.Protocol):
@@ -184,7 +177,9 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._writable: asyncio.Event = asyncio.Event()
         self._writable.set()
-        self.idle = Deadline(asyncio.get_running_loop(), self.close)  # while pooled
+        loop = asyncio.get_running_loop()
+        self.idle = Deadline(loop, self.close)  # while pooled
+        self.patience = Deadline(loop, self._timed_out)  # while waiting on the upstream
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -301,9 +296,14 @@ class _Connection(asyncio.Protocol):
         else:
             self.close()
 
+    def _timed_out(self) -> None:
+        if self.answer is not None:
+            self.answer.fail(UpstreamTimeout("upstream timed out"))
+
     def close(self) -> None:
         self.closed = True
         self.idle.stop()
+        self.patience.stop()
         if self.transport is not None:
             self.transport.close()
 

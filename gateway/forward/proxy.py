@@ -511,13 +511,20 @@ def _kept_response_lines(answer: Answer) -> Iterator[bytes]:
 
 def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
     """The header names a response's `Connection` header lists (hop-by-hop by name)."""
-    values = [value for name, value in headers if _folded(name) == "connection"]
-    if not values:
-        return frozenset()
+    named: frozenset[str] = frozenset()
+    for name, value in headers:
+        if _folded(name) == "connection":
+            named |= _listed(value)
+    return named
+
+
+# Cached per value: an upstream sends the same one ("keep-alive") on every answer.
+@functools.lru_cache(maxsize=256)
+def _listed(value: bytes) -> frozenset[str]:
     return frozenset(
         token.strip().lower().replace("_", "-")
-        for value in values
         for token in value.decode("latin-1").split(",")
+        if token.strip()
     )
 
 
