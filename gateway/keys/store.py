@@ -198,6 +198,10 @@ class KeyStore:
             return found  # type: ignore[no-any-return]
         return await self._members.fill(user_id, lambda: self._load_memberships(user_id))
 
+    def cached_entries(self) -> int:
+        caches = (self._by_hash, self._by_id, self._unknown, self._members)
+        return sum(len(cache.entries) for cache in caches)
+
     def touch(self, key_id: str) -> None:
         """Note a use; `flush_last_used` writes them in one batch."""
         self.last_used[key_id] = self._clock()
