@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
@@ -33,6 +34,7 @@ from gateway.forward.proxy import IncompleteBody, encode_headers
 from gateway.problems import CONTENT_TYPE, Problem
 from gateway.timers import Deadline
 
+log = logging.getLogger("gateway.inbound")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
 LOW_WATER = 64 * 1024
@@ -490,6 +492,11 @@ class InboundConnection(asyncio.Protocol):
     async def _serve(self, exchange: Exchange) -> None:
         try:
             await self._lane.serve(exchange)
+        except Exception:
+            # The pipeline answers its own failures; this is the last guard, so that
+            # a client never waits on a connection nobody serves any more.
+            log.exception("unexpected error serving a request")
+            exchange.abort()
         finally:
             self._finished(exchange)
 

@@ -70,11 +70,12 @@ class IncompleteBody(Exception):
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
-    """Header lines, each ending in CRLF (values as UTF-8, as aiohttp writes them)."""
+    """Header lines, each ending in CRLF. Values as UTF-8; a value echoed from the
+    request (a CORS origin) goes back as the bytes it came as."""
     lines = ""
     for name, value in headers.items():
         lines += name + ": " + value + "\r\n"
-    return lines.encode()
+    return lines.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,3 +268,21 @@ async def test_a_request_in_flight_finishes_when_the_gateway_stops(
         response = await pending
         assert response.status == 200
         response.release()
+
+
+async def test_an_echoed_origin_goes_back_as_the_bytes_it_came_as(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    policies = routes_dir(tmp_path, ROUTES)
+    config = make_config(
+        tmp_path, database_url, upstream.url, policies=policies, cors={"allow_origins": ["*"]}
+    )
+    async with running_gateway(config) as gateway:
+        request = b"GET /open/x HTTP/1.1\r\nHost: x\r\nOrigin: http://\xff.example\r\n"
+        for path in (b"/open/x", b"/nowhere"):  # forwarded, and refused (404)
+            data = request.replace(b"/open/x", path) + b"Connection: close\r\n\r\n"
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(gateway))
+            writer.write(data)
+            answer = await asyncio.wait_for(reader.read(), 3)
+            writer.close()
+            assert b"\r\nAccess-Control-Allow-Origin: http://\xff.example\r\n" in answer

@@ -1,7 +1,9 @@
 """≥ 200 malformed and smuggling requests over raw sockets: 0 forwarded, 0 2xx.
 
-Run against the gateway in this process (aiohttp's C parser) and against a
-`gateway serve` subprocess started with AIOHTTP_NO_EXTENSIONS=1 (the Python parser).
+Run against the gateway in this process and against a `gateway serve` subprocess
+started with AIOHTTP_NO_EXTENSIONS=1. The proxy listener parses with llhttp
+(`edge.inbound`) in both; aiohttp's parser (C, or pure Python in the subprocess)
+reads only connections handed over after llhttp accepted a head.
 """
 
 from __future__ import annotations
