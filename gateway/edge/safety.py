@@ -7,12 +7,10 @@ unambiguous and is the exact path sent upstream.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from multidict import CIMultiDictProxy
-
+from gateway.forward.proxy import Incoming
 from gateway.policy.paths import split_path
 from gateway.problems import Problem, bad_request
 
@@ -28,19 +26,13 @@ class Target:
     segments: list[str]  # decoded, what the routes are matched against
 
 
-class Head(Protocol):
+class Head(Incoming, Protocol):
     """A request's head as the listener parsed it: aiohttp's request or an inbound `Exchange`."""
 
-    @property
-    def method(self) -> str: ...
     @property
     def raw_path(self) -> str: ...  # path and query, as received
     @property
     def version(self) -> tuple[int, int]: ...
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
 
 
 def check(request: Head, max_header_bytes: int) -> Target:

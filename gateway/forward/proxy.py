@@ -204,20 +204,14 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     )
 
 
-class Downstream(Protocol):
+class Downstream(Incoming, Protocol):
     """A client's request as the proxy listener's own server holds it (`edge.inbound.Exchange`):
     its head, its body, and the connection the answer is written to."""
 
     close_after: bool  # close the connection once this answer is written
 
     @property
-    def method(self) -> str: ...
-    @property
     def version(self) -> tuple[int, int]: ...
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
     @property
     def peer(self) -> str: ...
     @property
