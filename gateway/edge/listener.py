@@ -1,4 +1,5 @@
-"""The proxy listener: aiohttp's low-level server with our protocol limits.
+"""aiohttp's low-level server with our protocol limits: the decision listener, and
+proxy connections `edge.inbound` hands over (owned paths, preflights, upgrades).
 
 aiohttp answers parser errors in text/plain and calls an over-long header line
 a 400; here they are problem+json, and header size is a 431. The keep-alive
