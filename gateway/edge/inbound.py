@@ -280,6 +280,9 @@ class InboundConnection(asyncio.Protocol):
         self.peer = ""
         self._buffer = bytearray()
         self._exchange: Exchange | None = None  # the request being served
+        self._next: Exchange | None = None  # for the connection's task to serve next
+        self._task: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Future[None] | None = None  # the task, between requests
         self._reading_body = False
         self._remaining: int | None = None  # Content-Length body bytes still to feed
         self._url = b""
@@ -313,6 +316,7 @@ class InboundConnection(asyncio.Protocol):
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
         if self._exchange is not None:
             self._exchange._wake()
+        self._wake_task()  # between requests: it ends
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -425,9 +429,7 @@ class InboundConnection(asyncio.Protocol):
             self._remaining = length
             if rest:
                 self._feed_body(rest)
-        task = self._loop.create_task(self._serve(exchange))
-        self._lane.tasks.add(task)
-        task.add_done_callback(self._lane.tasks.discard)
+        self._dispatch(exchange)
 
     def _feed_body(self, data: bytes) -> None:
         remaining = self._remaining
@@ -469,6 +471,7 @@ class InboundConnection(asyncio.Protocol):
         self._lane.connections.discard(self)
         self._deadline.stop()
         self._closing = True
+        self._wake_task()  # it ends: aiohttp serves this connection from here on
         handler = self._lane.fallback()
         transport.set_protocol(handler)
         if self._paused:
@@ -489,16 +492,43 @@ class InboundConnection(asyncio.Protocol):
 
     # --- serving -----------------------------------------------------------------------
 
-    async def _serve(self, exchange: Exchange) -> None:
-        try:
-            await self._lane.serve(exchange)
-        except Exception:
-            # The pipeline answers its own failures; this is the last guard, so that
-            # a client never waits on a connection nobody serves any more.
-            log.exception("unexpected error serving a request")
-            exchange.abort()
-        finally:
-            self._finished(exchange)
+    def _dispatch(self, exchange: Exchange) -> None:
+        """Hand the request to this connection's task, started with its first request.
+
+        One task per connection, woken per request: a new task per request cost more
+        (task creation and registration) than routing and authenticating it.
+        """
+        self._next = exchange
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._serve_all())
+            self._lane.tasks.add(self._task)
+            self._task.add_done_callback(self._lane.tasks.discard)
+        else:
+            self._wake_task()
+
+    def _wake_task(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    async def _serve_all(self) -> None:
+        while True:
+            exchange, self._next = self._next, None
+            if exchange is None:
+                if self._closing or self.lost:
+                    return
+                self._waiting = self._loop.create_future()
+                await self._waiting
+                continue
+            try:
+                await self._lane.serve(exchange)
+            except Exception:
+                # The pipeline answers its own failures; this is the last guard, so
+                # that a client never waits on a connection nobody serves any more.
+                log.exception("unexpected error serving a request")
+                exchange.abort()
+            finally:
+                self._finished(exchange)
 
     def _finished(self, exchange: Exchange) -> None:
         self._exchange = None
@@ -549,6 +579,7 @@ class InboundConnection(asyncio.Protocol):
         self._closing = True
         if self._exchange is None and self._transport is not None:
             self._transport.close()
+            self._wake_task()
 
     # --- the header deadline ---------------------------------------------------------------
 
