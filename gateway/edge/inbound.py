@@ -1,9 +1,10 @@
-"""The proxy listener's own HTTP/1.1 server: llhttp (httptools) and one task per request.
+"""The proxy listener's own HTTP/1.1 server: llhttp (httptools), one task per connection.
 
 aiohttp's server machinery (its request, response and writer objects, a URL per
 request) cost more CPU per request than authentication, policy and the upstream
 exchange together. Here a request is parsed by llhttp, served by the pipeline as
-an `Exchange`, and answered with the head and a small body in one write.
+an `Exchange` on its connection's task, and answered with the head and a small
+body in one write.
 
 Requests the gateway answers itself with aiohttp handlers — the API keys page,
 actor tokens, JWKS, CORS preflights — and protocol upgrades (WebSocket) hand
