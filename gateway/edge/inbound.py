@@ -31,14 +31,15 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+# The same marks as for an upstream's answer: request body bytes buffered before
+# reading from the client pauses, and resumes.
+from gateway.forward.client import HIGH_WATER, LOW_WATER
 from gateway.forward.proxy import IncompleteBody, encode_headers
 from gateway.problems import CONTENT_TYPE, Problem
 from gateway.timers import Deadline
 
 log = logging.getLogger("gateway.inbound")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
-LOW_WATER = 64 * 1024
 
 
 class _Stop(Exception):
