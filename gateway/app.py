@@ -36,15 +36,15 @@ from gateway.appkeys import (
     SCOPES,
     STORE,
 )
-from gateway.config import Config, ConfigError, DecisionListen
+from gateway.config import Config, ConfigError
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider
-from gateway.edge.inbound import Lane
-from gateway.edge.listener import server
+from gateway.edge.inbound import Lane, Limits
 from gateway.edge.pipeline import Pipeline
 from gateway.edge.record import Recorder
+from gateway.edge.upgrade import WebSocketDoor
 from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.keys.invalidation import Listener
@@ -283,42 +283,35 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     decider = Decider(app[POLICIES], authenticator, app[STORE], app[RATE_LIMITER])
     recorder = Recorder(metrics, access_log)
     upstreams = {name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()}
+    websockets = WebSocketDoor(session, recorder, config.limits)
     pipeline = Pipeline(
         decider=decider,
         authenticator=authenticator,
-        forwarder=Forwarder(session, config.limits.max_body_bytes),
+        forwarder=Forwarder(config.limits.max_body_bytes),
         upstreams=upstreams,
         cors=Cors(config.cors),
         tokens=TokenEndpoint(signer, config.tokens),
         recorder=recorder,
-        max_header_bytes=config.limits.max_header_bytes,
         identity_tokens=app[IDENTITY_TOKENS],
+        websockets=websockets,
         self_service=self_service.from_config(config, app[POOL], session),
     )
     reuse_port = app[OPTIONS].reuse_port
-    # The listener's own server; connections it hands off go to aiohttp's.
-    handed_off = server(pipeline, config.limits)
-    lane = Lane(
-        pipeline.serve,
-        pipeline.hands_off,
-        handed_off,
+    limits = Limits(
         header_timeout=config.limits.header_timeout_seconds,
+        body_timeout=config.limits.body_timeout_seconds,
         max_header_bytes=config.limits.max_header_bytes,
-        new_request_id=recorder.ids.new,
+        max_body_bytes=config.limits.max_body_bytes,
     )
-    proxy = await asyncio.get_running_loop().create_server(
-        lane.protocol,
-        config.listen.host,
-        config.listen.port,
-        reuse_port=reuse_port or None,
-        backlog=_BACKLOG,
-    )
+    lanes = [Lane(pipeline.serve, limits, recorder.ids.new)]
+    proxy = await _listen(lanes[0], config.listen.host, config.listen.port, reuse_port)
     app[PROXY_ADDRESS] = tuple(proxy.sockets[0].getsockname()[:2])
-    runners = []
+    servers = [proxy]
     if config.decisions.enabled:
-        decisions = server(DecisionEndpoints(decider, recorder), config.limits)
-        runners.append(await _listen(decisions, config.decisions.listen, reuse_port))
-        app[DECISIONS_ADDRESS] = tuple(runners[0].addresses[0][:2])
+        lanes.append(Lane(DecisionEndpoints(decider, recorder).serve, limits, recorder.ids.new))
+        address = config.decisions.listen
+        servers.append(await _listen(lanes[1], address.host, address.port, reuse_port))
+        app[DECISIONS_ADDRESS] = tuple(servers[1].sockets[0].getsockname()[:2])
         log.info("decision endpoints listening on %s:%s", *app[DECISIONS_ADDRESS])
     if options.freeze_gc:
         # Everything alive now lives as long as the process; leaving it to the
@@ -327,12 +320,11 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         gc.freeze()
     log.info("proxy listening on %s:%s", *app[PROXY_ADDRESS])
     yield
-    proxy.close()
-    handed_off.pre_shutdown()  # as aiohttp's runner does: idle connections close now
-    await lane.shutdown(_SHUTDOWN_SECONDS)
-    await handed_off.shutdown(_SHUTDOWN_SECONDS)
-    for runner in runners:
-        await runner.cleanup()
+    for listening in servers:
+        listening.close()
+    websockets.server.pre_shutdown()  # as aiohttp's runner does: idle connections close now
+    await asyncio.gather(*(lane.shutdown(_SHUTDOWN_SECONDS) for lane in lanes))
+    await websockets.server.shutdown(_SHUTDOWN_SECONDS)
     for upstream in upstreams.values():
         upstream.pool.close()
     await session.close()
@@ -348,13 +340,7 @@ _BACKLOG = 1024
 _SHUTDOWN_SECONDS = 30.0  # for requests in flight when the process is told to stop
 
 
-async def _listen(
-    handler: web.Server, address: DecisionListen, reuse_port: bool
-) -> web.ServerRunner:
-    runner = web.ServerRunner(handler, handle_signals=False, shutdown_timeout=_SHUTDOWN_SECONDS)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, address.host, address.port, reuse_port=reuse_port or None, backlog=_BACKLOG
+async def _listen(lane: Lane, host: str, port: int, reuse_port: bool) -> asyncio.Server:
+    return await asyncio.get_running_loop().create_server(
+        lane.protocol, host, port, reuse_port=reuse_port or None, backlog=_BACKLOG
     )
-    await site.start()
-    return runner

@@ -82,6 +82,7 @@ class Limits(_Strict, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0  # the longest pause while reading a request body
 
 
 class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -350,6 +351,7 @@ def _check_values(config: Config) -> list[str]:
         "limits.max_body_bytes": config.limits.max_body_bytes,
         "limits.max_header_bytes": config.limits.max_header_bytes,
         "limits.header_timeout_seconds": config.limits.header_timeout_seconds,
+        "limits.body_timeout_seconds": config.limits.body_timeout_seconds,
         "database.max_pool_size": config.database.max_pool_size,
     }
     out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]

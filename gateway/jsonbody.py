@@ -1,4 +1,5 @@
-"""JSON in and out for the gateway's own endpoints (admin, token endpoint, self-service).
+"""JSON in and out for the gateway's own endpoints: the admin API (aiohttp requests and
+responses) and those on the proxy listener (bytes in, a `Reply` out).
 
 A body is read up to a limit (413 beyond it); anything but a JSON object is a 400.
 """
@@ -11,6 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.http1.messages import Reply
 from gateway.problems import Problem, bad_request
 
 MAX_BODY = 64 * 1024
@@ -26,6 +28,11 @@ async def read_object(
     raw = await request.content.read(limit + 1) if request.body_exists else b""
     if len(raw) > limit:
         raise Problem(413, "body-too-large", "the request body is too large")
+    return parse_object(raw, empty_is_object=empty_is_object)
+
+
+def parse_object(raw: bytes, *, empty_is_object: bool = False) -> dict[str, Any]:
+    """A whole body as a JSON object (400 otherwise)."""
     if not raw.strip():
         if empty_is_object:
             return {}
@@ -45,3 +52,7 @@ def json_response(
     return web.Response(
         status=status, body=_encode(data), content_type="application/json", headers=headers
     )
+
+
+def json_reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply.of(status, _encode(data), "application/json", headers)

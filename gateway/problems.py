@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.http1.messages import Reply
+
 TYPE_BASE = "urn:gateway:problem:"
 CONTENT_TYPE = "application/problem+json"
 _encode = msgspec.json.Encoder().encode
@@ -68,6 +70,11 @@ class Problem(Exception):
                 **self.extra,
             }
         )
+
+    def reply(self, request_id: str, headers: Mapping[str, str] | None = None) -> Reply:
+        merged = {**self.headers, **(headers or {}), "X-Request-Id": request_id}
+        merged["Content-Type"] = CONTENT_TYPE
+        return Reply(self.status, merged, self.body(request_id))
 
     def response(self, request_id: str, headers: Mapping[str, str] | None = None) -> web.Response:
         merged = {**self.headers, **(headers or {}), "X-Request-Id": request_id}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from gateway.edge.decide import Decision
+from gateway.http1.messages import Reply
 from gateway.problems import Problem
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -17,7 +16,7 @@ IDENTITY_HEADERS = (
 )
 
 
-def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> web.Response:
+def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> Reply:
     """200, empty; every identity header present (empty on a public route), so the
     front proxy overwrites whatever copy a client sent."""
     principal = decision.principal
@@ -28,22 +27,20 @@ def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> web.Re
     )
     headers = dict(zip(IDENTITY_HEADERS, (*values, decision.route.name), strict=True))
     headers.update(limits)
-    return web.Response(status=200, headers={**headers, "X-Request-Id": request_id, **NO_STORE})
+    return Reply(200, {**headers, "X-Request-Id": request_id, **NO_STORE})
 
 
-def refuse(
-    endpoint: str, problem: Problem, request_id: str, limits: dict[str, str]
-) -> web.Response:
+def refuse(endpoint: str, problem: Problem, request_id: str, limits: dict[str, str]) -> Reply:
     """The status a proxied request would get, with its problem body and headers.
 
     nginx's `auth_request` understands only 401 and 403 (anything else becomes a
     500), so that endpoint answers one of those, with the real status and reason in
     `X-Gateway-Deny-Status` and `X-Gateway-Deny-Reason`."""
     if endpoint != "auth-request":
-        return problem.response(request_id, {**NO_STORE, **limits})
+        return problem.reply(request_id, {**NO_STORE, **limits})
     deny = {"X-Gateway-Deny-Status": str(problem.status), "X-Gateway-Deny-Reason": problem.slug}
     status = problem.status if problem.status in (401, 403) else 403
     told = Problem(
         status, problem.slug, problem.detail, headers=problem.headers, extra=problem.extra
     )
-    return told.response(request_id, {**NO_STORE, **limits, **deny})
+    return told.reply(request_id, {**NO_STORE, **limits, **deny})

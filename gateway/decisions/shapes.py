@@ -6,12 +6,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.problems import Problem
 
 EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
+
+
+class Asking(Protocol):
+    """A request to a decision endpoint (`edge.inbound.Exchange`)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +37,14 @@ class Asked:
     client: str
 
 
-def _one(request: web.BaseRequest, name: str) -> str | None:
+def _one(request: Asking, name: str) -> str | None:
     values = request.headers.getall(name, [])
     if len(values) > 1:
         raise Problem(400, "ambiguous-original-request", f"{name} is repeated")
     return values[0] if values else None
 
 
-def _required(request: web.BaseRequest, name: str) -> str:
+def _required(request: Asking, name: str) -> str:
     value = _one(request, name)
     if not value:
         raise Problem(400, "missing-original-request", f"{name} is missing")
@@ -44,7 +56,7 @@ def _last_hop(forwarded_for: str | None) -> str:
     return forwarded_for.rsplit(",", 1)[-1].strip() if forwarded_for else ""
 
 
-def auth_request(request: web.BaseRequest) -> Asked:
+def auth_request(request: Asking) -> Asked:
     """nginx `auth_request`, with the headers of the README's configuration."""
     return Asked(
         method=_required(request, "X-Original-Method"),
@@ -55,7 +67,7 @@ def auth_request(request: web.BaseRequest) -> Asked:
     )
 
 
-def forward_auth(request: web.BaseRequest) -> Asked:
+def forward_auth(request: Asking) -> Asked:
     """Traefik ForwardAuth and Caddy `forward_auth`."""
     return Asked(
         method=_required(request, "X-Forwarded-Method"),
@@ -66,7 +78,7 @@ def forward_auth(request: web.BaseRequest) -> Asked:
     )
 
 
-def ext_authz(request: web.BaseRequest) -> Asked:
+def ext_authz(request: Asking) -> Asked:
     """Envoy's `ext_authz` HTTP service: the original method, the original path behind
     `path_prefix`, the original headers."""
     uri = request.raw_path[len(EXT_AUTHZ_PREFIX) :]
@@ -81,7 +93,7 @@ def ext_authz(request: web.BaseRequest) -> Asked:
     )
 
 
-Shape = Callable[[web.BaseRequest], Asked]
+Shape = Callable[[Asking], Asked]
 
 
 def endpoint_for(raw_path: str) -> tuple[str, Shape] | None:

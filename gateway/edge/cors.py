@@ -6,11 +6,21 @@ headers, not cookies, so `Access-Control-Allow-Credentials` is never sent.
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Protocol
+
+from multidict import CIMultiDictProxy
 
 from gateway.config import Cors as CorsSettings
-from gateway.edge.safety import Head
+from gateway.http1.messages import Reply
 from gateway.problems import Problem
+
+
+class Head(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
 
 EXPOSE = "WWW-Authenticate, X-Request-Id"
 VARY = {"Vary": "Origin"}
@@ -49,14 +59,14 @@ class Cors:
             and "Access-Control-Request-Method" in request.headers
         )
 
-    def preflight(self, request: web.BaseRequest, request_id: str) -> web.Response:
+    def preflight(self, request: Head, request_id: str) -> Reply:
         origin = request.headers["Origin"]
         if not self.allowed(origin):
             problem = Problem(403, "cors-origin-denied", "this origin is not allowed")
-            return problem.response(request_id, VARY)
-        return web.Response(
-            status=204,
-            headers={
+            return problem.reply(request_id, VARY)
+        return Reply(
+            204,
+            {
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Methods": request.headers["Access-Control-Request-Method"],
                 "Access-Control-Allow-Headers": self._allow_headers,

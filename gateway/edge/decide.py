@@ -33,6 +33,7 @@ class Outcome:
     user_id: str | None = None  # signed in to the API keys page (no key involved)
     upstream: str | None = None
     limits: LimitState | None = None  # only on a route with rate limits
+    asked: tuple[str, str] | None = None  # the method and target a front proxy asked about
 
     def limit_headers(self) -> dict[str, str]:
         return self.limits.headers if self.limits is not None else {}

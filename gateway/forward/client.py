@@ -5,7 +5,7 @@ after `IDLE_SECONDS` unused); the request head, and a small body with it, goes
 out in one write; responses are parsed by llhttp (httptools), which refuses
 response splitting (bad header bytes, two Content-Lengths, Content-Length with
 chunked). Flow control both ways: reading from the upstream pauses while more
-than `HIGH_WATER` bytes wait for the client, and writing a streamed body waits
+than `bodyqueue.HIGH_WATER` bytes wait for the client, and writing a streamed body waits
 while the upstream's socket buffer is full.
 """
 
@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.http1.bodyqueue import BodyQueue
+from gateway.http1.wire import LAST_CHUNK, chunk
 from gateway.timers import Deadline
 
 IDLE_SECONDS = 30.0
 MAX_IDLE = 128
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
@@ -70,53 +70,37 @@ class Answer:
     def __init__(self, connection: _Connection, head_only: bool) -> None:
         loop = asyncio.get_running_loop()
         self._connection = connection
-        self._loop = loop
         self.head_only = head_only
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_ready: asyncio.Future[None] = loop.create_future()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self.complete = False
+        self.body = BodyQueue(connection.pause_reading, connection.resume_reading)
         self.interim = False
-        self.error: BaseException | None = None
         self.started = False  # any byte of the answer arrived
 
-    # --- fed by the connection ---------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.body.complete
 
-    def add_chunk(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER:
-            self._connection.pause_reading()
-        self._wake()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._wake()
+    @property
+    def error(self) -> BaseException | None:
+        return self.body.error
 
     def fail(self, error: BaseException) -> None:
-        if self.complete:
+        if self.body.complete:
             return
-        self.error = error
+        self.body.fail(error)
         if not self.headers_ready.done():
             self.headers_ready.set_exception(error)
             self.headers_ready.exception()  # retrieved: no warning when nobody waits
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # --- read by the relay -------------------------------------------------------
 
     @property
     def content_length(self) -> int | None:
         for name, value in self.headers:
-            if name.lower() == b"content-length":
+            if len(name) == 14 and name.lower() == b"content-length":
                 return int(value)
         return None
 
@@ -127,26 +111,14 @@ class Answer:
 
     async def next_chunk(self, seconds: float) -> bytes:
         """The next piece of the body; b"" once it is complete."""
-        while not self._chunks:
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                return b""
-            self._waiter = self._loop.create_future()
-            await self._within(self._waiter, seconds)
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered < LOW_WATER:
-            self._connection.resume_reading()
-        return chunk
+        body = self.body
+        while not body.ready():
+            await self._within(body.waiting(), seconds)
+        return body.take()
 
     async def read_all(self, seconds: float) -> bytes:
-        if self.complete and self.error is None:
-            # Usually so for a small answer: it arrived with its headers.
-            body = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            return body
+        if self.body.complete:
+            return self.body.take_all()  # usually so for a small answer: it came with its head
         parts = []
         while chunk := await self.next_chunk(seconds):
             parts.append(chunk)
@@ -210,7 +182,7 @@ class _Connection(asyncio.Protocol):
         if not answer.started:
             answer.fail(_Retry())
         elif answer.headers_ready.done() and answer.content_length is None and not _chunked(answer):
-            answer.finish()  # a body delimited by the connection's end (HTTP/1.0 style)
+            answer.body.end()  # a body delimited by the connection's end (HTTP/1.0 style)
         else:
             answer.fail(UpstreamError("the upstream closed the connection mid-response"))
 
@@ -246,12 +218,12 @@ class _Connection(asyncio.Protocol):
             # llhttp cannot be told this answered a HEAD: it would wait for the body
             # its Content-Length describes. Take the message as complete; never reuse.
             self.reusable = False
-            answer.finish()
+            answer.body.end()
 
     def on_body(self, body: bytes) -> None:
         assert self.answer is not None
         if not self.answer.complete:
-            self.answer.add_chunk(body)
+            self.answer.body.put(body)
 
     def on_message_complete(self) -> None:
         assert self.answer is not None
@@ -260,7 +232,7 @@ class _Connection(asyncio.Protocol):
             return
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self.answer.finish()
+        self.answer.body.end()
 
     # --- used by the pool and the answer ----------------------------------------------
 
@@ -409,9 +381,8 @@ class Pool:
 
 
 async def _send_stream(connection: _Connection, stream: Stream) -> None:
-    async for chunk in stream.chunks():
-        if not chunk:
-            continue
-        await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if stream.chunked else chunk)
+    async for piece in stream.chunks():
+        if piece:
+            await connection.write(chunk(piece) if stream.chunked else piece)
     if stream.chunked:
-        await connection.write(b"0\r\n\r\n")
+        await connection.write(LAST_CHUNK)

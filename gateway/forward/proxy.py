@@ -8,36 +8,29 @@ The request head is built once, as bytes, from the headers as received.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.forward import websocket
 from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeout
 from gateway.forward.upstreams import UpstreamTarget
+from gateway.http1.messages import BodyError
+from gateway.http1.wire import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    connection_named,
+    encode_headers,
+    folded,
+    listed,
+)
 from gateway.keys.principal import Principal
 from gateway.problems import Problem
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Never forwarded: the credential, method overrides (the policy checked the real
 # method), and forwarding headers a client could forge; we set our own.
 _REQUEST_DROP = HOP_BY_HOP | {
@@ -61,23 +54,6 @@ _BODILESS = frozenset({204, 304})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class IncompleteBody(Exception):
-    """The client closed the connection before its request body ended."""
-
-
-def encode_headers(headers: dict[str, str]) -> bytes:
-    """Header lines, each ending in CRLF. Values as UTF-8; a value echoed from the
-    request (a CORS origin) goes back as the bytes it came as."""
-    lines = ""
-    for name, value in headers.items():
-        lines += name + ": " + value + "\r\n"
-    return lines.encode("utf-8", "surrogateescape")
-
-
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What the upstream is told about the caller: the `X-Gateway-*` headers, a signed
@@ -91,28 +67,17 @@ class Identity:
 ANONYMOUS = Identity(None)
 
 
-def request_headers(
-    request: web.BaseRequest, identity: Identity, request_id: str
-) -> CIMultiDict[str]:
-    """The headers sent upstream with a WebSocket handshake (aiohttp's client)."""
-    incoming = request.headers
-    named = _connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        # CGI/WSGI backends read "_" as "-": X_Gateway_User_Id would become the
-        # identity header on their side, so names are compared with "_" folded.
-        lower = name.lower().replace("_", "-")
-        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-gateway-"):
-            continue
-        out.add(name, value)
-    for name, value in _added_headers(peer_of(request), incoming, identity, request_id):
-        out[name] = value
-    return out
+class Incoming(Protocol):
+    """What forwarding reads of a request's head (`edge.inbound.Exchange`)."""
 
-
-def peer_of(request: web.BaseRequest) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else ""
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def peer(self) -> str: ...
 
 
 def _added_headers(
@@ -138,20 +103,15 @@ def _added_headers(
     return added
 
 
-class Incoming(Protocol):
-    """What forwarding reads of a request: aiohttp's request or a `Downstream`."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
+def _kept_request_headers(request: Incoming) -> Iterator[tuple[bytes, bytes]]:
+    named = _connection_tokens(request.headers)
+    for name, value in request.raw_headers:
+        if not _never_forwarded(name) and not (named and folded(name) in named):
+            yield name, value
 
 
 def request_head(
     request: Incoming,
-    peer: str,
     identity: Identity,
     request_id: str,
     upstream: UpstreamTarget,
@@ -164,48 +124,46 @@ def request_head(
     parts = [
         b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
     ]
-    headers = request.headers
-    named = _connection_tokens(headers)
-    for name, value in request.raw_headers:
-        if _never_forwarded(name) or (named and _folded(name) in named):
-            continue
+    for name, value in _kept_request_headers(request):
         parts += (name, b": ", value, b"\r\n")
-    for added, text in _added_headers(peer, headers, identity, request_id):
+    for added, text in _added_headers(request.peer, request.headers, identity, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=4096)
-def _folded(name: bytes) -> str:
-    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"."""
-    return name.lower().replace(b"_", b"-").decode("latin-1")
+def request_headers(request: Incoming, identity: Identity, request_id: str) -> CIMultiDict[str]:
+    """The same headers as `request_head`, for a WebSocket handshake (aiohttp's client)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in _kept_request_headers(request):
+        out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+    for added, text in _added_headers(request.peer, request.headers, identity, request_id):
+        out[added] = text
+    return out
 
 
 # Cached per spelling: the same few names arrive on every request.
 @functools.lru_cache(maxsize=4096)
 def _never_forwarded(name: bytes) -> bool:
-    folded = _folded(name)
-    return folded in _REQUEST_DROP or folded == "content-length" or folded.startswith("x-gateway-")
+    name_ = folded(name)
+    return name_ in _REQUEST_DROP or name_ == "content-length" or name_.startswith("x-gateway-")
 
 
 @functools.lru_cache(maxsize=4096)
 def _dropped_from_response(name: bytes) -> bool:
-    return _folded(name) in _RESPONSE_DROP
+    return folded(name) in _RESPONSE_DROP
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall("Connection", [])
     if not values:
         return frozenset()
-    return frozenset(
-        t.strip().lower().replace("_", "-") for v in values for t in v.split(",") if t.strip()
-    )
+    return frozenset().union(*(listed(v.encode("latin-1", "replace")) for v in values))
 
 
 class Downstream(Incoming, Protocol):
-    """A client's request as the proxy listener's own server holds it (`edge.inbound.Exchange`):
+    """A client's request as the gateway's own server holds it (`edge.inbound.Exchange`):
     its head, its body, and the connection the answer is written to."""
 
     close_after: bool  # close the connection once this answer is written
@@ -213,11 +171,10 @@ class Downstream(Incoming, Protocol):
     @property
     def version(self) -> tuple[int, int]: ...
     @property
-    def peer(self) -> str: ...
-    @property
     def content_length(self) -> int | None: ...
     @property
     def body_exists(self) -> bool: ...
+    async def read(self) -> bytes: ...
     async def read_exactly(self, length: int) -> bytes: ...
     def chunks(self) -> AsyncIterator[bytes]: ...
     def send_continue(self) -> None: ...
@@ -229,56 +186,12 @@ class Downstream(Incoming, Protocol):
     def abort(self) -> None: ...
 
 
-class _Body(Protocol):
-    """A request body as the forwarder reads it, from either listener."""
-
-    @property
-    def body_exists(self) -> bool: ...
-    async def read_exactly(self, length: int) -> bytes: ...
-    def chunks(self) -> AsyncIterator[bytes]: ...
-
-
-class _AiohttpBody:
-    """aiohttp's request body (connections handed to aiohttp's server) as a `_Body`."""
-
-    def __init__(self, request: web.BaseRequest) -> None:
-        self._request = request
-        self.body_exists = request.body_exists
-
-    async def read_exactly(self, length: int) -> bytes:
-        try:
-            return await self._request.content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise IncompleteBody from None
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._request.content.iter_chunked(CHUNK)
-
-
-def _limited(
-    chunks: Callable[[], AsyncIterator[bytes]], limit: int
-) -> Callable[[], AsyncIterator[bytes]]:
-    """The body, streamed; stops the upload as soon as it crosses the limit."""
-
-    async def limited() -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in chunks():
-            seen += len(chunk)
-            if seen > limit:
-                raise BodyTooLarge
-            yield chunk
-
-    return limited
-
-
 class Forwarder:
     """Streams requests to their upstream over the lean client's pooled connections and
-    relays the answer: to a `Downstream` (the proxy listener's own server) or as
-    an aiohttp response (connections handed to aiohttp). WebSocket upgrades go to
+    relays the answer to the gateway's own server. WebSocket upgrades go to
     `websocket.relay` on aiohttp's client session."""
 
-    def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int) -> None:
-        self._session = session
+    def __init__(self, max_body_bytes: int) -> None:
         self._max_body = max_body_bytes
 
     async def relay(
@@ -291,104 +204,79 @@ class Forwarder:
         extra: dict[str, str],
         timing: dict[str, float],
     ) -> None:
-        """Forward a request from the proxy listener's own server and answer it."""
+        """Forward a request and answer it."""
         length = exchange.content_length
-        self._check_length(length)
-        if _expects_continue(exchange.headers, exchange.version):
-            exchange.send_continue()
-        if exchange.body_exists:
-            body, stream, framing = await self._body(exchange, exchange.method, length)
-        else:
-            body, stream, framing = b"", None, _empty_framing(exchange.method)
-        head = request_head(
-            exchange, exchange.peer, identity, request_id, upstream, raw_target, framing
-        )
-        answer = await self._send(upstream, head, exchange.method, body, stream, timing)
-        try:
-            await _relay_to_exchange(exchange, answer, extra, upstream.timeout_seconds)
-        finally:
-            answer.release()
-
-    async def forward(
-        self,
-        request: web.BaseRequest,
-        raw_target: str,
-        upstream: UpstreamTarget,
-        identity: Identity,
-        request_id: str,
-        extra: dict[str, str],
-        timing: dict[str, float],
-    ) -> web.StreamResponse:
-        """Forward a request on a connection handed to aiohttp's server."""
-        if websocket.is_upgrade(request.method, request.headers):
-            headers = request_headers(request, identity, request_id)
-            return await websocket.relay(
-                self._session, request, raw_target, upstream, headers, extra
-            )
-        length = request.content_length
-        self._check_length(length)
-        if _expects_continue(request.headers, request.version):
-            await request.writer.write(_CONTINUE)
-            request.writer.output_size = 0  # the real response has not started
-        body, stream, framing = await self._body(_AiohttpBody(request), request.method, length)
-        head = request_head(
-            request, peer_of(request), identity, request_id, upstream, raw_target, framing
-        )
-        answer = await self._send(upstream, head, request.method, body, stream, timing)
-        try:
-            return await _relay(request, answer, extra, upstream.timeout_seconds)
-        finally:
-            answer.release()
-
-    def _check_length(self, length: int | None) -> None:
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
-
-    async def _send(
-        self,
-        upstream: UpstreamTarget,
-        head: bytes,
-        method: str,
-        body: bytes,
-        stream: Stream | None,
-        timing: dict[str, float],
-    ) -> Answer:
-        started = time.perf_counter()
+        if _expects_continue(exchange.headers, exchange.version):
+            exchange.send_continue()
+        body, stream, framing = await _body(exchange, length)
+        head = request_head(exchange, identity, request_id, upstream, raw_target, framing)
+        answer = await _send(upstream, head, exchange.method, body, stream, timing)
         try:
-            return await upstream.pool.send(
-                head,
-                method=method.encode(),
-                body=body,
-                stream=stream,
-                header_timeout=upstream.timeout_seconds,
-            )
-        except (UpstreamError, BodyTooLarge) as exc:
-            raise _failure(exc) from None
-        except (ConnectionError, IncompleteBody, aiohttp.ClientPayloadError):
-            # The client went away in the middle of its upload; nobody reads this answer.
-            raise Problem(400, "incomplete-body", "the request body ended early") from None
+            await _relay_answer(exchange, answer, extra, upstream.timeout_seconds)
         finally:
-            timing["upstream_ms"] = (time.perf_counter() - started) * 1000
+            answer.release()
 
-    async def _body(
-        self, source: _Body, method: str, length: int | None
-    ) -> tuple[bytes, Stream | None, bytes]:
-        """(a small body to send with the head, or a stream; the framing header)."""
-        if not source.body_exists:
-            return b"", None, _empty_framing(method)
+
+async def _send(
+    upstream: UpstreamTarget,
+    head: bytes,
+    method: str,
+    body: bytes,
+    stream: Stream | None,
+    timing: dict[str, float],
+) -> Answer:
+    started = time.perf_counter()
+    try:
+        return await upstream.pool.send(
+            head,
+            method=method.encode(),
+            body=body,
+            stream=stream,
+            header_timeout=upstream.timeout_seconds,
+        )
+    except UpstreamError as exc:
+        raise _failure(exc) from None
+    except BodyError as exc:
+        # The client's body will not arrive whole; the upstream connection that was
+        # carrying it is closed, so the upstream never takes it for a complete request.
+        raise Problem(exc.status, exc.slug, exc.detail) from None
+    except ConnectionError:
+        raise Problem(400, "incomplete-body", "the request body ended early") from None
+    finally:
+        timing["upstream_ms"] = (time.perf_counter() - started) * 1000
+
+
+async def _body(exchange: Downstream, length: int | None) -> tuple[bytes, Stream | None, bytes]:
+    """(a small body to send with the head, or a stream; the framing header)."""
+    if not exchange.body_exists:
+        return b"", None, _empty_framing(exchange.method)
+    try:
         if length is not None and length <= CHUNK:
-            try:
-                body = await source.read_exactly(length)
-            except IncompleteBody:
-                raise Problem(400, "incomplete-body", "the request body ended early") from None
-            return body, None, b"Content-Length: %d\r\n" % length
-        limited = _limited(source.chunks, self._max_body)
-        if length is not None:
-            return b"", Stream(limited, chunked=False), b"Content-Length: %d\r\n" % length
-        return b"", Stream(limited, chunked=True), b"Transfer-Encoding: chunked\r\n"
+            return await exchange.read_exactly(length), None, b"Content-Length: %d\r\n" % length
+        # No upstream connection is taken before the body's first bytes arrive: a
+        # client that sends a head and stalls holds nothing but its own connection.
+        first = await exchange.read()
+    except BodyError as exc:
+        raise Problem(exc.status, exc.slug, exc.detail) from None
+    if not first:
+        raise Problem(400, "incomplete-body", "the request body ended early")
+    chunks = _prepend(first, exchange.chunks)
+    if length is not None:
+        return b"", Stream(chunks, chunked=False), b"Content-Length: %d\r\n" % length
+    return b"", Stream(chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
 
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+def _prepend(
+    first: bytes, rest: Callable[[], AsyncIterator[bytes]]
+) -> Callable[[], AsyncIterator[bytes]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first
+        async for piece in rest():
+            yield piece
+
+    return chunks
 
 
 def _empty_framing(method: str) -> bytes:
@@ -407,14 +295,12 @@ def _expects_continue(headers: CIMultiDictProxy[str], version: tuple[int, int]) 
 
 
 def _failure(exc: Exception) -> Problem:
-    if isinstance(exc, BodyTooLarge):
-        return Problem(413, "body-too-large", "the request body is too large")
     if isinstance(exc, UpstreamTimeout):
         return Problem(504, "upstream-timeout", "the upstream timed out")
     return Problem(502, "upstream-unreachable", "the upstream failed")
 
 
-async def _relay_to_exchange(
+async def _relay_answer(
     exchange: Downstream, answer: Answer, extra: dict[str, str], seconds: float
 ) -> None:
     lines = b"".join(_kept_response_lines(answer)) + encode_headers(extra)
@@ -445,8 +331,8 @@ async def _relay_to_exchange(
         exchange.close_after = True
     exchange.write(exchange.head(status, reason, lines, framing))
     try:
-        while chunk := await answer.next_chunk(seconds):
-            exchange.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        while piece := await answer.next_chunk(seconds):
+            exchange.write(chunk(piece) if chunked else piece)
             await exchange.drain()
     except UpstreamError:
         # The status is already sent: cutting the connection is the only honest
@@ -456,77 +342,13 @@ async def _relay_to_exchange(
     except ConnectionError:
         return  # the client left; the unread answer closes its upstream connection
     if chunked:
-        exchange.write(b"0\r\n\r\n")
-
-
-async def _relay(
-    request: web.BaseRequest, answer: Answer, extra: dict[str, str], seconds: float
-) -> web.StreamResponse:
-    headers = _response_headers(answer, extra)
-    status, reason, length = answer.status, answer.reason or None, answer.content_length
-    if request.method == "HEAD" or status in _BODILESS:
-        # No body follows, whatever Content-Length says (for HEAD it describes a GET).
-        response = web.StreamResponse(status=status, reason=reason, headers=headers)
-        if length is not None and request.method == "HEAD":
-            response.content_length = length
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-    if length is not None and length <= CHUNK:
-        # One chunk at most: read it, then answer with headers and body in one write.
-        try:
-            body = await answer.read_all(seconds)
-        except UpstreamError as exc:
-            raise _failure(exc) from None
-        return web.Response(status=status, reason=reason, body=body, headers=headers)
-    response = web.StreamResponse(status=status, reason=reason, headers=headers)
-    if length is not None:
-        response.content_length = length
-    await response.prepare(request)
-    try:
-        while chunk := await answer.next_chunk(seconds):
-            await response.write(chunk)
-    except UpstreamError:
-        # As in _relay_to_exchange: a truncated body must not look whole.
-        if request.transport is not None:
-            request.transport.abort()
-        return response
-    await response.write_eof()
-    return response
+        exchange.write(LAST_CHUNK)
 
 
 def _kept_response_lines(answer: Answer) -> Iterator[bytes]:
     """The upstream's response header lines that travel on: no hop-by-hop header, none
     its `Connection` names, no framing (the gateway frames the body itself)."""
-    named = _connection_named(answer.headers)
+    named = connection_named(answer.headers)
     for name, value in answer.headers:
-        if not _dropped_from_response(name) and not (named and _folded(name) in named):
+        if not _dropped_from_response(name) and not (named and folded(name) in named):
             yield b"%b: %b\r\n" % (name, value)
-
-
-def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
-    """The header names a response's `Connection` header lists (hop-by-hop by name)."""
-    named: frozenset[str] = frozenset()
-    for name, value in headers:
-        if _folded(name) == "connection":
-            named |= _listed(value)
-    return named
-
-
-# Cached per value: an upstream sends the same one ("keep-alive") on every answer.
-@functools.lru_cache(maxsize=256)
-def _listed(value: bytes) -> frozenset[str]:
-    return frozenset(
-        token.strip().lower().replace("_", "-")
-        for token in value.decode("latin-1").split(",")
-        if token.strip()
-    )
-
-
-def _response_headers(answer: Answer, extra: dict[str, str]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for line in _kept_response_lines(answer):
-        name, _, value = line[:-2].partition(b": ")
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    headers.update(extra)
-    return headers

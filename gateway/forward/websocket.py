@@ -1,5 +1,7 @@
 """WebSocket upgrades on routes that allow GET: authorised like any request, then
-relayed frame by frame. The upstream handshake carries the same identity headers.
+relayed frame by frame. The upstream handshake carries the headers the gateway's
+own reader read (the same identity headers as any forwarded request); aiohttp's
+server only answers the client's handshake.
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ async def relay(
     headers: CIMultiDict[str],
     extra: dict[str, str],
 ) -> web.StreamResponse:
-    protocols = [
-        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-    ]
-    for name in (*_HANDSHAKE, "sec-websocket-protocol"):
+    offered = headers.popall("Sec-WebSocket-Protocol", [])
+    protocols = [p.strip() for value in offered for p in value.split(",") if p.strip()]
+    for name in _HANDSHAKE:
         headers.popall(name, None)
     try:
         upstream_ws = await session.ws_connect(

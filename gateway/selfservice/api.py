@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from gateway.audit.events import Actor
 from gateway.config import ScopeDef
 from gateway.config import SelfService as Settings
-from gateway.jsonbody import json_response, read_object
+from gateway.http1.messages import OwnedRequest, Reply
+from gateway.jsonbody import MAX_BODY, json_reply, parse_object
 from gateway.keys import management
 from gateway.keys.validation import (
     Errors,
@@ -64,9 +64,9 @@ class KeysApi:
             for name in allowed
         ]
 
-    def session(self, user: SessionUser) -> web.Response:
+    def session(self, user: SessionUser) -> Reply:
         days = self._settings.expiry_days
-        return json_response(
+        return json_reply(
             {
                 "user": {"id": user.id, "name": user.name},
                 "scopes": self._catalogue,
@@ -81,7 +81,7 @@ class KeysApi:
             headers=NO_STORE,
         )
 
-    async def list(self, request: web.BaseRequest, user: SessionUser) -> web.Response:
+    async def list(self, request: OwnedRequest, user: SessionUser) -> Reply:
         status = request.query.get("status", "active")
         if status not in ("active", "inactive", "all"):
             raise invalid_fields([("status", "must be active, inactive or all")])
@@ -90,12 +90,12 @@ class KeysApi:
         wanted = _STATUSES.get(status)
         shown = [_own(key) for key in keys if wanted is None or key["status"] in wanted]
         # Newest first, as a settings page lists them.
-        return json_response({"keys": shown[::-1]}, headers=NO_STORE)
+        return json_reply({"keys": shown[::-1]}, headers=NO_STORE)
 
-    async def create(
-        self, request: web.BaseRequest, user: SessionUser, actor: Actor
-    ) -> web.Response:
-        spec = self._creation(await read_object(request), user, datetime.now(UTC))
+    async def create(self, request: OwnedRequest, user: SessionUser, actor: Actor) -> Reply:
+        spec = self._creation(
+            parse_object(await request.read_body(MAX_BODY)), user, datetime.now(UTC)
+        )
         try:
             async with self._pool.acquire() as conn:
                 limit = self._settings.max_keys_per_user
@@ -104,12 +104,12 @@ class KeysApi:
                 )
         except management.Conflict as exc:
             raise Problem(409, "too-many-keys", str(exc)) from None
-        return json_response(_own(created), 201, NO_STORE)
+        return json_reply(_own(created), 201, NO_STORE)
 
     async def update(
-        self, request: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
-    ) -> web.Response:
-        body = await read_object(request)
+        self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor
+    ) -> Reply:
+        body = parse_object(await request.read_body(MAX_BODY))
         errors: Errors = [(f, "unknown field") for f in sorted(set(body) - {"name", "description"})]
         if "name" in body:
             errors += check_name(body["name"])
@@ -121,12 +121,12 @@ class KeysApi:
                 updated = await management.update_key(conn, key_id, user.id, body, actor=actor)
         except management.NotFound:
             raise _not_found() from None
-        return json_response(_own(updated), headers=NO_STORE)
+        return json_reply(_own(updated), headers=NO_STORE)
 
     async def rotate(
-        self, request: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
-    ) -> web.Response:
-        body = await read_object(request, empty_is_object=True)
+        self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor
+    ) -> Reply:
+        body = parse_object(await request.read_body(MAX_BODY), empty_is_object=True)
         grace, expires_at = self._rotation(body, datetime.now(UTC))
         try:
             async with self._pool.acquire() as conn:
@@ -143,15 +143,15 @@ class KeysApi:
             raise _not_found() from None
         except management.Conflict as exc:
             raise Problem(409, "key-not-active", str(exc)) from None
-        return json_response(_own(created), 201, NO_STORE)
+        return json_reply(_own(created), 201, NO_STORE)
 
-    async def revoke(self, user: SessionUser, key_id: str, actor: Actor) -> web.Response:
+    async def revoke(self, user: SessionUser, key_id: str, actor: Actor) -> Reply:
         try:
             async with self._pool.acquire() as conn:
                 await management.revoke_key(conn, key_id, owner=user.id, actor=actor)
         except management.NotFound:
             raise _not_found() from None
-        return web.Response(status=204, headers=NO_STORE)
+        return Reply(204, dict(NO_STORE))
 
     def _creation(self, body: dict[str, Any], user: SessionUser, now: datetime) -> KeySpec:
         errors: Errors = [(f, "unknown field") for f in sorted(set(body) - _CREATE_FIELDS)]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import html
 import importlib.resources
 
-from aiohttp import web
-
 from gateway.config import SelfService as Settings
+from gateway.http1.messages import Reply
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
@@ -42,21 +41,17 @@ class Page:
         self._html = text.encode("utf-8")
         self._assets = {name: _static(name) for name in _ASSETS}
 
-    def html(self) -> web.Response:
-        return web.Response(
-            body=self._html,
-            content_type="text/html",
-            charset="utf-8",
-            headers={**PAGE_HEADERS, "Cache-Control": "no-store"},
+    def html(self) -> Reply:
+        return Reply.of(
+            200,
+            self._html,
+            "text/html; charset=utf-8",
+            {**PAGE_HEADERS, "Cache-Control": "no-store"},
         )
 
-    def asset(self, name: str) -> web.Response | None:
+    def asset(self, name: str) -> Reply | None:
         body = self._assets.get(name)
         if body is None:
             return None
-        return web.Response(
-            body=body,
-            content_type=_ASSETS[name],
-            charset="utf-8",
-            headers={**PAGE_HEADERS, "Cache-Control": "no-cache"},
-        )
+        content_type = _ASSETS[name] + "; charset=utf-8"
+        return Reply.of(200, body, content_type, {**PAGE_HEADERS, "Cache-Control": "no-cache"})

@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
 from gateway.audit.events import Actor
 from gateway.config import Config, ConfigError
 from gateway.config import SelfService as Settings
 from gateway.database import DATABASE_DOWN
-from gateway.jsonbody import json_response
+from gateway.http1.messages import OwnedRequest, Reply
+from gateway.jsonbody import json_reply
 from gateway.problems import Problem
 from gateway.selfservice import openapi
 from gateway.selfservice.api import NO_STORE, KeysApi
@@ -32,20 +32,16 @@ from gateway.selfservice.session import (
 )
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-Call = Callable[[web.BaseRequest, SessionUser, str, Actor], Awaitable[web.StreamResponse]]
+Call = Callable[[OwnedRequest, SessionUser, str, Actor], Awaitable[Reply]]
 
 
 def _routes(api: KeysApi) -> dict[tuple[str, str], Call]:
     """(shape, method) → handler; `{id}` in the shape stands for one key id."""
 
-    async def session(
-        _r: web.BaseRequest, user: SessionUser, _id: str, _a: Actor
-    ) -> web.StreamResponse:
+    async def session(_r: OwnedRequest, user: SessionUser, _id: str, _a: Actor) -> Reply:
         return api.session(user)
 
-    async def revoke(
-        _r: web.BaseRequest, user: SessionUser, key_id: str, actor: Actor
-    ) -> web.StreamResponse:
+    async def revoke(_r: OwnedRequest, user: SessionUser, key_id: str, actor: Actor) -> Reply:
         return await api.revoke(user, key_id, actor)
 
     return {
@@ -88,8 +84,8 @@ class SelfService:
         return path == self.base or path.startswith(self.base + "/")
 
     async def handle(
-        self, request: web.BaseRequest, path: str, visit: Visit, request_id: str
-    ) -> web.StreamResponse:
+        self, request: OwnedRequest, path: str, visit: Visit, request_id: str
+    ) -> Reply:
         rest = path[len(self.base) :]
         if rest in ("", "/"):
             _allow(request, ("GET", "HEAD"))
@@ -102,7 +98,7 @@ class SelfService:
             return asset
         if rest == "/v1/openapi.json":
             _allow(request, ("GET", "HEAD"))
-            return json_response(self._document)
+            return json_reply(self._document)
         try:
             api_path = rest.removeprefix("/v1/") if rest.startswith("/v1/") else None
             return await self._api(request, api_path, visit, request_id)
@@ -111,8 +107,8 @@ class SelfService:
             raise
 
     async def _api(
-        self, request: web.BaseRequest, rest: str | None, visit: Visit, request_id: str
-    ) -> web.StreamResponse:
+        self, request: OwnedRequest, rest: str | None, visit: Visit, request_id: str
+    ) -> Reply:
         shape, key_id = _shape(rest)
         methods = [m for (s, m) in self._routes if s == shape]
         if not methods:
@@ -124,7 +120,7 @@ class SelfService:
         if from_cookie:
             self._check_forgery(request)
         try:
-            actor = Actor(f"user:{user.id}", request_id, _peer(request))
+            actor = Actor(f"user:{user.id}", request_id, request.peer or None)
             return await self._routes[shape, request.method](request, user, key_id, actor)
         except DATABASE_DOWN:
             raise Problem(
@@ -134,7 +130,7 @@ class SelfService:
                 headers={"Retry-After": "2"},
             ) from None
 
-    def _check_forgery(self, request: web.BaseRequest) -> None:
+    def _check_forgery(self, request: OwnedRequest) -> None:
         """The browser sends a cookie on its own, so a cookie-borne session must come
         from the page's origin (or a trusted one) and with a JSON body. A session in
         `Authorization` cannot be forged by another site and is not checked."""
@@ -165,7 +161,7 @@ class SelfService:
                 headers={"Retry-After": "5"},
             ) from None
 
-    def _token(self, request: web.BaseRequest) -> tuple[str | None, bool]:
+    def _token(self, request: OwnedRequest) -> tuple[str | None, bool]:
         """(the session token, or None; whether it came from the cookie)."""
         authorization = request.headers.get("Authorization")
         if authorization is not None:
@@ -175,11 +171,6 @@ class SelfService:
             return None, False
         cookie = self._session.cookie
         return (request.cookies.get(cookie) if cookie else None) or None, True
-
-
-def _peer(request: web.BaseRequest) -> str | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else None
 
 
 def _shape(rest: str | None) -> tuple[str, str]:
@@ -192,7 +183,7 @@ def _shape(rest: str | None) -> tuple[str, str]:
     return rest, ""
 
 
-def _allow(request: web.BaseRequest, methods: Collection[str]) -> None:
+def _allow(request: OwnedRequest, methods: Collection[str]) -> None:
     if request.method not in methods:
         allowed = ", ".join(sorted(methods))
         raise Problem(405, "method-not-allowed", f"use {allowed}", headers={"Allow": allowed})

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from gateway.config import Tokens
-from gateway.jsonbody import read_object
+from gateway.http1.messages import OwnedRequest, Reply
+from gateway.jsonbody import MAX_BODY, parse_object
 from gateway.keys.principal import Principal
 from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
@@ -24,19 +24,17 @@ class TokenEndpoint:
         self._settings = settings
         self.jwks_body = _encode(signer.jwks)
 
-    def jwks(self) -> web.Response:
-        return web.Response(
-            body=self.jwks_body,
-            content_type="application/json",
-            headers={"Cache-Control": "public, max-age=300"},
+    def jwks(self) -> Reply:
+        return Reply.of(
+            200, self.jwks_body, "application/json", {"Cache-Control": "public, max-age=300"}
         )
 
-    async def mint(self, request: web.BaseRequest, principal: Principal) -> web.Response:
+    async def mint(self, request: OwnedRequest, principal: Principal) -> Reply:
         if principal.auth != "api_key":
             raise Problem(403, "actor-cannot-mint", "an actor token cannot mint actor tokens")
         if MINT_SCOPE not in principal.scopes:
             raise Problem(403, "insufficient-scope", f"the key lacks the scope {MINT_SCOPE}")
-        body = await read_object(request, empty_is_object=True)
+        body = parse_object(await request.read_body(MAX_BODY), empty_is_object=True)
         scopes, ttl = self._validate(body, principal)
         token = self._signer.mint(principal.user_id, principal.key_id, scopes, ttl)
         payload = {
@@ -45,12 +43,7 @@ class TokenEndpoint:
             "expires_in": ttl,
             "scope": " ".join(sorted(scopes)),
         }
-        return web.Response(
-            status=201,
-            body=_encode(payload),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
+        return Reply.of(201, _encode(payload), "application/json", {"Cache-Control": "no-store"})
 
     def _validate(self, body: dict[str, Any], principal: Principal) -> tuple[list[str], int]:
         errors: list[tuple[str, str]] = []

@@ -154,19 +154,25 @@ async def test_an_owned_path_hands_the_connection_over_and_forwarding_goes_on(
     assert closed
 
 
-async def test_a_request_right_behind_a_chunked_body_is_not_served(
+async def test_a_request_right_behind_a_chunked_body_is_served_after_it(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     key = await _key(gateway)
     post = (
         "POST /echo-body/x HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
-        "5\r\nhello\r\n0\r\n\r\n"
+        "5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
     ).encode()
-    replies, closed = await exchange(_port(gateway), post + _get("/open/behind"))
-    assert [(r.status, r.body) for r in replies] == [(200, b"hello")]
-    assert replies[0].headers["connection"] == "close" and closed
-    assert [r.raw_path for r in upstream.received] == ["/echo-body/x"]
+    # The reader frames chunked bodies itself, so it knows where this one ends.
+    replies, closed = await exchange(
+        _port(gateway), post + _get("/open/behind", "Connection: close")
+    )
+    assert [r.status for r in replies] == [200, 200]
+    assert replies[0].body == b"hello" and "connection" not in replies[0].headers
+    assert _forwarded_path(replies[1]) == "/open/behind" and closed
+    assert [r.raw_path for r in upstream.received] == ["/echo-body/x", "/open/behind"]
+    # The trailer was read and dropped: never a header field upstream.
+    assert "X-Trailer" not in upstream.received[0].headers
 
 
 async def test_a_body_is_never_taken_for_a_request(

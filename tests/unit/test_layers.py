@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-FOUNDATION = frozenset({"config", "problems", "database", "jsonbody", "timestamps", "timers"})
+FOUNDATION = frozenset(
+    {"config", "problems", "database", "jsonbody", "timestamps", "timers", "http1"}
+)
 BELOW_EDGE = FOUNDATION | {
     "observability",
     "policy",
@@ -27,9 +29,10 @@ BELOW_EDGE = FOUNDATION | {
 # What each unit (a top-level module or a capability package) may import.
 ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset(),
-    "problems": frozenset(),
+    "http1": frozenset(),
+    "problems": frozenset({"http1"}),
     "database": frozenset({"config"}),
-    "jsonbody": frozenset({"problems"}),
+    "jsonbody": frozenset({"problems", "http1"}),
     "timestamps": frozenset(),
     "timers": frozenset(),
     "testing": frozenset(),

@@ -1,0 +1,64 @@
+"""What every request on the gateway's own server goes through, whichever door:
+a request id → the door's work → its answer, or the refusal of the `Problem` it
+raised → one access-log line and metrics sample (the unknown path's 404 included).
+
+The proxy pipeline and the decision endpoints differ only in their work and in
+how a refusal is worded (Oathkeeper's proxy and decision API share the same
+`HandleRequest` / `HandleError` this way).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from gateway.edge.decide import Outcome
+from gateway.edge.inbound import Exchange
+from gateway.edge.record import Recorder
+from gateway.problems import Problem
+
+log = logging.getLogger("gateway.envelope")
+
+# (the request, its id, what the log says of it, timings) → the answer is written
+Work = Callable[[Exchange, str, Outcome, dict[str, float]], Awaitable[None]]
+# (the request, the problem, its id, what the log says of it) → the refusal is written
+Refuse = Callable[[Exchange, Problem, str, Outcome], None]
+
+
+class Envelope:
+    def __init__(self, recorder: Recorder, work: Work, refuse: Refuse, endpoint: str) -> None:
+        self._recorder = recorder
+        self._work = work
+        self._refuse = refuse
+        self._endpoint = endpoint
+
+    async def serve(self, exchange: Exchange) -> None:
+        started = time.perf_counter()
+        rid = self._recorder.ids.for_request(exchange.headers)
+        outcome = Outcome(endpoint=self._endpoint)
+        timing: dict[str, float] = {}
+        try:
+            await self._work(exchange, rid, outcome, timing)
+        except Problem as problem:
+            outcome.reason = problem.slug
+            self._answer(exchange, problem, rid, outcome)
+        except Exception:
+            log.exception("unexpected error (request_id %s)", rid)
+            outcome.reason = "internal-error"
+            failure = Problem(500, "internal-error", "the gateway failed to handle the request")
+            self._answer(exchange, failure, rid, outcome)
+        if exchange.switched:
+            return  # recorded by whoever took the connection, when it is done
+        method, target = outcome.asked or (exchange.method, exchange.raw_path)
+        self._recorder.record(
+            method, target, rid, exchange.status, outcome, started, timing.get("upstream_ms")
+        )
+
+    def _answer(self, exchange: Exchange, problem: Problem, rid: str, outcome: Outcome) -> None:
+        """The refusal, unless the answer has begun: then only cutting the connection
+        tells the client its response is not whole."""
+        if exchange.started:
+            exchange.abort()
+        else:
+            self._refuse(exchange, problem, rid, outcome)

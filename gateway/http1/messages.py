@@ -1,0 +1,87 @@
+"""What the gateway answers by itself, and why a request body did not arrive whole."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from multidict import CIMultiDictProxy, MultiDictProxy
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole response with a known body: written by the listener in one write
+    (for HEAD, without its body)."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        merged = dict(headers or {})
+        if content_type is not None:
+            merged["Content-Type"] = content_type
+        return cls(status, merged, body)
+
+
+class BodyError(Exception):
+    """A request body that will not arrive whole; says what to answer."""
+
+    status = 400
+    slug = "incomplete-body"
+    detail = "the request body ended early"
+
+
+class IncompleteBody(BodyError):
+    """The client closed the connection before its request body ended."""
+
+
+class BodyTimeout(BodyError):
+    """The client paused longer than `limits.body_timeout_seconds` within its body."""
+
+    status = 408
+    slug = "body-timeout"
+    detail = "the request body did not arrive in time"
+
+
+class BrokenBody(BodyError):
+    """The body's framing broke (a bad chunk) or crossed the size limit."""
+
+    def __init__(self, status: int, slug: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+
+
+class OwnedRequest(Protocol):
+    """A request the gateway answers itself on its own server (`edge.inbound.Exchange`):
+    its head as parsed, and its body read whole on demand."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def query(self) -> MultiDictProxy[str]: ...
+    @property
+    def cookies(self) -> dict[str, str]: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def peer(self) -> str: ...
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes (a 413 problem beyond)."""
+        ...

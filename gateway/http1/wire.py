@@ -1,0 +1,89 @@
+"""Bytes on the wire that both sides write: header lines, hop-by-hop rules, chunks, `Date`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+
+# Connection-level headers (RFC 9110 §7.6.1): never passed on by a proxy.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """Header lines, each ending in CRLF. Values as UTF-8; a value echoed from the
+    request (a CORS origin) goes back as the bytes it came as."""
+    lines = ""
+    for name, value in headers.items():
+        lines += name + ": " + value + "\r\n"
+    return lines.encode("utf-8", "surrogateescape")
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@functools.lru_cache(maxsize=64)
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+@functools.lru_cache(maxsize=4096)
+def folded(name: bytes) -> str:
+    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"
+    (X_Gateway_User_Id would become the identity header on their side)."""
+    return name.lower().replace(b"_", b"-").decode("latin-1")
+
+
+# Cached per value: the same one ("keep-alive", "close") arrives on nearly every message.
+@functools.lru_cache(maxsize=256)
+def listed(value: bytes) -> frozenset[str]:
+    """The header names a `Connection` header's value names (hop-by-hop by name)."""
+    return frozenset(
+        token.strip().lower().replace("_", "-")
+        for token in value.decode("latin-1").split(",")
+        if token.strip()
+    )
+
+
+def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
+    """Every name the message's `Connection` headers list."""
+    named: frozenset[str] = frozenset()
+    for name, value in headers:
+        if len(name) == 10 and folded(name) == "connection":
+            named |= listed(value)
+    return named
+
+
+class HttpDate:
+    """The `Date` header's value, formatted once per second (one per listener)."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
