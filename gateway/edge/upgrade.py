@@ -59,6 +59,7 @@ class WebSocketDoor:
     ) -> None:
         """Hand the connection over; recorded once the WebSocket session ends."""
         if exchange.body_exists:
+            exchange.close_after = True  # what the bytes after it are is anyone's guess
             raise Problem(400, "upgrade-with-body", "an upgrade request cannot carry a body")
         protocol = self.server()
         started = time.perf_counter()

@@ -51,8 +51,14 @@ NEED_DATA = Wait.NEED_DATA
 PAUSED = Wait.PAUSED
 BodyEvent = Data | End | Failure | Wait
 
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?")
-_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# chunk-size [ chunk-ext ], chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS token / quoted ] )
+_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*%b(?:[ \t]*=[ \t]*(?:%b|%b))?)*"
+    % (_TOKEN, _TOKEN, _QUOTED)
+)
+_TRAILER_LINE = re.compile(rb"%b:[^\x00-\x08\x0a-\x1f\x7f]*" % _TOKEN)
 _MAX_SIZE_LINE = 1024
 
 

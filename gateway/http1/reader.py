@@ -170,8 +170,13 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool] | Fa
     if codings:
         if lengths:
             return _bad_framing("both Content-Length and Transfer-Encoding")
-        if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
-            return _bad_framing("only chunked transfer-encoding is accepted")
+        listed = [c.strip().lower() for value in codings for c in value.split(b",")]
+        if listed[-1] != b"chunked":
+            return _bad_framing("a request body must be chunked when it has a transfer coding")
+        if len(listed) > 1:
+            # The body could be framed, but the gateway would forward it decoded from
+            # chunked and still compressed without saying so (RFC 9112 §6.1).
+            return Failure(501, "unsupported-transfer-coding", "only chunked is supported")
         return None, True
     if not lengths:
         return None, False

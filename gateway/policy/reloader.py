@@ -29,6 +29,11 @@ class ActivePolicies:
         self._metrics = metrics
         self.current: PolicySet = load_dir(directory, catalogue, upstreams)
         self.last_error: str | None = None
+        # Reloads can overlap (the file watcher's, parsed in a thread, and SIGHUP's):
+        # each takes a ticket, and one that began before the set in `current` was read
+        # has an older reading of the directory, so it swaps nothing.
+        self._tickets = 0
+        self._current_ticket = 0
         metrics.policy_routes.set(len(self.current.router.routes))
 
     def _load(self) -> PolicySet:
@@ -36,22 +41,30 @@ class ActivePolicies:
 
     def reload(self) -> bool:
         """Load the directory again; swap only a fully valid set."""
+        ticket = self._take_ticket()
         try:
             candidate = self._load()
         except PolicyError as exc:
-            return self._refuse(exc)
-        return self._swap(candidate)
+            return self._refuse(exc, ticket)
+        return self._swap(candidate, ticket)
 
     async def reload_off_loop(self) -> bool:
         """`reload()`, parsing in a thread so a large set does not stall requests."""
+        ticket = self._take_ticket()
         loop = asyncio.get_running_loop()
         try:
             candidate = await loop.run_in_executor(None, self._load)
         except PolicyError as exc:
-            return self._refuse(exc)
-        return self._swap(candidate)
+            return self._refuse(exc, ticket)
+        return self._swap(candidate, ticket)
 
-    def _refuse(self, exc: PolicyError) -> bool:
+    def _take_ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
+
+    def _refuse(self, exc: PolicyError, ticket: int) -> bool:
+        if ticket < self._current_ticket:
+            return False  # an older reading of the directory; a newer one has answered
         self.last_error = str(exc)
         self._metrics.policy_reloads.labels("failure").inc()
         for problem in exc.problems:
@@ -60,8 +73,11 @@ class ActivePolicies:
             )
         return False
 
-    def _swap(self, candidate: PolicySet) -> bool:
+    def _swap(self, candidate: PolicySet, ticket: int) -> bool:
         # Runs on the event loop: requests see the old set or the new, never a mix.
+        if ticket < self._current_ticket:
+            return True  # valid, but older than the set serving now
+        self._current_ticket = ticket
         self.last_error = None
         self._metrics.policy_reloads.labels("success").inc()
         if candidate.version != self.current.version:

@@ -1,19 +1,19 @@
-"""The proxy listener's own HTTP/1.1 server (`edge.inbound`) over raw sockets: pipelining,
-the hand-off to aiohttp's server, body framing both ways, and where a connection ends."""
+"""The gateway's own HTTP/1.1 server (`edge.inbound`) over raw sockets: pipelining, the
+gateway's own endpoints on the same path, body framing both ways, and where a
+connection ends."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-import httptools
 import pytest
 
+from tests.rawhttp import Reply, exchange
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -32,60 +32,6 @@ ROUTES = (
     "  - {methods: [POST], path: '/echo-body/{rest...}', scopes: [me:read]}\n"
 )
 PATTERN = bytes(range(256))
-
-
-@dataclass
-class Reply:
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-class _Replies:
-    """Responses as a client sees them, split by llhttp (one connection's worth)."""
-
-    def __init__(self) -> None:
-        self.replies: list[Reply] = []
-        self._parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.replies.append(Reply())
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.replies[-1].headers[name.decode().lower()] = value.decode()
-
-    def on_headers_complete(self) -> None:
-        self.replies[-1].status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.replies[-1].body += body
-
-    def feed(self, data: bytes) -> None:
-        self._parser.feed_data(data)
-
-
-async def exchange(port: int, data: bytes, *, seconds: float = 3.0) -> tuple[list[Reply], bool]:
-    """Send `data` at once; the replies, and whether the server closed the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    replies = _Replies()
-    closed = False
-    try:
-        writer.write(data)
-        await writer.drain()
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), seconds)
-            except TimeoutError:
-                break
-            if not chunk:
-                closed = True
-                break
-            replies.feed(chunk)
-    finally:
-        writer.close()
-    if closed:
-        replies.feed(b"")  # ends a body delimited by the connection's end
-    return replies.replies, closed
 
 
 def _port(gateway: RunningGateway) -> int:
@@ -134,7 +80,7 @@ async def test_empty_lines_before_a_request_line_are_skipped(gateway: RunningGat
     assert [r.status for r in replies] == [200]
 
 
-async def test_an_owned_path_hands_the_connection_over_and_forwarding_goes_on(
+async def test_an_owned_path_is_answered_on_the_same_path_and_forwarding_goes_on(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     spoof = "X-Gateway-User-Id: spoofed"

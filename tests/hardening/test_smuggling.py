@@ -1,9 +1,9 @@
 """≥ 200 malformed and smuggling requests over raw sockets: 0 forwarded, 0 2xx.
 
-Run against the gateway in this process and against a `gateway serve` subprocess
-started with AIOHTTP_NO_EXTENSIONS=1. The proxy listener parses with llhttp
-(`edge.inbound`) in both; aiohttp's parser (C, or pure Python in the subprocess)
-reads only connections handed over after llhttp accepted a head.
+Run against the gateway in this process (asyncio) and against a `gateway serve`
+subprocess (uvloop; aiohttp without its C extensions). Every request on the proxy
+port is read by the one reader (`http1.reader`: llhttp for heads, its own body
+framing); aiohttp's parser only ever sees the head of an accepted WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ async def _fire(port: int, key: str) -> dict[str, int]:
     return figures
 
 
-async def test_no_malformed_request_is_forwarded_c_parser(
+async def test_no_malformed_request_is_forwarded_in_process(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
@@ -112,13 +112,13 @@ async def test_no_malformed_request_is_forwarded_c_parser(
     assert port is not None
     figures = await _fire(port, key)
     print(
-        f"\nsmuggling battery (C parser): {figures['sent']} sent, {figures['2xx']} 2xx, {len(upstream.received)} forwarded"
+        f"\nsmuggling battery (in process): {figures['sent']} sent, {figures['2xx']} 2xx, {len(upstream.received)} forwarded"
     )
     assert figures["2xx"] == 0
     assert upstream.received == []
 
 
-async def test_no_malformed_request_is_forwarded_python_parser(
+async def test_no_malformed_request_is_forwarded_by_a_serve_process(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
     port, admin = free_port(), free_port()
@@ -153,15 +153,15 @@ async def test_no_malformed_request_is_forwarded_python_parser(
     finally:
         stop(process, timeout=10)
     print(
-        f"\nsmuggling battery (Python parser): {figures['sent']} sent, {figures['2xx']} 2xx, {len(upstream.received)} forwarded"
+        f"\nsmuggling battery (serve process): {figures['sent']} sent, {figures['2xx']} 2xx, {len(upstream.received)} forwarded"
     )
     assert figures["2xx"] == 0
     assert upstream.received == []
     assert "Traceback" not in (tmp_path / "log").read_text(errors="replace")
 
 
-# aiohttp's C parser (llhttp) reads a doubled space in the request line as one; the
-# message boundaries and the path stay unambiguous, so it is tolerated, not smuggling.
+# llhttp reads a doubled space in the request line as one; the message boundaries
+# and the path stay unambiguous, so it is tolerated, not smuggling.
 @pytest.mark.parametrize(
     "line",
     [

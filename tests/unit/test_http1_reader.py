@@ -157,6 +157,7 @@ def test_connect_is_read_as_a_head_that_keeps_nothing_alive() -> None:
         (b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n", 400, None),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, None),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400, None),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, None),
         (
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n",
             400,
