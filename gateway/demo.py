@@ -19,12 +19,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 
-from gateway.app import Options, create_app
-from gateway.appkeys import CONFIG, POOL, PROXY_ADDRESS, SCOPES
 from gateway.audit.events import Actor
 from gateway.config import Config, SelfService, Session
 from gateway.keys import management, validation
 from gateway.observability.diagnostics import configure_logging
+from gateway.runtime import Gateway, Options
 
 DEMO_USER = "demo-user"
 ADMIN = Actor("admin")  # the demo's own set-up, as an operator would do it
@@ -132,28 +131,25 @@ async def _demo(config: Config) -> None:
     )
     # The demo owns its embedded database: Ctrl-C stops it too.
     options = Options(embedded_cleanup="stop", log_requests=False)
-    app = create_app(config, options)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, config.admin.host, config.admin.port).start()
-        key = await _demo_key(app)
-        host_app.gateway_url = _base(app[PROXY_ADDRESS])
-        _print_demo(host_app.gateway_url, config, key, admin_token)
-        await asyncio.Event().wait()
+        async with Gateway(config, options) as gateway:
+            key = await _demo_key(gateway)
+            assert gateway.proxy_address is not None
+            host_app.gateway_url = _base(gateway.proxy_address)
+            _print_demo(host_app.gateway_url, config, key, admin_token)
+            await asyncio.Event().wait()
     finally:
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
         await echo_runner.cleanup()
 
 
-async def _demo_key(app: web.Application) -> str:
+async def _demo_key(gateway: Gateway) -> str:
     scopes = ["me:read", "organizations:read", "projects:read", "actor_tokens:create"]
     body = {"user_id": DEMO_USER, "name": "demo", "scopes": scopes}
-    spec = validation.validate_key(body, app[SCOPES], datetime.now(UTC))
+    spec = validation.validate_key(body, gateway.scopes, datetime.now(UTC))
     assert not isinstance(spec, list)
-    async with app[POOL].acquire() as conn:
-        created = await management.create_key(conn, spec, app[CONFIG].keys.prefix, actor=ADMIN)
+    async with gateway.pool.acquire() as conn:
+        prefix = gateway.config.keys.prefix
+        created = await management.create_key(conn, spec, prefix, actor=ADMIN)
         await management.set_membership(
             conn, DEMO_USER, "organization", "acme", member=True, actor=ADMIN
         )

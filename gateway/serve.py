@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -10,11 +11,9 @@ import signal
 import subprocess
 import sys
 
-from aiohttp import web
-
-from gateway.app import Options, create_app
 from gateway.config import Config
 from gateway.observability.diagnostics import configure_logging
+from gateway.runtime import Gateway, Options
 
 log = logging.getLogger("gateway")
 WORKER_ENV = "GATEWAY_WORKER"
@@ -40,16 +39,18 @@ def serve(config: Config, workers: int, loop: str) -> int:
     options = Options(
         handle_sighup=True, reuse_port=bool(os.environ.get(WORKER_ENV)), freeze_gc=True
     )
-    web.run_app(
-        create_app(config, options),
-        host=config.admin.host,
-        port=config.admin.port,
-        reuse_port=options.reuse_port or None,
-        print=None,
-        access_log=None,
-        shutdown_timeout=30,
-    )
+    asyncio.run(_run(config, options))
     return 0
+
+
+async def _run(config: Config, options: Options) -> None:
+    """Run until SIGTERM or SIGINT, then stop: requests in flight finish first."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Gateway(config, options):
+        await stop.wait()
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -19,12 +19,11 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.app import Options, create_app
-from gateway.appkeys import POOL, PROXY_ADDRESS, SCOPES, STORE
 from gateway.audit.events import Actor
 from gateway.config import Config
 from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
+from gateway.runtime import Gateway, Options
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -181,7 +180,7 @@ def make_config(
 
 @dataclass
 class RunningGateway:
-    app: web.Application
+    runtime: Gateway
     proxy: str
     admin: str
     config: Config
@@ -192,18 +191,23 @@ class RunningGateway:
 
     @property
     def store(self) -> KeyStore:
-        return self.app[STORE]
+        return self.runtime.store
 
     @property
     def pool(self) -> asyncpg.Pool:
-        return self.app[POOL]
+        return self.runtime.pool
+
+    @property
+    def decisions_address(self) -> tuple[str, int]:
+        assert self.runtime.decisions_address is not None, "decisions are not enabled"
+        return self.runtime.decisions_address
 
     async def create_key(
         self, user_id: str, scopes: list[str], name: str = "test", **extra: Any
     ) -> dict[str, Any]:
         spec = validation.validate_key(
             {"user_id": user_id, "name": name, "scopes": scopes, **extra},
-            self.app[SCOPES],
+            self.runtime.scopes,
             __import__("datetime").datetime.now(__import__("datetime").UTC),
         )
         assert not isinstance(spec, list), spec
@@ -227,19 +231,13 @@ async def running_gateway(
     options = options or Options(
         listener_check_interval=0.1, last_used_interval=3600, access_log=sink
     )
-    app = create_app(config, options)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        proxy_host, proxy_port = app[PROXY_ADDRESS]
+    async with Gateway(config, options) as runtime:
+        assert runtime.proxy_address is not None and runtime.admin_address is not None
+        proxy_host, proxy_port = runtime.proxy_address
+        host, port = runtime.admin_address
         yield RunningGateway(
-            app, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config, sink
+            runtime, f"http://{proxy_host}:{proxy_port}", f"http://{host}:{port}", config, sink
         )
-    finally:
-        await runner.cleanup()
 
 
 def bearer(key: str) -> dict[str, str]:

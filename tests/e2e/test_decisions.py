@@ -14,7 +14,6 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.appkeys import DECISIONS_ADDRESS
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -40,7 +39,7 @@ async def gateway(
 
 
 def decisions_url(gateway: RunningGateway) -> str:
-    host, port = gateway.app[DECISIONS_ADDRESS]
+    host, port = gateway.decisions_address
     return f"http://{host}:{port}"
 
 

@@ -12,7 +12,6 @@ import aiohttp
 import jwt
 import pytest
 
-from gateway.appkeys import IDENTITY_TOKENS
 from gateway.keys.principal import Principal
 from gateway.tokens.identity import IdentityTokens
 from tests.support import (
@@ -102,7 +101,7 @@ async def test_both_and_headers_modes(
 async def test_a_hot_key_is_signed_once_and_an_actor_token_gets_its_own(
     gateway: RunningGateway, http: aiohttp.ClientSession, upstream: RecordingUpstream
 ) -> None:
-    tokens = gateway.app[IDENTITY_TOKENS]
+    tokens = gateway.runtime.identity_tokens
     key = await gateway.create_key(unique("hot"), ["me:read", "actor_tokens:create"])
     before = tokens.signed
     for _ in range(50):

@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.appkeys import METRICS, POLICIES
 from tests.support import (
     ROOT,
     RecordingUpstream,
@@ -101,7 +100,7 @@ async def test_good_change_applies_within_two_seconds_and_broken_sets_are_refuse
         (directory / "added.yaml").write_text(NEW_ROUTE)
         await _eventually(lambda: status("/v1/added"), 200, within=2.0)
         assert time.monotonic() - started < 2.0
-        reloads = gateway.app[METRICS].policy_reloads
+        reloads = gateway.runtime.metrics.policy_reloads
         for name, text in BROKEN.items():
             failures = reloads.labels("failure")._value.get()
             (directory / "broken.yaml").write_text(text)
@@ -122,7 +121,7 @@ async def test_hundred_reloads_under_traffic_give_no_5xx(
     config = make_config(tmp_path, database_url, upstream.url, policies=directory)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
         key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
-        policies = gateway.app[POLICIES]
+        policies = gateway.runtime.policies
         stop = asyncio.Event()
         statuses: list[int] = []
 

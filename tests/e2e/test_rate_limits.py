@@ -8,7 +8,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.appkeys import DECISIONS_ADDRESS
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -122,7 +121,7 @@ async def test_a_public_route_with_an_address_limit(
 async def test_decision_endpoints_answer_the_same_limits(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
-    host, port = gateway.app[DECISIONS_ADDRESS]
+    host, port = gateway.decisions_address
     key = await gateway.create_key(unique("eli"), ["me:read"])
     headers = {**bearer(key["key"]), "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/me",
                "X-Forwarded-For": "198.51.100.9"}  # fmt: skip

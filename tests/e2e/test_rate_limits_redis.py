@@ -15,7 +15,6 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from gateway.appkeys import RATE_LIMITER
 from gateway.ratelimit.shared import SharedBackend
 from gateway.testing import environment, free_port, spawn_serve, stop, wait_ready
 from tests.redisserver import RedisServer, redis_server
@@ -163,7 +162,7 @@ async def test_redis_outage_follows_on_backend_error_and_recovers(
         rate_limiting=limiting(redis_server, on_backend_error=mode),
     )
     async with running_gateway(config) as gateway:
-        backend = gateway.app[RATE_LIMITER].backend
+        backend = gateway.runtime.limiter.backend
         assert isinstance(backend, SharedBackend)
         key = await gateway.create_key(unique("out"), ["me:read"])
         proxies = [gateway.proxy]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.appkeys import DECISIONS_ADDRESS
 from gateway.testing import free_port, stop
 from tests.e2e.test_decisions import gateway
 from tests.support import ROOT, RecordingUpstream, RunningGateway
@@ -43,7 +42,7 @@ class Front:
 
 
 def _addresses(gateway: RunningGateway, upstream: RecordingUpstream) -> dict[str, str]:
-    host, port = gateway.app[DECISIONS_ADDRESS]
+    host, port = gateway.decisions_address
     return {"127.0.0.1:8082": f"{host}:{port}", "127.0.0.1:9000": upstream.url.split("//")[1]}
 
 

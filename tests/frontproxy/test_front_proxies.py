@@ -9,7 +9,6 @@ import time
 import aiohttp
 import pytest
 
-from gateway.appkeys import POLICIES
 from gateway.policy.paths import split_path
 from gateway.problems import Problem
 from tests.frontproxy.conftest import Front
@@ -136,7 +135,7 @@ async def test_path_confusion_never_reaches_what_the_policy_refuses(
 ) -> None:
     """No credential is sent: anything the upstream receives must be a public route for
     exactly the path it received."""
-    router = gateway.app[POLICIES].current.router
+    router = gateway.runtime.policies.current.router
     statuses = []
     for path in CONFUSION:
         raw = await raw_request(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.appkeys import POLICIES
 from tests.hardening.scale import pick
 from tests.support import ROOT, RecordingUpstream, bearer, make_config, running_gateway, unique
 
@@ -55,7 +54,7 @@ async def test_fuzzed_reloads_under_traffic(
     reloads = pick(100, 1000)
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
         key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
-        policies = gateway.app[POLICIES]
+        policies = gateway.runtime.policies
         good_version = policies.current.version
         statuses: Counter[int] = Counter()
         stop = asyncio.Event()

@@ -1,0 +1,236 @@
+"""What the gateway runs on, each opened as an async context manager by the composition
+root (`runtime.Gateway`) in this order and closed in reverse: database, key store,
+invalidation listener, policies, rate limiter, then the request path's own parts
+(signer, telemetry, upstream pools, the HTTP session for WebSockets and JWKS).
+Each sets what it opened on the runtime and cleans up only what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from gateway import database
+from gateway.config import ConfigError
+from gateway.keys.invalidation import Listener
+from gateway.keys.store import KeyStore
+from gateway.observability.accesslog import AccessLog
+from gateway.policy.reloader import ActivePolicies
+from gateway.ratelimit.limiter import Backend, RateLimiter, sweep_periodically
+from gateway.ratelimit.local import LocalBackend
+from gateway.ratelimit.shared import SharedBackend
+from gateway.tokens import signing
+from gateway.tokens.actor import Signer
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def open_database(gw: Gateway) -> AsyncIterator[None]:
+    config, options = gw.config, gw.options
+    loop = asyncio.get_running_loop()
+    url = await loop.run_in_executor(None, database.database_url, config, options.embedded_cleanup)
+    await database.wait_until_ready(url, config)
+    if options.migrate:
+        conn = await database.connect(url, config)
+        try:
+            await database.migrate(conn)
+        finally:
+            await conn.close()
+    gw.database_url = url
+    gw.pool = await database.create_pool(url, config)
+    try:
+        yield
+    finally:
+        await gw.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def open_store(gw: Gateway) -> AsyncIterator[None]:
+    options = gw.options
+    store = KeyStore(gw.pool, gw.scopes, gw.config.cache, clock=options.clock, observer=gw.metrics)
+    gw.store = store
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(options.last_used_interval)
+            await store.flush_last_used()
+
+    tasks = [asyncio.create_task(flush_periodically())]
+    if options.freeze_gc:
+        tasks.append(asyncio.create_task(_settle_caches(store)))
+    try:
+        yield
+    finally:
+        await _cancel(*tasks)
+        await store.flush_last_used()
+
+
+async def _settle_caches(store: KeyStore, interval: float = 5.0, growth: int = 5000) -> None:
+    """Freeze grown caches out of the collector's full passes (as at start-up).
+
+    40,000 cached keys are some 200,000 objects a full collection walks: a 60 ms
+    stall, about once a second under load (the asyncio p99). Cache entries form no
+    reference cycles, so once frozen they are still freed when evicted.
+    """
+    settled = store.cached_entries()
+    while True:
+        await asyncio.sleep(interval)
+        size = store.cached_entries()
+        if size - settled >= growth:
+            gc.collect()
+            gc.freeze()
+        if size - settled >= growth or size < settled:
+            settled = size
+
+
+@contextlib.asynccontextmanager
+async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
+    listener = Listener(
+        gw.database_url, gw.store, gw.metrics, check_interval=gw.options.listener_check_interval
+    )
+    gw.listener = listener
+    task = asyncio.create_task(listener.run())
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(listener.connected.wait(), 10)
+    try:
+        yield
+    finally:
+        await _cancel(task)
+
+
+@contextlib.asynccontextmanager
+async def open_policies(gw: Gateway) -> AsyncIterator[None]:
+    config = gw.config
+    policies = ActivePolicies(
+        config.resolve(config.policies.dir), gw.scopes, frozenset(config.upstreams), gw.metrics
+    )
+    gw.policies = policies
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(policies.watch(stop)) if config.policies.reload else None
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(policies.reload_off_loop())
+        pending.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(pending.discard)
+
+    if gw.options.handle_sighup:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        yield
+    finally:
+        if gw.options.handle_sighup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        stop.set()
+        if watcher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+@contextlib.asynccontextmanager
+async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
+    settings = gw.config.rate_limiting
+    local = LocalBackend(time.monotonic)
+    backend: Backend = local
+    client: aioredis.Redis | None = None
+    tasks = [asyncio.create_task(sweep_periodically(local))]
+    if settings.backend == "redis":
+        assert settings.redis_url is not None
+        # Short timeouts: a dead Redis must fail fast into on_backend_error.
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.25
+        )
+        shared = SharedBackend(
+            client,
+            sync_interval=settings.sync_interval_ms / 1000,
+            on_error=settings.on_backend_error,
+            fallback=local,
+            metrics=gw.metrics,
+            clock=time.monotonic,
+        )
+        backend = shared
+        tasks.append(asyncio.create_task(shared.run()))
+    gw.limiter = RateLimiter(backend, gw.metrics)
+    try:
+        yield
+    finally:
+        await _cancel(*tasks)
+        if client is not None:
+            await client.aclose()
+
+
+def load_signer(gw: Gateway) -> Signer:
+    config = gw.config
+    keys = []
+    for index, key in enumerate(config.tokens.signing_keys):
+        try:
+            keys.append(signing.load_key(key.kid, config.resolve(key.file)))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{config.source}: tokens.signing_keys[{index}] (kid {key.kid}):"
+                f" cannot load {key.file}: {exc}"
+            ) from None
+    if not keys:
+        keys = [signing.dev_key(config.state_path)]
+    return Signer(keys, config.tokens, clock=gw.options.clock)
+
+
+@contextlib.asynccontextmanager
+async def open_telemetry(gw: Gateway) -> AsyncIterator[None]:
+    """The access log and metrics samples, written in batches every 50 ms."""
+    options = gw.options
+    access_log = (
+        AccessLog(options.access_log or sys.stdout.buffer) if options.log_requests else None
+    )
+    gw.access_log = access_log
+
+    def flush() -> None:
+        gw.metrics.drain()
+        if access_log is not None:
+            access_log.flush()
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            flush()
+
+    task = asyncio.create_task(flush_periodically())
+    try:
+        yield
+    finally:
+        await _cancel(task)
+        flush()
+
+
+@contextlib.asynccontextmanager
+async def open_http_session(gw: Gateway) -> AsyncIterator[None]:
+    """aiohttp's client: WebSocket upgrades to upstreams and the host application's JWKS."""
+    gw.http = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+    )
+    try:
+        yield
+    finally:
+        await gw.http.close()
