@@ -127,7 +127,11 @@ async def _demo(config: Config) -> None:
     echo_runner = await _start_upstream(host_app)
     admin_token = os.environ.get("GATEWAY_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     config = msgspec.structs.replace(
-        config, admin_token=admin_token, self_service=host_app.self_service(config.self_service)
+        config,
+        admin_token=admin_token,
+        self_service=host_app.self_service(config.self_service),
+        # The README's nginx and Caddy configurations ask this listener for decisions.
+        decisions=msgspec.structs.replace(config.decisions, enabled=True),
     )
     # The demo owns its embedded database: Ctrl-C stops it too.
     options = Options(embedded_cleanup="stop", log_requests=False)
@@ -188,6 +192,9 @@ demo key for user {DEMO_USER} (member of organization acme), shown once:
   curl -i {auth} {base}/v1/organizations/globex/projects
   # 201: mint an actor token (then use it as the Bearer credential)
   curl -i -X POST {auth} {base}/auth/actor-tokens
+
+behind nginx or Caddy instead (README "Behind nginx, Envoy, Traefik or Caddy"):
+  their decision endpoints answer on http://{config.decisions.listen.host}:{config.decisions.listen.port}/decisions/
 
 admin API token for this demo: {admin_token}
   curl -i -H "Authorization: Bearer {admin_token}" "{admin}/admin/v1/keys?user_id={DEMO_USER}"

@@ -77,20 +77,18 @@ def nginx(tmp_path: Path, gateway: RunningGateway, upstream: RecordingUpstream) 
     if not Path(binary).exists():
         pytest.skip("nginx tests need nginx: apt-get install nginx-light")
     port = free_port()
-    server = readme_block("nginx").replace("listen 8000;", f"listen 127.0.0.1:{port};")
+    text = readme_block("nginx").replace("listen 8000;", f"listen 127.0.0.1:{port};")
     for placeholder, address in _addresses(gateway, upstream).items():
-        server = server.replace(placeholder, address)
+        text = text.replace(placeholder, address)
     temp = tmp_path / "nginx"
     temp.mkdir()
     conf = temp / "nginx.conf"
-    conf.write_text(
-        f"daemon off;\nmaster_process off;\npid {temp}/nginx.pid;\nerror_log {temp}/error.log info;\n"
-        "events {}\nhttp {\n"
-        f"  access_log off;\n  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
-        f"  fastcgi_temp_path {temp}/fcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n"
-        f"{server}}}\n"
+    conf.write_text(text)  # the README's whole configuration, run the way it says
+    flags = (
+        f"daemon off; master_process off; pid {temp}/nginx.pid; error_log {temp}/error.log info;"
     )
-    with _running([binary, "-p", str(temp), "-c", str(conf)], port, temp / "out.log") as front:
+    argv = [binary, "-p", f"{temp}/", "-c", str(conf), "-g", flags]
+    with _running(argv, port, temp / "out.log") as front:
         yield front
 
 
@@ -100,13 +98,13 @@ def caddy(tmp_path: Path, gateway: RunningGateway, upstream: RecordingUpstream) 
     if binary is None:
         pytest.skip("Caddy tests need Caddy: apt-get install caddy")
     port = free_port()
-    site = readme_block("caddyfile").replace(":8000 {", f"http://127.0.0.1:{port} {{", 1)
+    site = readme_block("caddyfile").replace("\n:8000 {", f"\nhttp://127.0.0.1:{port} {{", 1)
     for placeholder, address in _addresses(gateway, upstream).items():
         site = site.replace(placeholder, address)
     temp = tmp_path / "caddy"
     temp.mkdir()
     caddyfile = temp / "Caddyfile"
-    caddyfile.write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site)
+    caddyfile.write_text(site)  # verbatim, its global options (admin off) included
     env_home = ["env", f"HOME={temp}", f"XDG_DATA_HOME={temp}", f"XDG_CONFIG_HOME={temp}"]
     argv = [*env_home, binary, "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
     with _running(argv, port, temp / "out.log") as front:
