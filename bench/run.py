@@ -1,7 +1,10 @@
 """`make bench`: wrk against loopback, every contender measured in the same run, interleaved.
 
 wrk and the upstream (nginx) share core 0; the proxy under test runs alone on core 1.
-Ratios are against the naive aiohttp proxy measured in the same round.
+A front proxy in front of the gateway (nginx `auth_request`) runs on core 1 too, in
+its own nginx process: a host that runs both pays for both on the same cores, the
+core the naive proxy has alone. Ratios are against the naive aiohttp proxy measured
+in the same round; the decision rows also against the bare pattern (`minimal_auth.py`).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def redis_server() -> Iterator[str | None]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
-def nginx_conf(upstream_port: int, proxy_port: int, auth_port: int, decisions_port: int) -> Path:
+def nginx_conf(upstream_port: int, proxy_port: int) -> Path:
+    """The upstream and the plain `proxy_pass` row (core 0, with wrk)."""
     docroot = OUT / "www"
     for prefix in ("", "api/", "public/", "limited/", "jwt/"):
         (docroot / prefix).mkdir(parents=True, exist_ok=True)
@@ -96,10 +100,17 @@ http {{
     listen 127.0.0.1:{proxy_port};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
-  # The README's auth_request configuration, with keep-alive to both sides.
-  upstream decisions {{ server 127.0.0.1:{decisions_port}; keepalive 64; }}
+}}
+""")
+    return conf
+
+
+def _auth_request_server(port: int, decider: str, upstream_port: int) -> str:
+    """The README's auth_request configuration, with keep-alive to both sides."""
+    return f"""
+  upstream decider_{port} {{ server {decider}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{auth_port};
+    listen 127.0.0.1:{port};
     location / {{
       auth_request /.gateway-decision;
       auth_request_set $gateway_user_id $upstream_http_x_gateway_user_id;
@@ -118,11 +129,11 @@ http {{
       proxy_set_header X-API-Key         "";
       proxy_set_header Connection        "";
       proxy_http_version 1.1;
-      proxy_pass http://origin;
+      proxy_pass http://127.0.0.1:{upstream_port};
     }}
     location = /.gateway-decision {{
       internal;
-      proxy_pass http://decisions/decisions/auth-request;
+      proxy_pass http://decider_{port}/decisions/auth-request;
       proxy_http_version 1.1;
       proxy_pass_request_body off;
       proxy_set_header Connection "";
@@ -134,6 +145,26 @@ http {{
       proxy_set_header X-Original-IP     $remote_addr;
     }}
   }}
+"""
+
+
+def front_conf(upstream_port: int, fronts: dict[int, str]) -> Path:
+    """The front nginx of the decision rows (its own process, on the gateway's core):
+    listening port → the decider it asks."""
+    servers = "".join(
+        _auth_request_server(port, decider, upstream_port) for port, decider in fronts.items()
+    )
+    conf = OUT / "nginx-front.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {OUT}/nginx-front.pid;
+error_log {OUT}/nginx-front-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+{servers}
 }}
 """)
     return conf
@@ -302,6 +333,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="also measure serve --workers N on both cores"
     )
+    parser.add_argument(
+        "--only", default="", help="comma-separated substrings of row names (yardsticks kept)"
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     if not args.database_url:
@@ -334,12 +368,18 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     gw_port, admin_port = free_port(), free_port()
     uv_port, uv_admin_port = free_port(), free_port()
     auth_port, decisions_port, naive_uv_port = free_port(), free_port(), free_port()
-    conf = nginx_conf(upstream_port, nginx_proxy_port, auth_port, decisions_port)
-    config = gateway_config(
-        database_url, upstream_port, gw_port, admin_port, "gateway", decisions_port
+    reference_port, minimal_auth_port = free_port(), free_port()
+    conf = nginx_conf(upstream_port, nginx_proxy_port)
+    front = front_conf(
+        upstream_port,
+        {
+            auth_port: f"127.0.0.1:{decisions_port}",
+            reference_port: f"127.0.0.1:{minimal_auth_port}",
+        },
     )
+    config = gateway_config(database_url, upstream_port, gw_port, admin_port, "gateway")
     uv_config = gateway_config(
-        database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop"
+        database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop", decisions_port
     )
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
@@ -353,6 +393,11 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     cached, fresh_script = asyncio.run(seed(database_url, 40_000))
     with (
         process([*pin(0), "nginx", "-c", str(conf)], "nginx.log"),
+        process([*pin(1), "nginx", "-c", str(front)], "nginx-front.log"),
+        process(
+            [*pin(1), PY, str(HERE / "minimal_auth.py"), str(minimal_auth_port), cached],
+            "minimal-auth.log",
+        ),
         process(
             [
                 *pin(1),
@@ -392,7 +437,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         ) as gateway_uv,
         contextlib.ExitStack() as extras,
     ):
-        for port in (upstream_port, naive_port, naive_uv_port):
+        for port in (upstream_port, naive_port, naive_uv_port, reference_port):
             wait_http(f"http://127.0.0.1:{port}/public/200B")
         token = asyncio.run(mint(f"http://127.0.0.1:{gw_port}", cached))
         auth = {"Authorization": f"Bearer {cached}"}
@@ -412,9 +457,16 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "gateway cached API key, uvloop (default)": (uv_port, "/api/", auth, None),
             "gateway cached key + by-key limit (local), uvloop": (uv_port, "/limited/", auth, None),
             "gateway cached key + identity jwt, uvloop": (uv_port, "/jwt/", auth, None),
-            "nginx auth_request + gateway decision, asyncio": (auth_port, "/api/", auth, None),
+            # nginx on the gateway's core in front of each decider, same configuration.
+            "nginx auth_request + gateway decision, uvloop": (auth_port, "/api/", auth, None),
+            "nginx auth_request + minimal auth service, uvloop (reference)": (
+                reference_port,
+                "/api/",
+                auth,
+                None,
+            ),
             # The decision alone: what one gateway process decides per second.
-            "gateway decisions alone (forward-auth), asyncio": (
+            "gateway decisions alone (forward-auth), uvloop": (
                 decisions_port,
                 "/decisions/forward-auth",
                 {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/200B"},
@@ -428,9 +480,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "gateway cached API key, uvloop (default)": gateway_uv.pid,
         }
         for name in targets:
-            if (name.startswith("gateway") and "uvloop" not in name) or "decision" in name:
+            if name.startswith("gateway") and "uvloop" not in name:
                 pids[name] = gateway.pid
-            elif name.startswith("gateway"):
+            elif name.startswith("gateway") or "gateway decision" in name:
                 pids[name] = gateway_uv.pid
         redis_url = extras.enter_context(redis_server())
         if redis_url is not None:
@@ -451,6 +503,11 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             name = "gateway cached key + by-key limit (redis), uvloop"
             targets[name] = (rd_port, "/limited/", auth, None)
             pids[name] = rd.pid
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",")]
+            for name in list(targets):
+                if not name.startswith("naive") and not any(w in name for w in wanted):
+                    del targets[name]
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
 
         def measure(name: str, connections: int, body: str) -> None:
@@ -488,6 +545,8 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             None,
         )
         for name in list(targets)[-2:]:
+            if args.only and not any(w in name for w in args.only.split(",")):
+                continue
             pids[name] = gateway.pid
             once = name.startswith("gateway fresh key")
             for connections in connection_counts[:1] if once else connection_counts:
@@ -565,6 +624,26 @@ def rss_soak(pid: int, port: int, headers: dict[str, str], seconds: int) -> str:
     return line
 
 
+GATEWAY_DECISION = "nginx auth_request + gateway decision, uvloop"
+REFERENCE = "nginx auth_request + minimal auth service, uvloop (reference)"
+
+
+def _against_reference(results: dict[tuple[str, int, str], list[dict[str, float]]]) -> list[str]:
+    """The decision row against the bare pattern on the same core, per cell."""
+    out = []
+    for (name, connections, body), runs in results.items():
+        reference = results.get((REFERENCE, connections, body))
+        if name != GATEWAY_DECISION or not reference:
+            continue
+        ours = statistics.median(r["rps"] for r in runs)
+        theirs = statistics.median(r["rps"] for r in reference)
+        out.append(
+            f"nginx auth_request + gateway decision vs the minimal auth service, {connections}"
+            f" connections, {body}: {ours / theirs:.2f}x"
+        )
+    return out
+
+
 def report(
     results: dict[tuple[str, int, str], list[dict[str, float]]],
     args: argparse.Namespace,
@@ -593,6 +672,7 @@ def report(
             f" | {statistics.median(r['p99'] for r in runs):.2f} | {rps / naive:.2f}x"
             f" | {f'{cpu:.0f}' if cpu else '-'} | {failed} |"
         )
+    lines += ["", *_against_reference(results)]
     table = "\n".join(lines)
     print("\n" + table)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

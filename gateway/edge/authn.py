@@ -12,7 +12,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.keys import format as key_format
 from gateway.keys.principal import Principal
-from gateway.keys.store import KeyRecord, KeyStore, StoreUnavailable
+from gateway.keys.store import MISSING, KeyRecord, KeyStore, StoreUnavailable
 from gateway.problems import database_unavailable, unauthorized
 from gateway.tokens.actor import Signer, TokenRejected
 
@@ -51,7 +51,10 @@ class Authenticator:
     async def _api_key(self, token: str) -> Principal:
         if not key_format.is_well_formed(token, self._prefix):
             raise unauthorized("malformed-credential", "malformed credential")
-        record = await self._lookup(self._store.by_hash(key_format.digest(token)))
+        digest = key_format.digest(token)
+        record = self._store.cached_by_hash(digest)
+        if record is MISSING:
+            record = await self._lookup(self._store.by_hash(digest))
         if record is None:
             raise unauthorized("unknown-credential", "unknown credential")
         self._check_status(record, "")

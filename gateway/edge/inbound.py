@@ -80,12 +80,11 @@ class Exchange:
     @property
     def headers(self) -> CIMultiDictProxy[str]:
         if self._headers is None:
-            self._headers = CIMultiDictProxy(
-                CIMultiDict(
-                    (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-                    for name, value in self.raw_headers
-                )
-            )
+            decoded = [
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self.raw_headers
+            ]
+            self._headers = CIMultiDictProxy(CIMultiDict(decoded))
         return self._headers
 
     # --- what the gateway's own endpoints read -------------------------------------------

@@ -124,8 +124,10 @@ def request_head(
     parts = [
         b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
     ]
-    for name, value in _kept_request_headers(request):
-        parts += (name, b": ", value, b"\r\n")
+    named = _connection_tokens(request.headers)
+    for name, value in request.raw_headers:  # inline: this runs for every header of every request
+        if not _never_forwarded(name) and not (named and folded(name) in named):
+            parts += (name, b": ", value, b"\r\n")
     for added, text in _added_headers(request.peer, request.headers, identity, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)

@@ -8,6 +8,7 @@ flight). Invalidations (LISTEN/NOTIFY) drop entries; the TTL is the backstop.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -82,6 +83,15 @@ class KeyRecord:
 
 
 _MISSING = object()
+
+
+class Missing(enum.Enum):
+    """Not in the cache (a database query would tell)."""
+
+    MISSING = "missing"
+
+
+MISSING = Missing.MISSING
 
 
 class _EvictionCounting(TTLCache[Hashable, Any]):
@@ -174,6 +184,16 @@ class KeyStore:
 
     def now(self) -> float:
         return self._clock()
+
+    def cached_by_hash(self, digest: bytes) -> KeyRecord | Missing | None:
+        """The key if cached (None when cached as unknown), else `MISSING`: a hit, the
+        common case, answered without a coroutine."""
+        record = self._by_hash.get(digest)
+        if record is not _MISSING:
+            return record  # type: ignore[no-any-return]
+        if self._unknown.entries.get(digest) is not None:
+            return None
+        return MISSING
 
     async def by_hash(self, digest: bytes) -> KeyRecord | None:
         record = self._by_hash.get(digest)
