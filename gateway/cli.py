@@ -66,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     listing = add(key_cmds, "list")
     listing.add_argument("--user", required=True)
     listing.add_argument("--json", action="store_true")
+    update = add(key_cmds, "update", help="switch a key off or on, pin it to networks, rename it")
+    update.add_argument("id")
+    switch = update.add_mutually_exclusive_group()
+    switch.add_argument("--disable", action="store_false", dest="enabled", default=None)
+    switch.add_argument("--enable", action="store_true", dest="enabled", default=None)
+    networks = update.add_mutually_exclusive_group()
+    networks.add_argument(
+        "--cidr", action="append", dest="cidrs", help="allowed network (repeat for several)"
+    )
+    networks.add_argument("--any-address", action="store_true", help="remove every allowed network")
+    update.add_argument("--name")
+    update.add_argument("--description")
+    update.add_argument("--json", action="store_true")
     add(key_cmds, "revoke").add_argument("id")
     rotate = add(key_cmds, "rotate")
     rotate.add_argument("id")
@@ -191,10 +204,15 @@ def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 
 def _key_line(key: dict[str, Any]) -> str:
     expires = key["expires_at"] or "never"
-    return (
+    line = (
         f"{key['id']}  {key['display_prefix']}…  {key['status']:<7}  {key['name']}"
         f"  scopes={','.join(key['scopes'])}  expires={expires}"
     )
+    if not key.get("enabled", True):
+        line += "  disabled"
+    if key.get("allowed_cidrs"):
+        line += f"  from={','.join(key['allowed_cidrs'])}"
+    return line
 
 
 def _created(key: dict[str, Any]) -> str:
@@ -224,6 +242,28 @@ async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Na
         raise CommandError(f"--user: {errors[0][1]}")
     found = await management.list_keys(conn, args.user)
     _print({"keys": found}, args.json, lambda d: "\n".join(map(_key_line, d["keys"])) or "no keys")
+    return 0
+
+
+async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    for name in ("name", "description", "enabled"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.cidrs is not None or args.any_address:
+        body["allowed_cidrs"] = args.cidrs or []
+    if not body:
+        raise CommandError("nothing to change: give --disable, --enable, --cidr, --name, …")
+    errors = validation.check_update(body, management.UPDATABLE)
+    if errors:
+        flag = {"allowed_cidrs": "--cidr", "enabled": "--enable/--disable"}
+        field, message = errors[0]
+        raise CommandError(f"{flag.get(field.split('[')[0], '--' + field)}: {field}: {message}")
+    try:
+        updated = await management.update_key(conn, args.id, None, body, actor=CLI)
+    except management.NotFound:
+        raise CommandError(f"no key {args.id}") from None
+    _print(updated, args.json, _key_line)
     return 0
 
 
@@ -289,6 +329,7 @@ def _audit_lines(page: dict[str, Any]) -> str:
 _Handler = Callable[[asyncpg.Connection, Config, argparse.Namespace], Awaitable[int]]
 _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "create"): _keys_create,
+    ("keys", "update"): _keys_update,
     ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke,
     ("keys", "rotate"): _keys_rotate,

@@ -6,6 +6,7 @@ reason; the CLI prints it on one line and exits 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -202,6 +203,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     self_service: SelfService = msgspec.field(default_factory=SelfService)
     decisions: Decisions = msgspec.field(default_factory=Decisions)
     rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
+    # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
     base_dir: str = "."
     source: str = "(defaults)"  # the file it came from, for errors found after loading
@@ -327,6 +330,7 @@ def _check(config: Config, path: Path) -> None:
         *_check_scopes(config.scopes),
         *_check_self_service(config.self_service, config.scopes),
         *_check_rate_limiting(config.rate_limiting),
+        *_check_trusted_proxies(config.trusted_proxies),
     ]
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
@@ -415,6 +419,16 @@ def _check_self_service(settings: SelfService, scopes: dict[str, ScopeDef]) -> l
     for index, scope in enumerate(settings.allowed_scopes or []):
         if scope not in scopes:
             out.append(f"self_service.allowed_scopes[{index}]: unknown scope {scope!r}")
+    return out
+
+
+def _check_trusted_proxies(cidrs: list[str]) -> list[str]:
+    out = []
+    for index, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError as exc:
+            out.append(f"trusted_proxies[{index}]: {exc}")
     return out
 
 

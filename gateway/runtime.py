@@ -27,6 +27,7 @@ from gateway.app import create_admin_app
 from gateway.config import Config
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
+from gateway.edge.clients import ClientAddresses
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider
 from gateway.edge.inbound import Lane, Limits
@@ -144,6 +145,7 @@ class Gateway:
             recorder=recorder,
             identity_tokens=self.identity_tokens,
             websockets=websockets,
+            clients=ClientAddresses(config.trusted_proxies),
             self_service=self_service.from_config(config, self.pool, self.http),
         )
         return pipeline, DecisionEndpoints(decider, recorder), websockets

@@ -109,6 +109,20 @@ async def get_key(request: web.Request) -> web.Response:
         raise _not_found(key_id) from None
 
 
+async def update_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    body = await read_object(request)
+    errors = validation.check_update(body, management.UPDATABLE)
+    if errors:
+        raise invalid_fields(errors)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            updated = await management.update_key(conn, key_id, None, body, actor=_actor(request))
+    except management.NotFound:
+        raise _not_found(key_id) from None
+    return json_response(updated)
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
@@ -196,6 +210,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/keys", create_key)
     app.router.add_get("/admin/v1/keys", list_keys)
     app.router.add_get("/admin/v1/keys/{id}", get_key)
+    app.router.add_patch("/admin/v1/keys/{id}", update_key)
     app.router.add_delete("/admin/v1/keys/{id}", revoke_key)
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
     app.router.add_put("/admin/v1/memberships", put_membership)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audit.events import ACTIONS
-from gateway.keys.schemas import KEY, NEW_KEY
+from gateway.keys.schemas import CONTROLS, KEY, NEW_KEY
 from gateway.problems import PROBLEM_SCHEMA
 
 _MEMBERSHIP = {
@@ -29,6 +29,16 @@ _CREATE = {
         "scopes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
         "expires_at": {"type": "string", "format": "date-time"},
+        **CONTROLS,
+    },
+}
+_UPDATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": ["string", "null"], "maxLength": 500},
+        **CONTROLS,
     },
 }
 
@@ -143,6 +153,18 @@ DOCUMENT: dict[str, Any] = {
                 "parameters": _KEY_ID,
                 "responses": {
                     "200": {"description": "The key", "content": _json("Key")},
+                    "404": _problem("No such key"),
+                    **_ERRORS,
+                },
+            },
+            "patch": {
+                "parameters": _KEY_ID,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _UPDATE}},
+                },
+                "responses": {
+                    "200": {"description": "The key, changed", "content": _json("Key")},
                     "404": _problem("No such key"),
                     **_ERRORS,
                 },

@@ -18,6 +18,8 @@ ACTIONS = (
     "key.updated",
     "key.rotated",
     "key.revoked",
+    "key.disabled",
+    "key.enabled",
     "membership.added",
     "membership.removed",
 )

@@ -27,6 +27,8 @@ def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> Reply:
     )
     headers = dict(zip(IDENTITY_HEADERS, (*values, decision.route.name), strict=True))
     headers.update(limits)
+    if principal is not None and principal.expires_header is not None:
+        headers["X-Key-Expires-At"] = principal.expires_header
     return Reply(200, {**headers, "X-Request-Id": request_id, **NO_STORE})
 
 

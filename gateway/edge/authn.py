@@ -72,7 +72,15 @@ class Authenticator:
         self._check_status(parent, "actor token: parent key ")
         self._store.touch(parent.id)
         scopes = claims.scopes & parent.effective
-        return Principal(claims.user_id, parent.id, scopes, "actor_token", " ".join(sorted(scopes)))
+        return Principal(
+            claims.user_id,
+            parent.id,
+            scopes,
+            "actor_token",
+            " ".join(sorted(scopes)),
+            parent.networks,
+            parent.principal.expires_header,
+        )
 
     async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:
         try:
@@ -82,5 +90,8 @@ class Authenticator:
 
     def _check_status(self, record: KeyRecord, what: str) -> None:
         status = record.status(self._store.now())
+        if status == "disabled":
+            # Switched off by its owner, and reversible: said as such (§16's slug).
+            raise unauthorized("key-disabled", f"{what}disabled credential".strip())
         if status != "active":
             raise unauthorized(f"{status}-credential", f"{what}{status} credential".strip())

@@ -34,9 +34,16 @@ class Outcome:
     upstream: str | None = None
     limits: LimitState | None = None  # only on a route with rate limits
     asked: tuple[str, str] | None = None  # the method and target a front proxy asked about
+    client: str = ""  # the client address
 
     def limit_headers(self) -> dict[str, str]:
         return self.limits.headers if self.limits is not None else {}
+
+
+def check_address(principal: Principal, client: str) -> None:
+    """A key pinned to networks (`allowed_cidrs`) is refused from any other address."""
+    if principal.networks and not principal.allows_address(client):
+        raise Problem(403, "address-not-allowed", "this key may not be used from this address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,12 @@ class Decider:
         client: str,
         outcome: Outcome,
     ) -> Decision:
-        """Allow (a `Decision`) or raise the `Problem` the request is refused with."""
+        """Allow (a `Decision`) or raise the `Problem` the request is refused with.
+
+        The checks run in the order of §16, each refusal spending nothing later in the
+        list: `by: ip` limits (before authentication), the credential (401), the client
+        address (403), scopes and membership (403), the other rate limits (429)."""
+        outcome.client = client
         match = self._policies.current.router.match(method, target.segments)
         if match is None:
             raise Problem(404, "no-route", "no route allows this method and path")
@@ -82,6 +94,7 @@ class Decider:
             return Decision(route, None)
         principal = await self._authn.authenticate(headers)
         outcome.principal = principal
+        check_address(principal, client)
         await self._authorize(principal, match)
         if limited:
             assert outcome.limits is not None

@@ -36,7 +36,7 @@ class Envelope:
     async def serve(self, exchange: Exchange) -> None:
         started = time.perf_counter()
         rid = self._recorder.ids.for_request(exchange.headers)
-        outcome = Outcome(endpoint=self._endpoint)
+        outcome = Outcome(endpoint=self._endpoint, client=exchange.peer)
         timing: dict[str, float] = {}
         try:
             await self._work(exchange, rid, outcome, timing)

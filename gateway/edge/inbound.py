@@ -45,6 +45,7 @@ class Exchange:
         "_headers",
         "body",
         "body_exists",
+        "client",
         "close_after",
         "content_length",
         "head_bytes",
@@ -66,6 +67,7 @@ class Exchange:
         self.raw_headers = head.raw_headers
         self.head_bytes = head.raw  # kept only for an upgrade
         self.peer = connection.peer
+        self.client = self.peer  # the client address, once `trusted_proxies` are applied
         self.content_length = head.content_length
         self._headers: CIMultiDictProxy[str] | None = None
         self.close_after = not head.keep_alive

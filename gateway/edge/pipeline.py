@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from gateway.edge import safety
 from gateway.edge.authn import Authenticator
+from gateway.edge.clients import ClientAddresses
 from gateway.edge.cors import Cors
-from gateway.edge.decide import Decider, Decision, Outcome
+from gateway.edge.decide import Decider, Decision, Outcome, check_address
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
@@ -45,8 +46,10 @@ class Pipeline:
         recorder: Recorder,
         identity_tokens: IdentityTokens,
         websockets: WebSocketDoor,
+        clients: ClientAddresses,
         self_service: SelfService | None = None,
     ) -> None:
+        self._clients = clients
         self._decider = decider
         self._identity_tokens = identity_tokens
         self._authn = authenticator
@@ -67,16 +70,21 @@ class Pipeline:
             exchange.reply(self._cors.preflight(exchange, rid), {})
             return
         cors = self._cors.headers(exchange)
+        if self._clients.enabled:
+            exchange.client = self._clients.of(exchange.peer, exchange.headers)
         owned = await self._gateway_owned(exchange, target.path, outcome, rid)
         if owned is not None:
             exchange.reply(owned, {"X-Request-Id": rid, **cors})
             return
         decision = await self._decider.decide(
-            exchange.method, target, exchange.headers, exchange.peer, outcome
+            exchange.method, target, exchange.headers, exchange.client, outcome
         )
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
         extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
+        expiry = decision.principal.expires_header if decision.principal else None
+        if expiry is not None:
+            extra["X-Key-Expires-At"] = expiry
         identity = self._identity(decision, upstream.name)
         if websocket.is_upgrade(exchange.method, exchange.headers):
             self._websockets.switch(exchange, target.raw, upstream, identity, rid, extra, outcome)
@@ -112,4 +120,6 @@ class Pipeline:
             return self._tokens.jwks()
         principal = await self._authn.authenticate(request.headers)
         outcome.principal = principal
+        outcome.client = request.client
+        check_address(principal, request.client)
         return await self._tokens.mint(request, principal)

@@ -74,5 +74,6 @@ class Recorder:
                 upstream_ms,
                 outcome.reason,
                 outcome.endpoint,
+                outcome.client,
             )
         )

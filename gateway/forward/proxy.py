@@ -77,15 +77,15 @@ class Incoming(Protocol):
     @property
     def headers(self) -> CIMultiDictProxy[str]: ...
     @property
-    def peer(self) -> str: ...
+    def client(self) -> str: ...  # the client address, sent as X-Forwarded-For
 
 
 def _added_headers(
-    peer: str, headers: CIMultiDictProxy[str], identity: Identity, request_id: str
+    client: str, headers: CIMultiDictProxy[str], identity: Identity, request_id: str
 ) -> list[tuple[str, str]]:
     # The listener speaks plain HTTP: TLS, when any, ends in front of the gateway.
     added = [
-        ("X-Forwarded-For", peer or "unknown"),
+        ("X-Forwarded-For", client or "unknown"),
         ("X-Forwarded-Proto", "http"),
         ("X-Forwarded-Host", headers.get("Host", "")),
         ("X-Request-Id", request_id),
@@ -128,7 +128,7 @@ def request_head(
     for name, value in request.raw_headers:  # inline: this runs for every header of every request
         if not _never_forwarded(name) and not (named and folded(name) in named):
             parts += (name, b": ", value, b"\r\n")
-    for added, text in _added_headers(request.peer, request.headers, identity, request_id):
+    for added, text in _added_headers(request.client, request.headers, identity, request_id):
         parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
@@ -140,7 +140,7 @@ def request_headers(request: Incoming, identity: Identity, request_id: str) -> C
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in _kept_request_headers(request):
         out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-    for added, text in _added_headers(request.peer, request.headers, identity, request_id):
+    for added, text in _added_headers(request.client, request.headers, identity, request_id):
         out[added] = text
     return out
 

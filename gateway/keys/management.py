@@ -18,12 +18,14 @@ from gateway.audit.events import Actor
 from gateway.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
-from gateway.keys.validation import KeySpec
+from gateway.keys.validation import KeySpec, normal_cidrs
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
-    " revoked_at, last_used_at"
+    " revoked_at, last_used_at, enabled, allowed_cidrs"
 )
+# What `update_key` may change; the last two reach the request path (a NOTIFY).
+UPDATABLE = ("name", "description", "enabled", "allowed_cidrs")
 
 
 class NotFound(Exception):
@@ -54,6 +56,8 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "expires_at": _iso(expires),
         "revoked_at": _iso(revoked),
         "last_used_at": _iso(row["last_used_at"]),
+        "enabled": row["enabled"],
+        "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
     }
 
 
@@ -64,9 +68,9 @@ def _iso(value: datetime | None) -> str | None:
 async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     secret = key_format.generate(prefix)
     row = await conn.fetchrow(
-        "INSERT INTO api_keys"
-        " (id, key_hash, display_prefix, user_id, name, scopes, expires_at, description)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_KEY_FIELDS}",
+        "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
+        " expires_at, description, enabled, allowed_cidrs)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[]) RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
         key_format.digest(secret),
         key_format.display_prefix(secret),
@@ -75,6 +79,8 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
         spec.scopes,
         spec.expires_at,
         spec.description,
+        spec.enabled,
+        list(spec.allowed_cidrs),
     )
     assert row is not None
     return {**key_json(row, datetime.now(UTC)), "key": secret}
@@ -82,7 +88,8 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
 
 def _described(key: dict[str, Any]) -> dict[str, Any]:
     """What the audit trail keeps of a key: never its secret or hash."""
-    return {name: key[name] for name in ("name", "description", "scopes", "expires_at")}
+    described = ("name", "description", "scopes", "expires_at", "enabled", "allowed_cidrs")
+    return {name: key[name] for name in described}
 
 
 async def create_key(conn: Conn, spec: KeySpec, prefix: str, *, actor: Actor) -> dict[str, Any]:
@@ -144,30 +151,50 @@ async def get_key(conn: Conn, key_id: str, owner: str | None = None) -> dict[str
 
 
 async def update_key(
-    conn: Conn, key_id: str, owner: str | None, changes: dict[str, str | None], *, actor: Actor
+    conn: Conn, key_id: str, owner: str | None, changes: dict[str, Any], *, actor: Actor
 ) -> dict[str, Any]:
-    """Set `name` and/or `description` (validated by the caller); returns the key."""
+    """Set any of `UPDATABLE` (validated by the caller); returns the key.
+
+    One audit event when something really changed, with the changed fields:
+    `key.disabled` or `key.enabled` when `enabled` changed, else `key.updated`. A
+    change the request path sees (`enabled`, `allowed_cidrs`) is sent to every
+    process by NOTIFY, in the same transaction."""
+    cidrs = changes.get("allowed_cidrs")
     async with conn.transaction():
-        row = await conn.fetchrow(
-            f"UPDATE api_keys SET name = COALESCE($3, name),"
-            f" description = CASE WHEN $4 THEN $5 ELSE description END"
-            f" WHERE {_OWNED} RETURNING {_KEY_FIELDS}",
+        old = await conn.fetchrow(
+            f"SELECT {_KEY_FIELDS}, key_hash FROM api_keys WHERE {_OWNED} FOR UPDATE",
             _uuid(key_id),
             owner,
+        )
+        if old is None:
+            raise NotFound(key_id)
+        row = await conn.fetchrow(
+            "UPDATE api_keys SET name = COALESCE($2, name),"
+            " description = CASE WHEN $3 THEN $4 ELSE description END,"
+            " enabled = COALESCE($5, enabled),"
+            " allowed_cidrs = COALESCE($6::cidr[], allowed_cidrs)"
+            f" WHERE id = $1 RETURNING {_KEY_FIELDS}",
+            old["id"],
             changes.get("name"),
             "description" in changes,
             changes.get("description") or None,
+            changes.get("enabled"),
+            None if cidrs is None else list(normal_cidrs(cidrs)),
         )
-        if row is None:
-            raise NotFound(key_id)
-        updated = key_json(row, datetime.now(UTC))
-        changed: dict[str, Any] = {
-            name: updated[name] for name in ("name", "description") if name in changes
-        }
-        await audit.record(
-            conn, actor, "key.updated", user_id=updated["user_id"], key_id=updated["id"],
-            details=changed,
-        )  # fmt: skip
+        now = datetime.now(UTC)
+        assert row is not None
+        before, updated = key_json(old, now), key_json(row, now)
+        changed = {name: updated[name] for name in UPDATABLE if updated[name] != before[name]}
+        if changed:
+            action = "key.updated"
+            if "enabled" in changed:
+                action = "key.enabled" if updated["enabled"] else "key.disabled"
+            await audit.record(
+                conn, actor, action, user_id=updated["user_id"], key_id=updated["id"],
+                details={"name": updated["name"], **changed},
+            )  # fmt: skip
+        if "enabled" in changed or "allowed_cidrs" in changed:
+            await notify_key(conn, updated["id"], bytes(old["key_hash"]))
     return updated
 
 

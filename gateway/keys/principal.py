@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
 AuthKind = Literal["api_key", "actor_token"]
+Network = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +17,17 @@ class Principal:
     scopes: frozenset[str]  # effective scopes
     auth: AuthKind
     scope_header: str  # X-Gateway-Scopes, built once per credential
+    networks: tuple[Network, ...] = ()  # the key's allowed_cidrs; empty: anywhere
+    expires_header: str | None = None  # X-Key-Expires-At, when the key expires
+
+    def allows_address(self, client: str) -> bool:
+        """Whether the client address is in the key's allowed networks (any, when none)."""
+        if not self.networks:
+            return True
+        try:
+            address: IPv4Address | IPv6Address = ip_address(client)
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:10.1.2.3 is 10.1.2.3
+        return any(address in network for network in self.networks)

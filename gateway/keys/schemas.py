@@ -17,6 +17,17 @@ _PROPERTIES: dict[str, Any] = {
     "expires_at": _TIME,
     "revoked_at": _TIME,
     "last_used_at": _TIME,
+    "enabled": {"type": "boolean"},
+    "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
+}
+# Request fields of key controls (creation and PATCH).
+CONTROLS: dict[str, Any] = {
+    "enabled": {"type": "boolean"},
+    "allowed_cidrs": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {"type": "string", "description": "an IPv4 or IPv6 network, e.g. 10.0.0.0/8"},
+    },
 }
 _REQUIRED = ["id", "name", "scopes", "display_prefix", "status", "created_at"]
 

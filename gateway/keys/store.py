@@ -12,24 +12,25 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 import asyncpg
 from cachetools import TTLCache
 
 from gateway.config import Cache
-from gateway.keys.principal import Principal
+from gateway.keys.principal import Network, Principal
 from gateway.policy.scopes import Catalogue
 
 Clock = Callable[[], float]
-Status = Literal["active", "expired", "revoked"]
+Status = Literal["active", "expired", "revoked", "disabled"]
 T = TypeVar("T")
 
 # After a failed query, answer 503 at once for this long instead of queueing
 # every request behind a connect timeout.
 _BACKOFF_SECONDS = 0.5
 _SELECT_KEY = (
-    "SELECT id::text AS id, user_id, name, scopes,"
+    "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs,"
     " extract(epoch FROM expires_at)::float8 AS expires_at,"
     " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
 )
@@ -66,20 +67,37 @@ class KeyRecord:
     effective: frozenset[str]  # closed under `implies`
     expires_at: float | None
     revoked_at: float | None  # may lie in the future (rotation grace)
+    enabled: bool = True
+    networks: tuple[Network, ...] = ()  # allowed_cidrs
     # Who a request with this key is: built once per load, not once per request.
     principal: Principal = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         scope_header = " ".join(sorted(self.effective))
-        principal = Principal(self.user_id, self.id, self.effective, "api_key", scope_header)
+        principal = Principal(
+            self.user_id,
+            self.id,
+            self.effective,
+            "api_key",
+            scope_header,
+            self.networks,
+            rfc3339(self.expires_at) if self.expires_at is not None else None,
+        )
         object.__setattr__(self, "principal", principal)
 
     def status(self, now: float) -> Status:
+        """Why the key cannot be used now, if it cannot: revoked, expired, disabled."""
         if self.revoked_at is not None and self.revoked_at <= now:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
+        if not self.enabled:
+            return "disabled"
         return "active"
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 _MISSING = object()
@@ -253,6 +271,8 @@ class KeyStore:
             effective=self._catalogue.closure(row["scopes"]),
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
+            enabled=row["enabled"],
+            networks=tuple(row["allowed_cidrs"]),
         )
 
     async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from ipaddress import ip_network
 from typing import Any
 
 from gateway.policy.scopes import Catalogue
@@ -16,6 +17,7 @@ from gateway.timestamps import parse_time
 Errors = list[tuple[str, str]]
 RESOURCE_TYPES = ("organization", "project")
 MAX_DESCRIPTION = 500
+MAX_CIDRS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,47 @@ class KeySpec:
     scopes: list[str]
     expires_at: datetime | None
     description: str | None = None
+    enabled: bool = True
+    allowed_cidrs: tuple[str, ...] = ()
+
+
+def check_controls(body: dict[str, Any]) -> Errors:
+    """`enabled` and `allowed_cidrs` where given (creation and updates alike)."""
+    errors: Errors = []
+    if "enabled" in body and not isinstance(body["enabled"], bool):
+        errors.append(("enabled", "must be true or false"))
+    if "allowed_cidrs" in body:
+        errors += _check_cidrs(body["allowed_cidrs"])
+    return errors
+
+
+def _check_cidrs(value: object) -> Errors:
+    if not isinstance(value, list) or len(value) > MAX_CIDRS:
+        return [("allowed_cidrs", f"must be a list of at most {MAX_CIDRS} networks")]
+    errors: Errors = []
+    for index, cidr in enumerate(value):
+        if not isinstance(cidr, str):
+            errors.append((f"allowed_cidrs[{index}]", "must be a string"))
+            continue
+        try:
+            ip_network(cidr)
+        except ValueError as exc:
+            # Host bits set is refused rather than masked: 10.0.0.1/8 is most likely a typo.
+            errors.append((f"allowed_cidrs[{index}]", str(exc)))
+    return errors
+
+
+def check_update(body: dict[str, Any], fields: tuple[str, ...]) -> Errors:
+    """A change of any of `fields` (name, description, enabled, allowed_cidrs)."""
+    errors: Errors = [(f, "unknown field") for f in sorted(set(body) - set(fields))]
+    if "name" in body:
+        errors += check_name(body["name"])
+    return errors + check_description(body.get("description")) + check_controls(body)
+
+
+def normal_cidrs(value: list[str]) -> tuple[str, ...]:
+    """The networks as PostgreSQL will show them (`10.0.0.0/8`, `2001:db8::/32`), once each."""
+    return tuple(dict.fromkeys(str(ip_network(cidr)) for cidr in value))
 
 
 def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> KeySpec | Errors:
@@ -35,17 +78,32 @@ def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> K
     errors += check_description(body.get("description"))
     errors += check_scopes(scopes, catalogue.names)
     expires_at, expiry_errors = _expiry(body, now)
-    errors += expiry_errors
+    errors += expiry_errors + check_controls(body)
     if errors:
         return errors
     assert isinstance(user_id, str) and isinstance(name, str) and isinstance(scopes, list)
     return KeySpec(
-        user_id, name, list(dict.fromkeys(scopes)), expires_at, body.get("description") or None
+        user_id,
+        name,
+        list(dict.fromkeys(scopes)),
+        expires_at,
+        body.get("description") or None,
+        body.get("enabled", True),
+        normal_cidrs(body.get("allowed_cidrs", [])),
     )
 
 
 _CREATE_FIELDS = frozenset(
-    {"user_id", "name", "description", "scopes", "expires_in_days", "expires_at"}
+    {
+        "user_id",
+        "name",
+        "description",
+        "scopes",
+        "expires_in_days",
+        "expires_at",
+        "enabled",
+        "allowed_cidrs",
+    }
 )
 
 

@@ -37,6 +37,7 @@ class _Line(msgspec.Struct):
     upstream_ms: float | None
     reason: str | None
     endpoint: str  # proxy, or the decision endpoint asked (auth-request, forward-auth, ext-authz)
+    client: str  # the client address (trusted_proxies applied; a decision's: as reported)
 
 
 FIELDS: tuple[str, ...] = _Line.__struct_fields__

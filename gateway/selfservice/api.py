@@ -23,6 +23,7 @@ from gateway.keys.validation import (
     check_description,
     check_name,
     check_scopes,
+    check_update,
     whole_number,
 )
 from gateway.problems import Problem, invalid_fields
@@ -110,10 +111,8 @@ class KeysApi:
         self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor
     ) -> Reply:
         body = parse_object(await request.read_body(MAX_BODY))
-        errors: Errors = [(f, "unknown field") for f in sorted(set(body) - {"name", "description"})]
-        if "name" in body:
-            errors += check_name(body["name"])
-        errors += check_description(body.get("description"))
+        # The owner renames, describes, disables and enables; networks are the admin's.
+        errors = check_update(body, ("name", "description", "enabled"))
         if errors:
             raise invalid_fields(errors)
         try:

@@ -25,7 +25,7 @@ _CREATE = {
 _UPDATE = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"name": _NAME, "description": _DESCRIPTION},
+    "properties": {"name": _NAME, "description": _DESCRIPTION, "enabled": {"type": "boolean"}},
 }
 _ROTATE = {
     "type": "object",

@@ -120,7 +120,7 @@ class SelfService:
         if from_cookie:
             self._check_forgery(request)
         try:
-            actor = Actor(f"user:{user.id}", request_id, request.peer or None)
+            actor = Actor(f"user:{user.id}", request_id, request.client or None)
             return await self._routes[shape, request.method](request, user, key_id, actor)
         except DATABASE_DOWN:
             raise Problem(

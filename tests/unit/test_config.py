@@ -46,6 +46,8 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
         ("tokens: {default_ttl_seconds: 1000}", "must not exceed tokens.max_ttl_seconds"),
         ("upstreams: {core: {url: ftp://x}}", "upstreams.core.url: must start with http"),
         ("listen: [1, 2]", "listen: expected `object`, got `array`"),
+        ("trusted_proxies: [10.0.0.0/8, lb]", "trusted_proxies[1]: 'lb' does not appear"),
+        ("limits: {body_timeout_seconds: 0}", "limits.body_timeout_seconds: must be positive"),
         ("listen: {port: 1", "invalid YAML"),
         ("- a\n- b", "the top level must be a mapping"),
         (
