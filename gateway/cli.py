@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -76,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         "--cidr", action="append", dest="cidrs", help="allowed network (repeat for several)"
     )
     networks.add_argument("--any-address", action="store_true", help="remove every allowed network")
+    update.add_argument(
+        "--limit",
+        action="append",
+        dest="limits",
+        metavar="NAME=LIMIT/SECONDS[:BURST]",
+        help="this key's numbers for a `by: key` limit of the policies (repeat for several)",
+    )
+    update.add_argument("--no-limits", action="store_true", help="back to the policies' numbers")
     update.add_argument("--name")
     update.add_argument("--description")
     update.add_argument("--json", action="store_true")
@@ -252,19 +261,50 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
             body[name] = getattr(args, name)
     if args.cidrs is not None or args.any_address:
         body["allowed_cidrs"] = args.cidrs or []
+    if args.limits is not None or args.no_limits:
+        body["rate_limits"] = dict(_limit_flag(text) for text in args.limits or [])
     if not body:
-        raise CommandError("nothing to change: give --disable, --enable, --cidr, --name, …")
-    errors = validation.check_update(body, management.UPDATABLE)
+        raise CommandError("nothing to change: give --disable, --enable, --cidr, --limit, …")
+    errors = validation.check_update(body, management.UPDATABLE, _key_limits(config))
     if errors:
-        flag = {"allowed_cidrs": "--cidr", "enabled": "--enable/--disable"}
+        flag = {
+            "allowed_cidrs": "--cidr",
+            "enabled": "--enable/--disable",
+            "rate_limits": "--limit",
+        }
         field, message = errors[0]
-        raise CommandError(f"{flag.get(field.split('[')[0], '--' + field)}: {field}: {message}")
+        root = re.split(r"[.\[]", field)[0]  # allowed_cidrs[0], rate_limits.name
+        raise CommandError(f"{flag.get(root, '--' + field)}: {field}: {message}")
     try:
         updated = await management.update_key(conn, args.id, None, body, actor=CLI)
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
     _print(updated, args.json, _key_line)
     return 0
+
+
+_LIMIT_FLAG = re.compile(r"([^=]+)=(\d+)/(\d+(?:\.\d+)?)(?::(\d+))?")
+
+
+def _limit_flag(text: str) -> tuple[str, dict[str, float]]:
+    """`per-key=1000/1:2000` → ("per-key", {limit, per_seconds, burst})."""
+    found = _LIMIT_FLAG.fullmatch(text)
+    if found is None:
+        raise CommandError(
+            f"--limit: {text!r}: expected NAME=LIMIT/SECONDS[:BURST], e.g. per-key=100/1"
+        )
+    name, limit, seconds, burst = found.groups()
+    numbers = {"limit": int(limit), "per_seconds": float(seconds)}
+    if burst is not None:
+        numbers["burst"] = int(burst)
+    return name, numbers
+
+
+def _key_limits(config: Config) -> list[str]:
+    """The `by: key` limits of the configured policy set (what --limit may name)."""
+    catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
+    policies = load_dir(config.resolve(config.policies.dir), catalogue, frozenset(config.upstreams))
+    return [name for name, limit in policies.rate_limits.items() if limit.by == "key"]
 
 
 async def _keys_revoke(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:

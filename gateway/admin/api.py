@@ -80,9 +80,17 @@ def _not_found(key_id: str) -> Problem:
     return Problem(404, "key-not-found", "no such key")
 
 
+def _key_limits(request: web.Request) -> list[str]:
+    """The names a key's `rate_limits` may use: the `by: key` limits of the active set."""
+    limits = request.app[POLICIES].current.rate_limits
+    return [name for name, limit in limits.items() if limit.by == "key"]
+
+
 async def create_key(request: web.Request) -> web.Response:
     body = await read_object(request)
-    spec = validation.validate_key(body, request.app[SCOPES], datetime.now(UTC))
+    spec = validation.validate_key(
+        body, request.app[SCOPES], datetime.now(UTC), _key_limits(request)
+    )
     if isinstance(spec, list):
         raise invalid_fields(spec)
     async with request.app[POOL].acquire() as conn:
@@ -112,7 +120,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def update_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     body = await read_object(request)
-    errors = validation.check_update(body, management.UPDATABLE)
+    errors = validation.check_update(body, management.UPDATABLE, _key_limits(request))
     if errors:
         raise invalid_fields(errors)
     try:

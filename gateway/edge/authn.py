@@ -80,6 +80,7 @@ class Authenticator:
             " ".join(sorted(scopes)),
             parent.networks,
             parent.principal.expires_header,
+            parent.limits,
         )
 
     async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:

@@ -7,6 +7,7 @@ return.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,14 +19,14 @@ from gateway.audit.events import Actor
 from gateway.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
-from gateway.keys.validation import KeySpec, normal_cidrs
+from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
-    " revoked_at, last_used_at, enabled, allowed_cidrs"
+    " revoked_at, last_used_at, enabled, allowed_cidrs, rate_limits"
 )
-# What `update_key` may change; the last two reach the request path (a NOTIFY).
-UPDATABLE = ("name", "description", "enabled", "allowed_cidrs")
+# What `update_key` may change; all but the first two reach the request path (a NOTIFY).
+UPDATABLE = ("name", "description", "enabled", "allowed_cidrs", "rate_limits")
 
 
 class NotFound(Exception):
@@ -58,7 +59,13 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "last_used_at": _iso(row["last_used_at"]),
         "enabled": row["enabled"],
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
+        "rate_limits": _json_object(row["rate_limits"]),
     }
+
+
+def _json_object(stored: str | dict[str, Any]) -> dict[str, Any]:
+    found = json.loads(stored) if isinstance(stored, str) else stored
+    return dict(found)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,8 +76,9 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     secret = key_format.generate(prefix)
     row = await conn.fetchrow(
         "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
-        " expires_at, description, enabled, allowed_cidrs)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[]) RETURNING {_KEY_FIELDS}",
+        " expires_at, description, enabled, allowed_cidrs, rate_limits)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[], $11::jsonb)"
+        f" RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
         key_format.digest(secret),
         key_format.display_prefix(secret),
@@ -81,6 +89,7 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
         spec.description,
         spec.enabled,
         list(spec.allowed_cidrs),
+        json.dumps(spec.rate_limits or {}),
     )
     assert row is not None
     return {**key_json(row, datetime.now(UTC)), "key": secret}
@@ -88,7 +97,9 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
 
 def _described(key: dict[str, Any]) -> dict[str, Any]:
     """What the audit trail keeps of a key: never its secret or hash."""
-    described = ("name", "description", "scopes", "expires_at", "enabled", "allowed_cidrs")
+    described = (
+        "name", "description", "scopes", "expires_at", "enabled", "allowed_cidrs", "rate_limits",
+    )  # fmt: skip
     return {name: key[name] for name in described}
 
 
@@ -159,7 +170,7 @@ async def update_key(
     `key.disabled` or `key.enabled` when `enabled` changed, else `key.updated`. A
     change the request path sees (`enabled`, `allowed_cidrs`) is sent to every
     process by NOTIFY, in the same transaction."""
-    cidrs = changes.get("allowed_cidrs")
+    cidrs, limits = changes.get("allowed_cidrs"), changes.get("rate_limits")
     async with conn.transaction():
         old = await conn.fetchrow(
             f"SELECT {_KEY_FIELDS}, key_hash FROM api_keys WHERE {_OWNED} FOR UPDATE",
@@ -172,7 +183,8 @@ async def update_key(
             "UPDATE api_keys SET name = COALESCE($2, name),"
             " description = CASE WHEN $3 THEN $4 ELSE description END,"
             " enabled = COALESCE($5, enabled),"
-            " allowed_cidrs = COALESCE($6::cidr[], allowed_cidrs)"
+            " allowed_cidrs = COALESCE($6::cidr[], allowed_cidrs),"
+            " rate_limits = COALESCE($7::jsonb, rate_limits)"
             f" WHERE id = $1 RETURNING {_KEY_FIELDS}",
             old["id"],
             changes.get("name"),
@@ -180,6 +192,7 @@ async def update_key(
             changes.get("description") or None,
             changes.get("enabled"),
             None if cidrs is None else list(normal_cidrs(cidrs)),
+            None if limits is None else json.dumps(normal_key_limits(limits)),
         )
         now = datetime.now(UTC)
         assert row is not None
@@ -193,7 +206,7 @@ async def update_key(
                 conn, actor, action, user_id=updated["user_id"], key_id=updated["id"],
                 details={"name": updated["name"], **changed},
             )  # fmt: skip
-        if "enabled" in changed or "allowed_cidrs" in changed:
+        if set(changed) - {"name", "description"}:
             await notify_key(conn, updated["id"], bytes(old["key_hash"]))
     return updated
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
+from gateway.policy.ratelimits import RateLimit
+
 AuthKind = Literal["api_key", "actor_token"]
 Network = IPv4Network | IPv6Network
 
@@ -19,6 +21,8 @@ class Principal:
     scope_header: str  # X-Gateway-Scopes, built once per credential
     networks: tuple[Network, ...] = ()  # the key's allowed_cidrs; empty: anywhere
     expires_header: str | None = None  # X-Key-Expires-At, when the key expires
+    # This key's own numbers for named `by: key` limits, by name (the key's rate_limits).
+    limits: dict[str, RateLimit] | None = None
 
     def allows_address(self, client: str) -> bool:
         """Whether the client address is in the key's allowed networks (any, when none)."""

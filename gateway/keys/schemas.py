@@ -19,6 +19,7 @@ _PROPERTIES: dict[str, Any] = {
     "last_used_at": _TIME,
     "enabled": {"type": "boolean"},
     "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
+    "rate_limits": {"type": "object"},
 }
 # Request fields of key controls (creation and PATCH).
 CONTROLS: dict[str, Any] = {
@@ -27,6 +28,20 @@ CONTROLS: dict[str, Any] = {
         "type": "array",
         "maxItems": 100,
         "items": {"type": "string", "description": "an IPv4 or IPv6 network, e.g. 10.0.0.0/8"},
+    },
+    "rate_limits": {
+        "type": "object",
+        "description": "this key's numbers for named `by: key` limits of the policy set",
+        "additionalProperties": {
+            "type": "object",
+            "required": ["limit", "per_seconds"],
+            "additionalProperties": False,
+            "properties": {
+                "limit": {"type": "integer", "minimum": 1},
+                "per_seconds": {"type": "number", "exclusiveMinimum": 0},
+                "burst": {"type": "integer", "minimum": 1},
+            },
+        },
     },
 }
 _REQUIRED = ["id", "name", "scopes", "display_prefix", "status", "created_at"]

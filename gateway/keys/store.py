@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from cachetools import TTLCache
 
 from gateway.config import Cache
 from gateway.keys.principal import Network, Principal
+from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue
 
 Clock = Callable[[], float]
@@ -30,7 +32,7 @@ T = TypeVar("T")
 # every request behind a connect timeout.
 _BACKOFF_SECONDS = 0.5
 _SELECT_KEY = (
-    "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs,"
+    "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
     " extract(epoch FROM expires_at)::float8 AS expires_at,"
     " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
 )
@@ -69,6 +71,7 @@ class KeyRecord:
     revoked_at: float | None  # may lie in the future (rotation grace)
     enabled: bool = True
     networks: tuple[Network, ...] = ()  # allowed_cidrs
+    limits: dict[str, RateLimit] | None = None  # per-key numbers of `by: key` limits
     # Who a request with this key is: built once per load, not once per request.
     principal: Principal = field(init=False, compare=False, repr=False)
 
@@ -82,6 +85,7 @@ class KeyRecord:
             scope_header,
             self.networks,
             rfc3339(self.expires_at) if self.expires_at is not None else None,
+            self.limits,
         )
         object.__setattr__(self, "principal", principal)
 
@@ -94,6 +98,17 @@ class KeyRecord:
         if not self.enabled:
             return "disabled"
         return "active"
+
+
+def key_limits(stored: str | dict[str, Any] | None) -> dict[str, RateLimit] | None:
+    """A key's `rate_limits` column as limits (asyncpg gives jsonb as text)."""
+    found = json.loads(stored) if isinstance(stored, str) else stored
+    if not found:
+        return None
+    return {
+        name: RateLimit(name, int(n["limit"]), float(n["per_seconds"]), int(n["burst"]), "key")
+        for name, n in found.items()
+    }
 
 
 def rfc3339(epoch: float) -> str:
@@ -273,6 +288,7 @@ class KeyStore:
             revoked_at=row["revoked_at"],
             enabled=row["enabled"],
             networks=tuple(row["allowed_cidrs"]),
+            limits=key_limits(row["rate_limits"]),
         )
 
     async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:

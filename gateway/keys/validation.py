@@ -6,6 +6,7 @@ the database.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_network
@@ -29,16 +30,57 @@ class KeySpec:
     description: str | None = None
     enabled: bool = True
     allowed_cidrs: tuple[str, ...] = ()
+    rate_limits: dict[str, dict[str, float]] | None = None
 
 
-def check_controls(body: dict[str, Any]) -> Errors:
-    """`enabled` and `allowed_cidrs` where given (creation and updates alike)."""
+def check_controls(body: dict[str, Any], key_limits: Collection[str] = ()) -> Errors:
+    """`enabled`, `allowed_cidrs` and `rate_limits` where given (creation and updates
+    alike); `key_limits`: the names of the policy set's `by: key` limits."""
     errors: Errors = []
     if "enabled" in body and not isinstance(body["enabled"], bool):
         errors.append(("enabled", "must be true or false"))
     if "allowed_cidrs" in body:
         errors += _check_cidrs(body["allowed_cidrs"])
+    if "rate_limits" in body:
+        errors += _check_key_limits(body["rate_limits"], key_limits)
     return errors
+
+
+def _check_key_limits(value: object, key_limits: Collection[str]) -> Errors:
+    if not isinstance(value, dict):
+        return [("rate_limits", "must be an object: limit name -> {limit, per_seconds, burst}")]
+    errors: Errors = []
+    for name, numbers in value.items():
+        field = f"rate_limits.{name}"
+        if name not in key_limits:
+            errors.append((field, "not a `by: key` limit of the policy set"))
+        elif not isinstance(numbers, dict) or set(numbers) - {"limit", "per_seconds", "burst"}:
+            errors.append((field, "must be {limit, per_seconds, burst?}"))
+        else:
+            for part in ("limit", "per_seconds", "burst"):
+                number = numbers.get(part, 1)  # burst defaults to the limit
+                ok = whole_number(number) if part != "per_seconds" else _positive(number)
+                if ok is None or ok <= 0:
+                    errors.append((f"{field}.{part}", "must be a positive number"))
+    return errors
+
+
+def _positive(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def normal_key_limits(value: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Checked `rate_limits` as stored: every field present, burst defaulting to the limit."""
+    return {
+        name: {
+            "limit": int(n["limit"]),
+            "per_seconds": float(n["per_seconds"]),
+            "burst": int(n.get("burst", n["limit"])),
+        }
+        for name, n in value.items()
+    }
 
 
 def _check_cidrs(value: object) -> Errors:
@@ -57,12 +99,15 @@ def _check_cidrs(value: object) -> Errors:
     return errors
 
 
-def check_update(body: dict[str, Any], fields: tuple[str, ...]) -> Errors:
-    """A change of any of `fields` (name, description, enabled, allowed_cidrs)."""
+def check_update(
+    body: dict[str, Any], fields: tuple[str, ...], key_limits: Collection[str] = ()
+) -> Errors:
+    """A change of any of `fields` (name, description, enabled, allowed_cidrs, rate_limits)."""
     errors: Errors = [(f, "unknown field") for f in sorted(set(body) - set(fields))]
     if "name" in body:
         errors += check_name(body["name"])
-    return errors + check_description(body.get("description")) + check_controls(body)
+    errors += check_description(body.get("description"))
+    return errors + check_controls(body, key_limits)
 
 
 def normal_cidrs(value: list[str]) -> tuple[str, ...]:
@@ -70,7 +115,9 @@ def normal_cidrs(value: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(ip_network(cidr)) for cidr in value))
 
 
-def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> KeySpec | Errors:
+def validate_key(
+    body: dict[str, Any], catalogue: Catalogue, now: datetime, key_limits: Collection[str] = ()
+) -> KeySpec | Errors:
     """Check a create request; returns the spec or one error per invalid field."""
     errors: Errors = [(name, "unknown field") for name in sorted(set(body) - _CREATE_FIELDS)]
     user_id, name, scopes = body.get("user_id"), body.get("name"), body.get("scopes")
@@ -78,7 +125,7 @@ def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> K
     errors += check_description(body.get("description"))
     errors += check_scopes(scopes, catalogue.names)
     expires_at, expiry_errors = _expiry(body, now)
-    errors += expiry_errors + check_controls(body)
+    errors += expiry_errors + check_controls(body, key_limits)
     if errors:
         return errors
     assert isinstance(user_id, str) and isinstance(name, str) and isinstance(scopes, list)
@@ -90,6 +137,7 @@ def validate_key(body: dict[str, Any], catalogue: Catalogue, now: datetime) -> K
         body.get("description") or None,
         body.get("enabled", True),
         normal_cidrs(body.get("allowed_cidrs", [])),
+        normal_key_limits(body.get("rate_limits", {})),
     )
 
 
@@ -103,6 +151,7 @@ _CREATE_FIELDS = frozenset(
         "expires_at",
         "enabled",
         "allowed_cidrs",
+        "rate_limits",
     }
 )
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from gateway.keys.principal import Principal
 from gateway.observability.metrics import Metrics
+from gateway.policy.ratelimits import policy_header
 from gateway.policy.routing import Route
 from gateway.problems import Problem
 from gateway.ratelimit.gcra import Verdict, state_header, whole_seconds
@@ -47,9 +48,17 @@ class RateLimiter:
     ) -> None:
         if principal is None or not route.identity_limits:
             return
+        limits = route.identity_limits
+        own = principal.limits
+        if own is not None and any(limit.name in own for limit in limits):
+            # This key's own numbers: a limit of their own (own identity, own counter,
+            # shared through Redis like any limit), and said so in RateLimit-Policy.
+            limits = tuple(own.get(limit.name, limit) for limit in limits)
+            named = {limit.name: limit for limit in (*route.address_limits, *limits)}
+            state.headers["RateLimit-Policy"] = policy_header(tuple(named.values()))
         asks = [
             (limit, principal.key_id if limit.by == "key" else principal.user_id)
-            for limit in route.identity_limits
+            for limit in limits
         ]
         await self._admit(asks, state)
 

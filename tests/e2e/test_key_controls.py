@@ -32,8 +32,11 @@ ROUTES = (
     "  - {name: projects, methods: [GET], path: /v1/projects, scopes: [projects:read]}\n"
     "  - {name: guarded, methods: [GET], path: '/guarded/{n}', public: true,"
     " rate_limit: [per-ip]}\n"
+    "  - {name: limited, methods: [GET], path: '/limited/{n}', scopes: [me:read],"
+    " rate_limit: [per-key]}\n"
     "rate_limits:\n"
     "  per-ip: {limit: 1, per_seconds: 60, by: ip}\n"
+    "  per-key: {limit: 2, per_seconds: 60, by: key}\n"
 )
 
 
@@ -202,7 +205,10 @@ async def test_the_cli_switches_a_key_and_pins_it(
 ) -> None:
     key = await _new_key(http, gateway, ["me:read"])
     config = tmp_path / "cli.yaml"
-    config.write_text(f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n")
+    config.write_text(
+        f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
+        f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
+    )
     done = await asyncio.to_thread(
         _cli, "keys", "update", key["id"], "--disable", "--cidr", "10.0.0.0/8", "--cidr",
         "2001:db8::/32", "--json", config=config,
@@ -218,3 +224,44 @@ async def test_the_cli_switches_a_key_and_pins_it(
     again = await asyncio.to_thread(_cli, "keys", "update", key["id"], "--enable",
                                     "--any-address", config=config)  # fmt: skip
     assert again.returncode == 0 and "disabled" not in again.stdout and "from=" not in again.stdout
+    limited = await asyncio.to_thread(_cli, "keys", "update", key["id"], "--limit",
+                                      "per-key=5/60:8", "--json", config=config)  # fmt: skip
+    assert limited.returncode == 0, limited.stderr
+    assert json.loads(limited.stdout)["rate_limits"] == {
+        "per-key": {"limit": 5, "per_seconds": 60.0, "burst": 8}
+    }
+    for wrong in ("per-key=5", "nope=5/60"):
+        bad = await asyncio.to_thread(_cli, "keys", "update", key["id"], "--limit", wrong,
+                                      config=config)  # fmt: skip
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--limit" in bad.stderr
+
+
+async def test_a_key_s_own_numbers_replace_a_by_key_limit_for_that_key_only(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    plain = await _new_key(http, gateway, ["me:read"])
+    bigger = await _new_key(
+        http, gateway, ["me:read"], rate_limits={"per-key": {"limit": 5, "per_seconds": 60}}
+    )
+    assert bigger["rate_limits"] == {"per-key": {"limit": 5, "per_seconds": 60.0, "burst": 5}}
+    url = gateway.proxy + "/limited/1"
+
+    async def statuses(key: dict[str, Any], count: int) -> list[int]:
+        return [(await _get(http, url, bearer(key["key"])))[0] for _ in range(count)]
+
+    assert await statuses(plain, 3) == [200, 200, 429]
+    assert await statuses(bigger, 6) == [200] * 5 + [429]
+    _, _, headers = await _get(http, url, bearer(bigger["key"]))
+    assert headers["RateLimit-Policy"] == '"per-key";q=5;w=60'
+    # Changed later: on every process within a second, with a counter of its own.
+    await admin(http, gateway, "PATCH", f"/admin/v1/keys/{plain['id']}",
+                {"rate_limits": {"per-key": {"limit": 10, "per_seconds": 60, "burst": 3}}})  # fmt: skip
+    took, _ = await _until(http, url, bearer(plain["key"]), 200)
+    assert took < 1
+    for bad, field in (("nope", "rate_limits.nope"), ("per-ip", "rate_limits.per-ip")):
+        status, body, _ = await admin(http, gateway, "PATCH", f"/admin/v1/keys/{plain['id']}",
+                                      {"rate_limits": {bad: {"limit": 1, "per_seconds": 1}}})  # fmt: skip
+        assert status == 422 and [e["field"] for e in body["errors"]] == [field]
+    status, body, _ = await admin(http, gateway, "PATCH", f"/admin/v1/keys/{plain['id']}",
+                                  {"rate_limits": {"per-key": {"limit": 0, "per_seconds": 1}}})  # fmt: skip
+    assert status == 422 and [e["field"] for e in body["errors"]] == ["rate_limits.per-key.limit"]
