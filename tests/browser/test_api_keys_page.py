@@ -293,3 +293,50 @@ async def test_a_narrow_window_shows_cards(
     head_display, row_display, width = await step(narrow)
     assert head_display == "none" and row_display == "block"
     assert width <= 390  # nothing scrolls sideways
+
+
+async def test_the_owner_disables_and_enables_a_key_and_sees_expiry_ahead(
+    driver: webdriver.Chrome,
+    gateway: RunningGateway,
+    host: HostIdentity,
+    http: aiohttp.ClientSession,
+) -> None:
+    user = unique("tog")
+    soon = await gateway.create_key(user, ["me:read"], name="soon", expires_in_days=3)
+    later = await gateway.create_key(user, ["me:read"], name="later", expires_in_days=30)
+    page = Page(driver, gateway.proxy)
+    await step(page.sign_in, host.token(user))
+    soon_row = await step(page.row, "soon")
+    assert "expires soon" in soon_row.text
+    assert "expires soon" not in (await step(page.row, "later")).text
+    assert await status_with(http, gateway, soon["key"]) == 200
+    title = await step(page.confirm, "soon", "toggle")
+    assert title == "Disable “soon”?"
+    await step(lambda: page.wait.until(lambda d: "disabled" in page.row("soon").text.lower()))
+    for _ in range(40):  # on every process within a second
+        if await status_with(http, gateway, soon["key"]) == 401:
+            break
+        await asyncio.sleep(0.025)
+    else:
+        pytest.fail("the disabled key still works")
+    assert await status_with(http, gateway, later["key"]) == 200
+    await step(page.screenshot, "disabled-key")
+    button = await step(
+        lambda: page.row("soon").find_element(By.CSS_SELECTOR, "button[data-action=toggle]")
+    )
+    assert await step(lambda: button.text) == "Enable"
+    await step(button.click)  # enabling asks nothing
+    await step(
+        lambda: page.wait.until(
+            lambda d: (
+                page.row("soon").find_element(By.CSS_SELECTOR, "button[data-action=toggle]").text
+                == "Disable"
+            )
+        )
+    )
+    for _ in range(40):
+        if await status_with(http, gateway, soon["key"]) == 200:
+            break
+        await asyncio.sleep(0.025)
+    else:
+        pytest.fail("the enabled key is still refused")

@@ -316,6 +316,21 @@ function cell(label, ...content) {
   return el("td", { "data-label": label }, ...content);
 }
 
+const SOON_DAYS = 7;
+
+function shownStatus(key) {
+  return key.status === "active" && !key.enabled ? "disabled" : key.status;
+}
+
+function expiresCell(key) {
+  const expires = cell("Expires", document.createTextNode(formatDate(key.expires_at, "Never")));
+  const left = key.expires_at ? new Date(key.expires_at) - Date.now() : Infinity;
+  if (key.status === "active" && left < SOON_DAYS * 86400 * 1000) {
+    expires.append(el("span", { class: "soon", text: "expires soon" }));
+  }
+  return expires;
+}
+
 function renderKeys() {
   const body = document.querySelector("#keys tbody");
   body.replaceChildren();
@@ -326,7 +341,10 @@ function renderKeys() {
     for (const scope of key.scopes) scopes.append(el("li", { class: "chip", text: scope }));
     const actions = cell("Actions");
     if (key.status === "active") {
+      const verb = key.enabled ? "Disable" : "Enable";
       actions.append(
+        el("button", { class: "button small", type: "button", "data-action": "toggle",
+          "data-id": key.id, "aria-label": `${verb} key ${key.name}`, text: verb }),
         el("button", { class: "button small", type: "button", "data-action": "rotate",
           "data-id": key.id, "aria-label": `Rotate key ${key.name}`, text: "Rotate" }),
         el("button", { class: "button small danger-text", type: "button", "data-action": "delete",
@@ -339,8 +357,8 @@ function renderKeys() {
       cell("Created", document.createTextNode(formatDate(key.created_at))),
       cell("Last used", document.createTextNode(
         key.last_used_at ? dateTimeFormat.format(new Date(key.last_used_at)) : "Never used")),
-      cell("Expires", document.createTextNode(formatDate(key.expires_at, "Never"))),
-      cell("Status", el("span", { class: `status status-${key.status}`, text: key.status })),
+      expiresCell(key),
+      cell("Status", el("span", { class: `status status-${shownStatus(key)}`, text: shownStatus(key) })),
       actions));
   }
   const empty = $("empty");
@@ -396,6 +414,7 @@ async function onRowAction(event) {
   if (!key) return;
   showAlert("");
   if (button.dataset.action === "delete") await deleteKey(key, button);
+  else if (button.dataset.action === "toggle") await toggleKey(key, button);
   else await rotateKey(key, button);
 }
 
@@ -413,6 +432,26 @@ async function deleteKey(key, button) {
     $("new-key").focus();
   } catch (error) {
     reportFailure("The key was not deleted", error);
+  }
+}
+
+async function toggleKey(key, button) {
+  if (key.enabled) {
+    const confirmed = await confirmDialog({
+      title: `Disable “${key.name}”?`,
+      text: `Anything using the key ${key.display_prefix}… stops working within a second, until you enable it again.`,
+      ok: `Disable ${key.name}`,
+    });
+    if (!confirmed) return button.focus();
+  }
+  try {
+    await call("PATCH", `/keys/${key.id}`, { enabled: !key.enabled });
+    announce(`Key “${key.name}” ${key.enabled ? "disabled" : "enabled"}.`);
+    await loadKeys();
+    const again = document.querySelector(`button[data-action="toggle"][data-id="${key.id}"]`);
+    if (again) again.focus();
+  } catch (error) {
+    reportFailure(`The key was not ${key.enabled ? "disabled" : "enabled"}`, error);
   }
 }
 
