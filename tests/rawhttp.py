@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -61,3 +62,10 @@ async def exchange(port: int, data: bytes, *, seconds: float = 3.0) -> tuple[lis
     if closed:
         replies.feed(b"")  # ends a body delimited by the connection's end
     return replies.replies, closed
+
+
+def port_of(url: str) -> int:
+    """The port of a listener's base URL (`http://127.0.0.1:PORT`)."""
+    port = urlsplit(url).port
+    assert port is not None
+    return port

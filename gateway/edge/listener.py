@@ -1,5 +1,5 @@
-"""aiohttp's low-level server with our protocol limits: the decision listener, and
-proxy connections `edge.inbound` hands over (owned paths, preflights, upgrades).
+"""aiohttp's low-level server with our protocol limits, for the one kind of connection
+that leaves the gateway's own server: an accepted WebSocket upgrade (`edge.upgrade`).
 
 aiohttp answers parser errors in text/plain and calls an over-long header line
 a 400; here they are problem+json, and header size is a 431. The keep-alive

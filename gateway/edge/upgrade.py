@@ -10,6 +10,7 @@ own reader read, and nothing after it is ever served as HTTP.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 
 import aiohttp
@@ -45,7 +46,10 @@ class WebSocketDoor:
         self._session = session
         self._recorder = recorder
         self.server = server(self.relay, limits)  # aiohttp's: for handshakes only
-        self._tickets: dict[web.RequestHandler, _Ticket] = {}
+        # Weak: a client gone before its handshake was read leaves no ticket behind.
+        self._tickets: weakref.WeakKeyDictionary[web.RequestHandler, _Ticket] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def switch(
         self,

@@ -1,3 +1,3 @@
 """Forwarding to upstreams: targets, the lean HTTP/1.1 client, the streaming relay (to the
-listener's own server or to aiohttp's), the WebSocket relay.
+gateway's own server), the WebSocket relay.
 May import keys (the principal), policy, observability and the foundation; never edge or admin."""

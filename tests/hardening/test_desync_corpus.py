@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.rawhttp import exchange
+from tests.rawhttp import exchange, port_of
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -159,17 +158,13 @@ async def gateway(
         yield running
 
 
-def _port(gateway: RunningGateway) -> int:
-    port = urlsplit(gateway.proxy).port
-    assert port is not None
-    return port
-
-
 @pytest.mark.parametrize(("name", "text", "body"), SERVED, ids=[c[0] for c in SERVED])
 async def test_compliant_cases_are_served(
     gateway: RunningGateway, upstream: RecordingUpstream, name: str, text: str, body: str
 ) -> None:
-    replies, _closed = await exchange(_port(gateway), crlf(text.replace("\n", "\nHost: x\n", 1)))
+    replies, _closed = await exchange(
+        port_of(gateway.proxy), crlf(text.replace("\n", "\nHost: x\n", 1))
+    )
     assert [r.status for r in replies] == [200], name
     assert [r.body for r in upstream.received] == [body.encode()]
     forwarded = json.loads(replies[0].body) if replies[0].body.startswith(b"{") else {}
@@ -181,7 +176,7 @@ async def test_compliant_cases_are_served(
 async def test_dangerous_cases_are_refused_and_never_forwarded(
     gateway: RunningGateway, upstream: RecordingUpstream, name: str, text: str
 ) -> None:
-    replies, closed = await exchange(_port(gateway), crlf(text), seconds=1.5)
+    replies, closed = await exchange(port_of(gateway.proxy), crlf(text), seconds=1.5)
     assert len(replies) == 1, name
     assert replies[0].status in (400, 405, 501), (name, replies[0].status)
     assert replies[0].headers["content-type"] == "application/problem+json"

@@ -9,11 +9,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.rawhttp import exchange
+from tests.rawhttp import exchange, port_of
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -47,17 +46,11 @@ async def gateway(
         yield running
 
 
-def _port(gateway: RunningGateway) -> int:
-    port = urlsplit(gateway.proxy).port
-    assert port is not None
-    return port
-
-
 async def test_connect_in_origin_form_is_405_and_never_forwarded(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     replies, closed = await exchange(
-        _port(gateway), b"CONNECT /pub/x HTTP/1.1\r\nHost: x\r\n\r\ntunnel?"
+        port_of(gateway.proxy), b"CONNECT /pub/x HTTP/1.1\r\nHost: x\r\n\r\ntunnel?"
     )
     assert [r.status for r in replies] == [405]
     assert "allow" in replies[0].headers and "CONNECT" not in replies[0].headers["allow"]
@@ -69,7 +62,7 @@ async def test_a_stalled_small_body_is_408_and_reaches_nobody(
 ) -> None:
     started = time.monotonic()
     replies, closed = await exchange(
-        _port(gateway),
+        port_of(gateway.proxy),
         b"POST /pub/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",
         seconds=5,
     )
@@ -116,7 +109,10 @@ async def test_a_slow_body_flood_takes_no_upstream_connection(
                 b"Expect: 100-continue\r\n\r\n",
             ] * 10
             results = await asyncio.gather(
-                *(exchange(_port(gateway), head, seconds=BODY_SECONDS + 3) for head in heads)
+                *(
+                    exchange(port_of(gateway.proxy), head, seconds=BODY_SECONDS + 3)
+                    for head in heads
+                )
             )
     statuses = [[r.status for r in replies] for replies, _ in results]
     assert statuses.count([408]) == 20 and statuses.count([100, 408]) == 10, statuses
@@ -129,13 +125,15 @@ async def test_a_body_stalled_mid_stream_is_408_and_the_upstream_connection_rele
 ) -> None:
     head = b"POST /pub/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
     started = time.monotonic()
-    replies, closed = await exchange(_port(gateway), head + b"a" * 70000, seconds=5)
+    replies, closed = await exchange(port_of(gateway.proxy), head + b"a" * 70000, seconds=5)
     assert [r.status for r in replies] == [408] and closed
     assert time.monotonic() - started < BODY_SECONDS + 1.5
     # The upstream connection carrying the body was closed, not left waiting: the
     # upstream never saw a whole request, and the next request is served at once.
     assert upstream.received == []
-    replies, _ = await exchange(_port(gateway), b"GET /pub/next HTTP/1.1\r\nHost: x\r\n\r\n")
+    replies, _ = await exchange(
+        port_of(gateway.proxy), b"GET /pub/next HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     assert [r.status for r in replies] == [200]
 
 
@@ -149,7 +147,7 @@ async def test_an_upgrade_carrying_a_body_is_refused(
         f"Authorization: Bearer {key}\r\nContent-Length: 47\r\n\r\n"
     ).encode()
     started = time.monotonic()
-    replies, closed = await exchange(_port(gateway), handshake + b"x" * 47, seconds=3)
+    replies, closed = await exchange(port_of(gateway.proxy), handshake + b"x" * 47, seconds=3)
     assert [r.status for r in replies] == [400] and closed
     assert time.monotonic() - started < 1.5
     assert upstream.received == []
@@ -163,7 +161,7 @@ async def test_a_request_behind_a_non_websocket_upgrade_is_answered(
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
         b"GET /pub/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    replies, closed = await exchange(_port(gateway), data)
+    replies, closed = await exchange(port_of(gateway.proxy), data)
     assert [r.status for r in replies] == [200, 200] and closed
     assert [r.raw_path for r in upstream.received] == ["/pub/a", "/pub/b"]
     assert "Upgrade" not in upstream.received[0].headers
@@ -176,7 +174,7 @@ async def test_a_broken_chunked_body_is_refused_at_once(
         b"POST /pub/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
     )
     started = time.monotonic()
-    replies, closed = await exchange(_port(gateway), data, seconds=3)
+    replies, closed = await exchange(port_of(gateway.proxy), data, seconds=3)
     assert [r.status for r in replies] == [400] and closed
     assert time.monotonic() - started < 0.5
     # The upstream may have seen the head and "hello", then its connection closing:
@@ -188,7 +186,7 @@ async def test_a_valid_request_then_a_malformed_one_in_one_read(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     data = b"GET /pub/ok HTTP/1.1\r\nHost: x\r\n\r\nGET /pub/bad HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"
-    replies, closed = await exchange(_port(gateway), data)
+    replies, closed = await exchange(port_of(gateway.proxy), data)
     assert [r.status for r in replies] == [200, 400] and closed
     assert [r.raw_path for r in upstream.received] == ["/pub/ok"]
 
@@ -204,7 +202,7 @@ async def test_a_client_leaving_mid_body_logs_no_error(
         b"POST /ws/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
         + f"Authorization: Bearer {key}\r\n\r\n5\r\nhello\r\n".encode(),
     ):
-        _reader, writer = await asyncio.open_connection("127.0.0.1", _port(gateway))
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway.proxy))
         writer.write(head)
         await writer.drain()
         await asyncio.sleep(0.1)
