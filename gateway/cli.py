@@ -64,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     expiry.add_argument("--expires-in-days", type=int)
     expiry.add_argument("--expires-at")
     create.add_argument("--json", action="store_true")
-    listing = add(key_cmds, "list")
-    listing.add_argument("--user", required=True)
+    listing = add(key_cmds, "list", help="newest first; every user's keys unless --user")
+    listing.add_argument("--user")
+    listing.add_argument("--limit", type=int, default=100, help="keys per page (1-1000)")
+    listing.add_argument("--cursor", help="the next page, as the previous one printed it")
     listing.add_argument("--json", action="store_true")
     update = add(key_cmds, "update", help="switch a key off or on, pin it to networks, rename it")
     update.add_argument("id")
@@ -184,6 +186,9 @@ def _policy(args: argparse.Namespace, config: Config) -> int:
         print(route_table(policies))
         return 0
     scopes = None if args.scopes is None else [s for s in args.scopes.split(",") if s]
+    unknown = [s for s in scopes or [] if s not in catalogue.names]
+    if unknown:
+        raise CommandError(f"--scopes: unknown scope {unknown[0]!r} (not in the catalogue)")
     try:
         text, allowed = explain(policies, catalogue, args.method, args.path, scopes)
     except Problem as exc:
@@ -239,19 +244,34 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
     catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
     spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
-        raise CommandError("; ".join(f"{field}: {message}" for field, message in spec))
+        raise _flag_error(spec)
     created = await management.create_key(conn, spec, config.keys.prefix, actor=CLI)
     _print(created, args.json, _created)
     return 0
 
 
 async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
-    errors = validation.validate_user_id(args.user)
+    errors = validation.validate_user_id(args.user) if args.user is not None else []
     if errors:
         raise CommandError(f"--user: {errors[0][1]}")
-    found = await management.list_keys(conn, args.user)
-    _print({"keys": found}, args.json, lambda d: "\n".join(map(_key_line, d["keys"])) or "no keys")
+    if not 1 <= args.limit <= 1000:
+        raise CommandError("--limit: must be from 1 to 1000")
+    try:
+        found, cursor = await management.page_of_keys(conn, args.user, args.limit, args.cursor)
+    except management.NotFound:
+        raise CommandError(f"--cursor: no key {args.cursor}") from None
+    _print({"keys": found, "next_cursor": cursor}, args.json, _key_page)
     return 0
+
+
+def _key_page(page: dict[str, Any]) -> str:
+    lines = [
+        f"{key['user_id']}  {_key_line(key)}" if key.get("user_id") else _key_line(key)
+        for key in page["keys"]
+    ]
+    if page["next_cursor"]:
+        lines.append(f"more: --cursor {page['next_cursor']}")
+    return "\n".join(lines) or "no keys"
 
 
 async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
@@ -267,14 +287,7 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
         raise CommandError("nothing to change: give --disable, --enable, --cidr, --limit, …")
     errors = validation.check_update(body, management.UPDATABLE, _key_limits(config))
     if errors:
-        flag = {
-            "allowed_cidrs": "--cidr",
-            "enabled": "--enable/--disable",
-            "rate_limits": "--limit",
-        }
-        field, message = errors[0]
-        root = re.split(r"[.\[]", field)[0]  # allowed_cidrs[0], rate_limits.name
-        raise CommandError(f"{flag.get(root, '--' + field)}: {field}: {message}")
+        raise _flag_error(errors)
     try:
         updated = await management.update_key(conn, args.id, None, body, actor=CLI)
     except management.NotFound:
@@ -351,17 +364,38 @@ async def _audit(conn: asyncpg.Connection, config: Config, args: argparse.Namesp
              "since": args.since, "limit": args.limit}  # fmt: skip
     parsed = audit.parse_query({name: value for name, value in given.items() if value is not None})
     if isinstance(parsed, list):
-        raise CommandError("; ".join(f"{field}: {message}" for field, message in parsed))
+        raise _flag_error(parsed)
     events, cursor = await audit.query(conn, parsed)
     _print({"events": events, "next_cursor": cursor}, args.json, _audit_lines)
     return 0
 
 
+_FLAGS = {
+    "allowed_cidrs": "--cidr",
+    "enabled": "--enable/--disable",
+    "rate_limits": "--limit",
+    "user_id": "--user",
+    "key_id": "--key",
+    "action": "--action",
+    "scopes": "--scope",
+}
+
+
+def _flag_error(errors: list[tuple[str, str]]) -> CommandError:
+    """The first invalid field, said as the flag a person typed (`--expires-at: …`)."""
+    field, message = errors[0]
+    root = re.split(r"[.\[]", field)[0]  # allowed_cidrs[0], rate_limits.name
+    flag = _FLAGS.get(root, "--" + root.replace("_", "-"))
+    return CommandError(f"{flag}: {message}" if field == root else f"{flag}: {field}: {message}")
+
+
 def _audit_lines(page: dict[str, Any]) -> str:
+    events = page["events"]
+    actor = max((len(e["actor"]) for e in events), default=0)  # user:<id> actors are long
     lines = [
-        f"{e['at']}  {e['actor']:<12} {e['action']:<18} user={e['user_id']}"
+        f"{e['at']}  {e['actor']:<{actor}}  {e['action']:<18} user={e['user_id']}"
         f" key={e['key_id'] or '-'}  {msgspec.json.encode(e['details']).decode()}"
-        for e in page["events"]
+        for e in events
     ]
     return "\n".join(lines) or "no events"
 

@@ -7,9 +7,13 @@ from datetime import datetime
 
 def parse_time(value: object) -> datetime:
     """An RFC 3339 timestamp with an offset; raises ValueError otherwise."""
+    expected = "an RFC 3339 time with an offset, e.g. 2027-01-31T00:00:00Z"
     if not isinstance(value, str) or "T" not in value.upper():
-        raise ValueError("must be an RFC 3339 timestamp")
-    parsed = datetime.fromisoformat(value)
+        raise ValueError(f"must be {expected}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"must be {expected}, not {value!r}") from None
     if parsed.tzinfo is None:
-        raise ValueError("must carry a UTC offset")
+        raise ValueError(f"must carry a UTC offset: {expected}")
     return parsed

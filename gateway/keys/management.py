@@ -138,6 +138,24 @@ async def create_key_within_limit(
 _USER_LOCK = 0x6B65
 
 
+async def page_of_keys(
+    conn: Conn, user_id: str | None, limit: int, after: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, every user's or one user's; (keys, the cursor of the next page)."""
+    rows = await conn.fetch(
+        f"SELECT {_KEY_FIELDS} FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)"
+        " AND ($2::uuid IS NULL OR (created_at, id) <"
+        " (SELECT created_at, id FROM api_keys WHERE id = $2::uuid))"
+        " ORDER BY created_at DESC, id DESC LIMIT $3",
+        user_id,
+        None if after is None else _uuid(after),
+        limit + 1,
+    )
+    now = datetime.now(UTC)
+    keys = [key_json(row, now) for row in rows[:limit]]
+    return keys, keys[-1]["id"] if len(rows) > limit else None
+
+
 async def list_keys(conn: Conn, user_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {_KEY_FIELDS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.policy.loader import PolicySet
-from gateway.policy.paths import split_path
+from gateway.policy.paths import check_target
 from gateway.policy.routing import Route
 from gateway.policy.scopes import Catalogue
 
@@ -37,10 +37,12 @@ def explain(
     path: str,
     scopes: Sequence[str] | None,
 ) -> tuple[str, bool]:
-    """What decides `method path`, and whether `scopes` pass; (text, allowed)."""
-    segments = split_path(path)
+    """What decides `method path` — the request target as sent, query included — and
+    whether `scopes` pass; (text, allowed). Judged as the gateway judges a request:
+    a target it refuses is refused here too (raises its `Problem`)."""
+    segments = check_target(method, path).segments
     router = policies.router
-    match = router.match(method.upper(), segments)
+    match = router.match(method, segments)
     candidates = router.candidates(segments)
     if match is None:
         beaten = [f"  {','.join(sorted(r.methods))} {r.template} ({r.name})" for r in candidates]
@@ -62,7 +64,13 @@ def explain(
     if others:
         lines.append("  beat (less specific or other method):")
         lines += [f"    {','.join(sorted(r.methods))} {r.template} ({r.name})" for r in others]
-    if route.public or scopes is None:
+    if route.public:
+        lines.append("  verdict:  ALLOW (public: no credential needed)")
+        return "\n".join(lines), True
+    if scopes is None:
+        needed = " ".join(sorted(route.scopes)) or "(any valid credential)"
+        lines.append(f"  verdict:  401 without a credential; with one it needs {needed}"
+                     " (give --scopes to check a key's)")  # fmt: skip
         return "\n".join(lines), True
     effective = catalogue.closure(scopes)
     missing = sorted(route.scopes - effective)

@@ -8,9 +8,10 @@ the policy checks is unambiguous and is forwarded byte for byte.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from urllib.parse import unquote
 
-from gateway.problems import bad_request
+from gateway.problems import Problem, bad_request
 
 # RFC 3986 pchar plus "/" — everything else must arrive percent-encoded.
 _PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
@@ -42,3 +43,31 @@ def split_path(path: str) -> list[str]:
         return [unquote(segment, errors="strict") for segment in segments]
     except UnicodeDecodeError:
         raise bad_request("bad-path", "percent-encoding is not UTF-8") from None
+
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+_QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
+_SERVED = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    raw: str  # path and query exactly as received, forwarded byte for byte
+    path: str  # the raw path, without the query
+    segments: list[str]  # decoded, what the routes are matched against
+
+
+def check_target(method: str, raw: str) -> Target:
+    """A method and request target (as received, or as a front proxy reports them);
+    raises a 400 (or, for CONNECT, 405) `Problem`."""
+    if not _METHOD.fullmatch(method):
+        raise bad_request("bad-method", "the method must be an upper-case token")
+    if method == "CONNECT":
+        # A gateway in front of HTTP APIs opens no tunnels (nginx answers the same).
+        raise Problem(
+            405, "method-not-allowed", "CONNECT is not served", headers={"Allow": _SERVED}
+        )
+    path, sep, query = raw.partition("?")
+    if sep and _QUERY_FORBIDDEN.search(query):
+        raise bad_request("bad-query", "the query has characters that must be percent-encoded")
+    return Target(raw, path, split_path(path))

@@ -137,7 +137,17 @@ async def test_the_cli_is_recorded_as_cli(tmp_path: Path, database_url: str,
     bad = await asyncio.to_thread(
         _run, [sys.executable, "-m", "gateway", "audit", "--since", "yesterday", "--config", str(config)]
     )  # fmt: skip
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "since" in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert (
+        bad.stderr.startswith("gateway: --since: must be an RFC 3339 time")
+        and "'yesterday'" in bad.stderr
+    )
+    tomorrow = await asyncio.to_thread(
+        _run, [sys.executable, "-m", "gateway", "keys", "create", "--user", user, "--name", "n",
+               "--scope", "me:read", "--expires-at", "tomorrow", "--config", str(config)]
+    )  # fmt: skip
+    assert tomorrow.returncode == 1 and tomorrow.stderr.count("\n") == 1
+    assert tomorrow.stderr.startswith("gateway: --expires-at: must be an RFC 3339 time")
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:

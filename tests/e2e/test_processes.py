@@ -168,6 +168,15 @@ def test_cli_keys_and_members(tmp_path: Path, database_url: str) -> None:
     assert key["display_prefix"] in text.stdout and key["key"] not in text.stdout
     rotated = _cli("keys", "rotate", key["id"], "--grace-seconds", "60", "--json", config=config)
     assert rotated.returncode == 0 and json.loads(rotated.stdout)["key"] != key["key"]
+    # Newest first, as the page lists them; every user's without --user, in pages.
+    newest = json.loads(_cli("keys", "list", "--user", user, "--json", config=config).stdout)
+    assert [k["id"] for k in newest["keys"]] == [json.loads(rotated.stdout)["id"], key["id"]]
+    first = json.loads(_cli("keys", "list", "--limit", "1", "--json", config=config).stdout)
+    assert len(first["keys"]) == 1 and first["next_cursor"] == first["keys"][0]["id"]
+    following = _cli(
+        "keys", "list", "--limit", "1", "--cursor", first["next_cursor"], config=config
+    )
+    assert following.returncode == 0 and first["keys"][0]["id"] not in following.stdout
     assert _cli("keys", "revoke", key["id"], config=config).returncode == 0
     assert (
         _cli("members", "add", "--user", user, "--organization", "acme", config=config).returncode
@@ -222,6 +231,15 @@ def test_cli_policy_check_and_explain(tmp_path: Path) -> None:
     assert denied.returncode == 1 and "missing projects:admin" in denied.stdout
     nothing = _cli("policy", "explain", "PUT", "/v1/me", config=config)
     assert nothing.returncode == 1 and "no route" in nothing.stdout
+    # As the gateway judges requests: a lower-case method is a 400 there, a query is fine.
+    lower = _cli("policy", "explain", "get", "/v1/me", config=config)
+    assert lower.returncode == 1 and lower.stderr.count("\n") == 1 and "upper-case" in lower.stderr
+    query = _cli("policy", "explain", "GET", "/v1/me?x=1", "--scopes", "me:read", config=config)
+    assert query.returncode == 0 and "ALLOW" in query.stdout
+    unknown = _cli("policy", "explain", "GET", "/v1/me", "--scopes", "nosuch:scope", config=config)
+    assert unknown.returncode == 1 and "--scopes: unknown scope 'nosuch:scope'" in unknown.stderr
+    bare = _cli("policy", "explain", "GET", "/v1/me", config=config)
+    assert bare.returncode == 0 and "verdict:  401 without a credential" in bare.stdout
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.yaml").write_text(
