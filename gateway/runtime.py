@@ -31,6 +31,7 @@ from gateway.edge.clients import ClientAddresses
 from gateway.edge.cors import Cors
 from gateway.edge.decide import Decider
 from gateway.edge.inbound import Lane, Limits
+from gateway.edge.listener import guard, server_limits
 from gateway.edge.pipeline import Pipeline
 from gateway.edge.record import Recorder
 from gateway.edge.upgrade import WebSocketDoor
@@ -196,9 +197,13 @@ class Gateway:
         where = self.config.admin
         self.admin_app = create_admin_app(self)
         runner = web.AppRunner(
-            self.admin_app, handle_signals=False, access_log=None, shutdown_timeout=5
+            self.admin_app,
+            handle_signals=False,
+            shutdown_timeout=5,
+            **server_limits(self.config.limits),
         )
         await runner.setup()
+        guard(runner)
         site = web.TCPSite(
             runner,
             where.host,

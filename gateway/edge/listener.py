@@ -1,5 +1,6 @@
-"""aiohttp's low-level server with our protocol limits, for the one kind of connection
-that leaves the gateway's own server: an accepted WebSocket upgrade (`edge.upgrade`).
+"""aiohttp's low-level server with our protocol limits: the admin listener, and the one
+kind of connection that leaves the gateway's own server, an accepted WebSocket upgrade
+(`edge.upgrade`).
 
 aiohttp answers parser errors in text/plain and calls an over-long header line
 a 400; here they are problem+json, and header size is a 431. The keep-alive
@@ -13,7 +14,7 @@ import logging
 import secrets
 from typing import Any
 
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.http_parser import HttpRequestParserPy
 
@@ -49,6 +50,11 @@ class GuardedHandler(web_protocol.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
+        if request.version != HttpVersion11:
+            # aiohttp writes the status line in the request's version, which for a message
+            # it could not parse is 1.0 (or the client's 2.0): every listener answers 1.1.
+            request._version = HttpVersion11
+            request._cache.pop("version", None)  # `version` is a cached property
         if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)
         ):
@@ -69,13 +75,23 @@ class GuardedServer(web.Server):
 
 
 def server(handler: Any, limits: Limits) -> GuardedServer:
-    return GuardedServer(
-        handler,
-        keepalive_timeout=limits.header_timeout_seconds,
-        max_line_size=limits.max_header_bytes,
-        max_field_size=limits.max_header_bytes,
+    return GuardedServer(handler, **server_limits(limits))
+
+
+def server_limits(limits: Limits) -> dict[str, Any]:
+    """aiohttp's server settings for our limits (a low-level server or an `AppRunner`)."""
+    return {
+        "keepalive_timeout": limits.header_timeout_seconds,
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
         # Every header line takes at least 4 bytes, so this count can only be
         # exceeded by a header section that is over the byte limit anyway.
-        max_headers=limits.max_header_bytes // 4 + 1,
-        access_log=None,
-    )
+        "max_headers": limits.max_header_bytes // 4 + 1,
+        "access_log": None,
+    }
+
+
+def guard(runner: web.AppRunner) -> None:
+    """An application's runner (after `setup()`), answering parse errors as we do."""
+    assert runner.server is not None
+    runner.server.__class__ = GuardedServer  # the same server, our handler class

@@ -6,9 +6,11 @@ import io
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.runtime import Gateway, Options
-from tests.support import RecordingUpstream, make_config, routes_dir
+from tests.rawhttp import exchange, port_of
+from tests.support import RecordingUpstream, make_config, raw_request, routes_dir, running_gateway
 
 ROUTES = "upstream: core\nroutes:\n  - {methods: [GET], path: '/pub/{rest...}', public: true}\n"
 
@@ -42,3 +44,38 @@ async def test_the_proxy_serves_without_the_admin_listener(
                 raise AssertionError(f"still answering: {r.status}")
         except aiohttp.ClientConnectionError:
             pass
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "admin_too"),
+    [
+        # The protocol rule is the request path's (aiohttp's admin server reads it as 1.x).
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400, False),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, True),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431, True),
+    ],
+)
+async def test_parse_errors_are_http_1_1_problems_on_every_listener(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    request_bytes: bytes,
+    status: int,
+    admin_too: bool,
+) -> None:
+    config = make_config(
+        tmp_path,
+        database_url,
+        upstream.url,
+        decisions={"enabled": True, "listen": {"host": "127.0.0.1", "port": 0}},
+    )
+    async with running_gateway(config) as gateway:
+        host, port = gateway.decisions_address
+        listeners = [gateway.proxy, f"http://{host}:{port}"] + [gateway.admin] * admin_too
+        for url in listeners:
+            replies, closed = await exchange(port_of(url), request_bytes)
+            assert [r.status for r in replies] == [status], url
+            assert replies[0].headers["content-type"] == "application/problem+json", url
+            assert closed, url
+            raw = await raw_request(port_of(url), request_bytes)
+            assert raw.startswith(b"HTTP/1.1 %d " % status), (url, raw[:40])
