@@ -340,3 +340,76 @@ async def test_the_owner_disables_and_enables_a_key_and_sees_expiry_ahead(
         await asyncio.sleep(0.025)
     else:
         pytest.fail("the enabled key is still refused")
+
+
+async def test_the_table_fits_1280_px_with_last_used_times(
+    driver: webdriver.Chrome, gateway: RunningGateway, host: HostIdentity
+) -> None:
+    user = unique("wide")
+    for name in ("figma plugin for the design team", "ci"):
+        key = await gateway.create_key(user, ["me:read", "projects:read", "projects:write"],
+                                       name=name, description="used every day")  # fmt: skip
+        async with gateway.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET last_used_at = now() WHERE id = $1::uuid", key["id"]
+            )
+    page = Page(driver, gateway.proxy)
+
+    def wide() -> tuple[int, int, list[str]]:
+        page.driver.set_window_size(1280, 1000)
+        page.sign_in(host.token(user))
+        page.row("ci")
+        page.screenshot("desktop-last-used")
+        scroll, client = page.driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        buttons = [b.text for b in page.driver.find_elements(By.CSS_SELECTOR, "#keys button")]
+        return int(scroll), int(client), buttons
+
+    scroll, client, buttons = await step(wide)
+    assert scroll <= client  # no sideways scrollbar
+    assert buttons.count("Delete") == 2 and buttons.count("Disable") == 2
+    assert "within a minute" in await step(page.table_text)
+
+
+async def test_the_create_form_resets_closes_on_escape_and_shows_its_errors(
+    driver: webdriver.Chrome, gateway: RunningGateway, host: HostIdentity
+) -> None:
+    page = Page(driver, gateway.proxy)
+    await step(page.sign_in, host.token(unique("form")))
+
+    def check() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        page.by_id("new-key").click()
+        expiry = Select(page.visible("expiry"))
+        seen["default"] = expiry.first_selected_option.text
+        expiry.select_by_value("custom")
+        custom = page.by_id("custom-date")
+        page.driver.execute_script(
+            "arguments[0].value = '2020-01-01';"
+            " arguments[0].dispatchEvent(new Event('input'))", custom
+        )  # fmt: skip
+        seen["past"] = page.by_id("expiry-result").text
+        expiry.select_by_value("30")
+        page.by_id("name").send_keys("no scopes")
+        page.by_id("create").click()
+        active = page.driver.switch_to.active_element
+        seen["focus"] = (active.get_attribute("type"), active.get_attribute("name"))
+        seen["scope error"] = page.by_id("scopes-error").text
+        active.send_keys(Keys.ESCAPE)
+        page.wait.until(ec.invisibility_of_element_located((By.ID, "create-panel")))
+        seen["focus after escape"] = page.driver.switch_to.active_element.get_attribute("id")
+        page.by_id("new-key").click()
+        seen["default again"] = Select(page.visible("expiry")).first_selected_option.text
+        seen["icon"] = page.driver.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute(
+            "href"
+        )
+        return seen
+
+    seen = await step(check)
+    assert seen["default"] == seen["default again"] == "30 days"
+    assert seen["past"] == "Choose a date from tomorrow to 365 days from now."
+    assert seen["focus"] == ("checkbox", "scopes") and seen["scope error"]
+    assert seen["focus after escape"] == "new-key"
+    async with aiohttp.ClientSession() as http, http.get(str(seen["icon"])) as response:
+        assert response.status == 200 and response.content_type == "image/svg+xml"

@@ -11,7 +11,7 @@ const GROUPS = { me: "Account", organizations: "Organizations", projects: "Proje
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
 const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
-const state = { session: null, view: "active", keys: [] };
+const state = { session: null, view: "active", keys: [], expiry: null };
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -58,6 +58,17 @@ function clearFieldErrors() {
     el.textContent = "";
   }
   for (const el of document.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+}
+
+function focusFirstError() {
+  // The first visible error in page order; a group (the scopes) has no input of
+  // its own, so its first checkbox takes the focus.
+  const box = [...document.querySelectorAll(".field-error")].find((e) => !e.hidden);
+  if (!box) return;
+  const field = box.closest(".field") || box.parentElement;
+  const target = field.querySelector("input:not([type=hidden]), select, textarea") || $("name");
+  target.focus();
+  box.scrollIntoView({ block: "center" });
 }
 
 function fieldError(field, message) {
@@ -175,7 +186,8 @@ function buildExpiry(expiry) {
   const presets = [...new Set([...expiry.presets, expiry.default])].sort((a, b) => a - b);
   for (const days of presets) {
     const option = el("option", { value: String(days), text: `${days} days` });
-    if (days === expiry.default) option.selected = true;
+    // defaultSelected (the attribute), so that form.reset() comes back to it.
+    if (days === expiry.default) option.defaultSelected = option.selected = true;
     select.append(option);
   }
   select.append(el("option", { value: "custom", text: "Custom date…" }));
@@ -183,7 +195,8 @@ function buildExpiry(expiry) {
   const custom = $("custom-date");
   custom.min = isoDate(addDays(1));
   custom.max = isoDate(addDays(expiry.max));
-  custom.value = isoDate(addDays(expiry.default));
+  custom.defaultValue = custom.value = isoDate(addDays(expiry.default));
+  state.expiry = expiry;
   select.addEventListener("change", updateExpiry);
   custom.addEventListener("input", updateExpiry);
   updateExpiry();
@@ -193,8 +206,9 @@ function chosenExpiry() {
   const value = $("expiry").value;
   if (value === "never") return { body: { never: true }, date: null };
   if (value === "custom") {
-    const picked = $("custom-date").value;
-    if (!picked) return { body: null, date: null };
+    const custom = $("custom-date");
+    const picked = custom.value;
+    if (!picked || picked < custom.min || picked > custom.max) return { body: null, date: null };
     // The end of the chosen day, in the person's own time zone.
     const date = new Date(`${picked}T23:59:00`);
     return { body: { expires_at: date.toISOString() }, date };
@@ -209,7 +223,10 @@ function updateExpiry() {
   let text;
   if (body && body.never) text = "The key will never expire. Rotate it regularly.";
   else if (date) text = `The key will expire on ${dateFormat.format(date)}.`;
-  else text = "Choose a date.";
+  else {
+    const max = state.expiry ? state.expiry.max : 365;
+    text = `Choose a date from tomorrow to ${max} days from now.`;
+  }
   $("expiry-result").textContent = text;
 }
 
@@ -240,7 +257,7 @@ async function submitCreate(event) {
   if (!expiry) invalid = fieldError("expires_at", "Choose an expiration date.") || invalid;
   if (invalid) {
     announce("The key was not created: check the highlighted fields.");
-    (document.querySelector("[aria-invalid=true]") || $("name")).focus();
+    focusFirstError();
     return;
   }
   const description = $("description").value.trim();
@@ -264,6 +281,7 @@ function reportFailure(what, error) {
   const errors = (error.problem && error.problem.errors) || [];
   const placed = errors.filter((e) => fieldError(e.field, e.message));
   if (!placed.length || placed.length < errors.length) showAlert(`${what}: ${error.message}`);
+  if (placed.length) focusFirstError();
   announce(`${what}: ${error.message}`);
 }
 
@@ -458,7 +476,7 @@ async function toggleKey(key, button) {
 async function rotateKey(key, button) {
   const confirmed = await confirmDialog({
     title: `Rotate “${key.name}”?`,
-    text: `A new key with the same name and scopes is created and shown once. The old key ${key.display_prefix}… stops working after the grace period you choose.`,
+    text: `A new key with the same name and scopes is created and shown once; like a new key it expires ${state.expiry ? `in ${state.expiry.default} days` : "after the default period"}. The old key ${key.display_prefix}… stops working after the grace period you choose.`,
     ok: `Rotate ${key.name}`,
     grace: true,
   });
@@ -477,6 +495,12 @@ async function rotateKey(key, button) {
 $("new-key").addEventListener("click", () => ($("create-panel").hidden ? openForm() : closeForm()));
 $("cancel").addEventListener("click", () => { closeForm(); $("new-key").focus(); });
 $("create-panel").addEventListener("submit", submitCreate);
+$("create-panel").addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && !$("confirm").open) {
+    closeForm();
+    $("new-key").focus();
+  }
+});
 $("copy").addEventListener("click", copyKey);
 $("done").addEventListener("click", dismissReveal);
 $("tab-active").addEventListener("click", () => selectTab("active", false));
