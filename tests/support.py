@@ -240,6 +240,18 @@ async def running_gateway(
         )
 
 
+@asynccontextmanager
+async def gateway_with_routes(
+    tmp_path: Path, database_url: str, upstream_url: str, routes: str, **extra: Any
+) -> AsyncIterator[RunningGateway]:
+    """A running gateway whose policy set is the one file `routes` (YAML text)."""
+    config = make_config(
+        tmp_path, database_url, upstream_url, policies=routes_dir(tmp_path, routes), **extra
+    )
+    async with running_gateway(config) as running:
+        yield running
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -20,9 +20,7 @@ from tests.support import (
     RecordingUpstream,
     RunningGateway,
     bearer,
-    make_config,
-    routes_dir,
-    running_gateway,
+    gateway_with_routes,
     unique,
 )
 
@@ -44,15 +42,14 @@ ROUTES = (
 async def gateway(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> AsyncIterator[RunningGateway]:
-    config = make_config(
+    async with gateway_with_routes(
         tmp_path,
         database_url,
         upstream.url,
-        policies=routes_dir(tmp_path, ROUTES),
+        ROUTES,
         decisions={"enabled": True, "listen": {"host": "127.0.0.1", "port": 0}},
         trusted_proxies=["127.0.0.1/32"],
-    )
-    async with running_gateway(config) as running:
+    ) as running:
         yield running
 
 

@@ -15,9 +15,7 @@ from tests.rawhttp import exchange, port_of
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
-    make_config,
-    routes_dir,
-    running_gateway,
+    gateway_with_routes,
 )
 
 ROUTES = (
@@ -151,10 +149,7 @@ REFUSED = [
 async def gateway(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> AsyncIterator[RunningGateway]:
-    config = make_config(
-        tmp_path, database_url, upstream.url, policies=routes_dir(tmp_path, ROUTES)
-    )
-    async with running_gateway(config) as running:
+    async with gateway_with_routes(tmp_path, database_url, upstream.url, ROUTES) as running:
         yield running
 
 

@@ -17,9 +17,7 @@ from tests.support import (
     RecordingUpstream,
     RunningGateway,
     bearer,
-    make_config,
-    routes_dir,
-    running_gateway,
+    gateway_with_routes,
     unique,
 )
 
@@ -35,14 +33,13 @@ BODY_SECONDS = 1.0
 async def gateway(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> AsyncIterator[RunningGateway]:
-    config = make_config(
+    async with gateway_with_routes(
         tmp_path,
         database_url,
         upstream.url,
-        policies=routes_dir(tmp_path, ROUTES),
+        ROUTES,
         limits={"body_timeout_seconds": BODY_SECONDS},
-    )
-    async with running_gateway(config) as running:
+    ) as running:
         yield running
 
 
@@ -94,14 +91,11 @@ async def test_a_slow_body_flood_takes_no_upstream_connection(
     tmp_path: Path, database_url: str
 ) -> None:
     async with counting_upstream() as counter:
-        config = make_config(
-            tmp_path,
-            database_url,
-            f"http://127.0.0.1:{counter[1]}",
-            policies=routes_dir(tmp_path, ROUTES),
-            limits={"body_timeout_seconds": BODY_SECONDS},
-        )
-        async with running_gateway(config) as gateway:
+        upstream_url = f"http://127.0.0.1:{counter[1]}"
+        limits = {"body_timeout_seconds": BODY_SECONDS}
+        async with gateway_with_routes(
+            tmp_path, database_url, upstream_url, ROUTES, limits=limits
+        ) as gateway:
             heads = [
                 b"POST /pub/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n",
                 b"POST /pub/hold HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
