@@ -19,6 +19,7 @@ from gateway import database
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.config import Config, ConfigError
+from gateway.credits import balance
 from gateway.keys import management, validation
 from gateway.policy.explain import explain, route_table
 from gateway.policy.loader import PolicyError, load_dir
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     expiry = create.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in-days", type=int)
     expiry.add_argument("--expires-at")
+    _credit_flags(create)
     create.add_argument("--json", action="store_true")
     listing = add(key_cmds, "list", help="newest first; every user's keys unless --user")
     listing.add_argument("--user")
@@ -87,9 +89,21 @@ def _parser() -> argparse.ArgumentParser:
         help="this key's numbers for a `by: key` limit of the policies (repeat for several)",
     )
     update.add_argument("--no-limits", action="store_true", help="back to the policies' numbers")
+    _credit_flags(update)
+    update.add_argument(
+        "--unlimited-credits", action="store_true", help="no credit balance: every request passes"
+    )
     update.add_argument("--name")
     update.add_argument("--description")
     update.add_argument("--json", action="store_true")
+    credits = add(key_cmds, "credits", help="set, add to or take from a key's credit balance")
+    credits.add_argument("id")
+    change = credits.add_mutually_exclusive_group(required=True)
+    change.add_argument("--set", type=int, metavar="N", dest="credit_set")
+    change.add_argument("--increment", type=int, metavar="N")
+    change.add_argument("--decrement", type=int, metavar="N")
+    change.add_argument("--unlimited", action="store_true", help="no balance: every request passes")
+    credits.add_argument("--json", action="store_true")
     add(key_cmds, "revoke").add_argument("id")
     rotate = add(key_cmds, "rotate")
     rotate.add_argument("id")
@@ -125,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, type=Path)
     generate.add_argument("--alg", choices=["EdDSA", "ES256", "RS256"], default="EdDSA")
     return parser
+
+
+def _credit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--credits", type=int, metavar="N", help="a credit balance (§16)")
+    parser.add_argument(
+        "--refill",
+        metavar="AMOUNT/day | AMOUNT/month@DAY",
+        help="refill the balance to AMOUNT at 00:00 UTC daily, or on DAY of every month",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,6 +249,8 @@ def _key_line(key: dict[str, Any]) -> str:
         line += "  disabled"
     if key.get("allowed_cidrs"):
         line += f"  from={','.join(key['allowed_cidrs'])}"
+    if key.get("credits") is not None:
+        line += f"  credits={key['credits']['remaining']}"
     return line
 
 
@@ -241,6 +266,9 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
         body["expires_in_days"] = args.expires_in_days
     if args.expires_at is not None:
         body["expires_at"] = args.expires_at
+    credits = _credits_given(args)
+    if credits is not None:
+        body["credits"] = credits
     catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
     spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
@@ -283,6 +311,11 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
         body["allowed_cidrs"] = args.cidrs or []
     if args.limits is not None or args.no_limits:
         body["rate_limits"] = dict(_limit_flag(text) for text in args.limits or [])
+    credits = _credits_given(args)
+    if credits is not None and args.unlimited_credits:
+        raise CommandError("--unlimited-credits: not with --credits or --refill")
+    if credits is not None or args.unlimited_credits:
+        body["credits"] = credits
     if not body:
         raise CommandError("nothing to change: give --disable, --enable, --cidr, --limit, …")
     errors = validation.check_update(body, management.UPDATABLE, _key_limits(config))
@@ -293,6 +326,61 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
     _print(updated, args.json, _key_line)
+    return 0
+
+
+_REFILL_FLAG = re.compile(r"(\d+)/(day|month)(?:@(\d+))?")
+
+
+def _credits_given(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--credits and --refill as the API's `credits` object (None when neither is given)."""
+    if args.credits is None and args.refill is None:
+        return None
+    credits: dict[str, Any] = {} if args.credits is None else {"remaining": args.credits}
+    if args.refill is not None:
+        found = _REFILL_FLAG.fullmatch(args.refill)
+        if found is None:
+            raise CommandError(
+                f"--refill: {args.refill!r}: expected AMOUNT/day or AMOUNT/month@DAY,"
+                " e.g. 1000/month@1"
+            )
+        amount, interval, day = found.groups()
+        credits["refill"] = {"interval": interval, "amount": int(amount)}
+        if day is not None:
+            credits["refill"]["day"] = int(day)
+    return credits
+
+
+def _credits_line(credits: dict[str, Any] | None) -> str:
+    if credits is None:
+        return "credits: unlimited"
+    refill = credits["refill"]
+    line = f"credits: {credits['remaining']}"
+    if refill is not None:
+        when = "daily" if refill["interval"] == "day" else f"monthly on day {refill['day']}"
+        line += f" (refilled to {refill['amount']} {when}, 00:00 UTC)"
+    return line
+
+
+async def _keys_credits(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any]
+    if args.unlimited:
+        body = {"set": None}
+    elif args.credit_set is not None:
+        body = {"set": args.credit_set}
+    else:
+        body = {"increment": args.increment} if args.increment is not None else {}
+        body = body or {"decrement": args.decrement}
+    errors = balance.check_change(body)
+    if errors:
+        raise CommandError(f"--{errors[0][0]}: {errors[0][1]}")
+    try:
+        credits = await management.change_credits(conn, args.id, body, actor=CLI)
+    except management.NotFound:
+        raise CommandError(f"no key {args.id}") from None
+    except management.Conflict as exc:
+        raise CommandError(str(exc)) from None
+    _print({"credits": credits}, args.json, lambda found: _credits_line(found["credits"]))
     return 0
 
 
@@ -378,6 +466,7 @@ _FLAGS = {
     "key_id": "--key",
     "action": "--action",
     "scopes": "--scope",
+    "credits": "--credits",
 }
 
 
@@ -386,6 +475,8 @@ def _flag_error(errors: list[tuple[str, str]]) -> CommandError:
     field, message = errors[0]
     root = re.split(r"[.\[]", field)[0]  # allowed_cidrs[0], rate_limits.name
     flag = _FLAGS.get(root, "--" + root.replace("_", "-"))
+    if field.startswith("credits.refill"):
+        flag, root = "--refill", field
     return CommandError(f"{flag}: {message}" if field == root else f"{flag}: {field}: {message}")
 
 
@@ -407,6 +498,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke,
     ("keys", "rotate"): _keys_rotate,
+    ("keys", "credits"): _keys_credits,
     ("members", "add"): _members,
     ("members", "remove"): _members,
     ("audit", "show"): _audit,

@@ -187,6 +187,19 @@ class RateLimiting(_Strict, frozen=True, forbid_unknown_fields=True):
     sync_interval_ms: int = 50  # how often leases are topped up from Redis
 
 
+class Credits(_Strict, frozen=True, forbid_unknown_fields=True):
+    """How processes share a key's credit balance (contract §16)."""
+
+    # A process takes at most this many of a key's credits at once (and an eighth of
+    # what is left, so the last credits are spread thin across processes).
+    max_share: int = 1000
+    # A share whose holder has not been heard from for this long goes back to the key
+    # (the holder died); every process checks for such shares every tenth of it.
+    lease_seconds: float = 30.0
+    sync_interval_seconds: float = 1.0  # how often a process reports its spending
+    idle_seconds: float = 10.0  # a share unused this long is given back
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -203,6 +216,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     self_service: SelfService = msgspec.field(default_factory=SelfService)
     decisions: Decisions = msgspec.field(default_factory=Decisions)
     rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
+    credits: Credits = msgspec.field(default_factory=Credits)
     # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
@@ -357,10 +371,16 @@ def _check_values(config: Config) -> list[str]:
         "limits.header_timeout_seconds": config.limits.header_timeout_seconds,
         "limits.body_timeout_seconds": config.limits.body_timeout_seconds,
         "database.max_pool_size": config.database.max_pool_size,
+        "credits.max_share": config.credits.max_share,
+        "credits.lease_seconds": config.credits.lease_seconds,
+        "credits.sync_interval_seconds": config.credits.sync_interval_seconds,
+        "credits.idle_seconds": config.credits.idle_seconds,
     }
     out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]
     if config.tokens.default_ttl_seconds > config.tokens.max_ttl_seconds:
         out.append("tokens.default_ttl_seconds: must not exceed tokens.max_ttl_seconds")
+    if config.credits.sync_interval_seconds * 3 > config.credits.lease_seconds:
+        out.append("credits.lease_seconds: must be at least 3 x credits.sync_interval_seconds")
     if not config.keys.prefix.isalnum() or not config.keys.prefix.isascii():
         out.append("keys.prefix: must be ASCII letters and digits")
     for name, upstream in config.upstreams.items():

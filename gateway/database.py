@@ -22,6 +22,9 @@ from gateway.config import Config
 
 log = logging.getLogger("gateway.database")
 
+# The NOTIFY channel every gateway process listens on for changes it may have cached
+# (keys, memberships, credits): `keys.invalidation` sends and applies the messages.
+INVALIDATION_CHANNEL = "gateway_invalidation"
 # Any constant will do; it only has to be the same in every gateway process.
 MIGRATION_LOCK = 0x6761_7465_7761_79
 

@@ -1,6 +1,6 @@
 """What the gateway runs on, each opened as an async context manager by the composition
 root (`runtime.Gateway`) in this order and closed in reverse: database, key store,
-invalidation listener, policies, rate limiter, then the request path's own parts
+invalidation listener, credit shares, policies, rate limiter, then the request path's own parts
 (signer, telemetry, upstream pools, the HTTP session for WebSockets and JWKS).
 Each sets what it opened on the runtime and cleans up only what it started.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import sys
 import time
@@ -17,10 +18,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import aiohttp
+import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import database
 from gateway.config import ConfigError
+from gateway.credits import balance
+from gateway.credits.ledger import CreditLedger
 from gateway.keys.invalidation import Listener
 from gateway.keys.store import KeyStore
 from gateway.observability.accesslog import AccessLog
@@ -33,6 +37,8 @@ from gateway.tokens.actor import Signer
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway")
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:
@@ -114,6 +120,31 @@ async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
         yield
     finally:
         await _cancel(task)
+
+
+@contextlib.asynccontextmanager
+async def open_credits(gw: Gateway) -> AsyncIterator[None]:
+    """This process's shares of keys' credit balances: reported and renewed while it
+    runs (with the sweep of dead holders' shares and the refills), given back when it
+    stops — after the listeners, so no request in flight still spends."""
+    ledger = CreditLedger(gw.pool, gw.config.credits)
+    gw.ledger = ledger
+    gw.listener.credits_changed = ledger.changed
+
+    async def refill() -> int:
+        async with gw.pool.acquire() as conn:
+            return await balance.refill_due(conn)
+
+    task = asyncio.create_task(ledger.run(refill))
+    try:
+        yield
+    finally:
+        await _cancel(task)
+        try:
+            await ledger.give_back()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("credits: could not give shares back (they return in %s s): %s",
+                        gw.config.credits.lease_seconds, exc.__class__.__name__)  # fmt: skip
 
 
 @contextlib.asynccontextmanager

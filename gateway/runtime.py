@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway import resources
 from gateway.app import create_admin_app
 from gateway.config import Config
+from gateway.credits.ledger import CreditLedger
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
 from gateway.edge.clients import ClientAddresses
@@ -85,6 +86,7 @@ class Gateway:
     listener: Listener
     policies: ActivePolicies
     limiter: RateLimiter
+    ledger: CreditLedger
     access_log: AccessLog | None
     http: aiohttp.ClientSession
     identity_tokens: IdentityTokens
@@ -107,6 +109,7 @@ class Gateway:
                 resources.open_database,
                 resources.open_store,
                 resources.open_invalidation,
+                resources.open_credits,
                 resources.open_policies,
                 resources.open_rate_limits,
                 resources.open_telemetry,
@@ -133,7 +136,7 @@ class Gateway:
         signer = resources.load_signer(self)
         self.identity_tokens = IdentityTokens(signer, config.tokens.issuer)
         authenticator = Authenticator(self.store, signer, config.keys.prefix)
-        decider = Decider(self.policies, authenticator, self.store, self.limiter)
+        decider = Decider(self.policies, authenticator, self.store, self.limiter, self.ledger)
         self.upstreams = {name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()}
         websockets = WebSocketDoor(self.http, recorder, config.limits)
         pipeline = Pipeline(

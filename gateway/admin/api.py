@@ -16,6 +16,7 @@ from gateway.admin.openapi import DOCUMENT
 from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
+from gateway.credits import balance
 from gateway.database import DATABASE_DOWN
 from gateway.jsonbody import json_response, read_object
 from gateway.keys import management, validation
@@ -131,6 +132,23 @@ async def update_key(request: web.Request) -> web.Response:
     return json_response(updated)
 
 
+async def change_credits(request: web.Request) -> web.Response:
+    """{"set": N | null}, {"increment": N} or {"decrement": N}: the key's credits after."""
+    key_id = request.match_info["id"]
+    body = await read_object(request)
+    errors = balance.check_change(body)
+    if errors:
+        raise invalid_fields(errors)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            credits = await management.change_credits(conn, key_id, body, actor=_actor(request))
+    except management.NotFound:
+        raise _not_found(key_id) from None
+    except management.Conflict as exc:
+        raise Problem(409, "unlimited-credits", str(exc)) from None
+    return json_response({"credits": credits})
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
@@ -221,6 +239,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/admin/v1/keys/{id}", update_key)
     app.router.add_delete("/admin/v1/keys/{id}", revoke_key)
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
+    app.router.add_post("/admin/v1/keys/{id}/credits", change_credits)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
     app.router.add_get("/admin/v1/audit", audit_events)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audit.events import ACTIONS
-from gateway.keys.schemas import CONTROLS, KEY, NEW_KEY
+from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY
 from gateway.problems import PROBLEM_SCHEMA
 
 _MEMBERSHIP = {
@@ -42,6 +42,26 @@ _UPDATE = {
     },
 }
 
+
+_CREDIT_CHANGE = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["set"],
+            "additionalProperties": False,
+            "properties": {"set": {"type": ["integer", "null"], "minimum": 0}},
+        },
+        *(
+            {
+                "type": "object",
+                "required": [operation],
+                "additionalProperties": False,
+                "properties": {operation: {"type": "integer", "minimum": 0}},
+            }
+            for operation in ("increment", "decrement")
+        ),
+    ]
+}
 
 _EVENT = {
     "type": "object",
@@ -203,6 +223,33 @@ DOCUMENT: dict[str, Any] = {
                     "201": {"description": "The new key", "content": _json("NewKey")},
                     "404": _problem("No such key"),
                     "409": _problem("The key is not active"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/admin/v1/keys/{id}/credits": {
+            "post": {
+                "summary": "Set, increment or decrement a key's credit balance",
+                "parameters": _KEY_ID,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _CREDIT_CHANGE}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The key's credits after the change (null: unlimited)",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["credits"],
+                                    "properties": {"credits": CREDITS},
+                                }
+                            }
+                        },
+                    },
+                    "404": _problem("No such key"),
+                    "409": _problem("An increment or decrement of a key with unlimited credits"),
                     **_ERRORS,
                 },
             }

@@ -20,6 +20,8 @@ ACTIONS = (
     "key.revoked",
     "key.disabled",
     "key.enabled",
+    "key.credits",
+    "key.refilled",
     "membership.added",
     "membership.removed",
 )
@@ -28,7 +30,8 @@ MAX_PAGE = 1000
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a change, and from where: `admin`, `cli` or `user:<id>`."""
+    """Who made a change, and from where: `admin`, `cli`, `user:<id>` or `system`
+    (the gateway itself: refills)."""
 
     name: str
     request_id: str | None = None

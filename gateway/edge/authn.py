@@ -81,6 +81,7 @@ class Authenticator:
             parent.networks,
             parent.principal.expires_header,
             parent.limits,
+            parent.credits,
         )
 
     async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
+from gateway.credits.ledger import CreditLedger
 from gateway.edge.authn import Authenticator
+from gateway.edge.charge import charge
 from gateway.edge.safety import Target
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
@@ -35,9 +37,14 @@ class Outcome:
     limits: LimitState | None = None  # only on a route with rate limits
     asked: tuple[str, str] | None = None  # the method and target a front proxy asked about
     client: str = ""  # the client address
+    credits_left: int | None = None  # after this request, for a key with credits
 
     def limit_headers(self) -> dict[str, str]:
-        return self.limits.headers if self.limits is not None else {}
+        """RateLimit-* and X-Credits-Remaining, for answers allowed and refused alike."""
+        headers = self.limits.headers if self.limits is not None else {}
+        if self.credits_left is None:
+            return headers
+        return {**headers, "X-Credits-Remaining": str(self.credits_left)}
 
 
 def check_address(principal: Principal, client: str) -> None:
@@ -61,11 +68,13 @@ class Decider:
         authenticator: Authenticator,
         store: KeyStore,
         limiter: RateLimiter,
+        ledger: CreditLedger,
     ) -> None:
         self._policies = policies
         self._authn = authenticator
         self._store = store
         self._limiter = limiter
+        self._ledger = ledger
 
     async def decide(
         self,
@@ -79,7 +88,8 @@ class Decider:
 
         The checks run in the order of §16, each refusal spending nothing later in the
         list: `by: ip` limits (before authentication), the credential (401), the client
-        address (403), scopes and membership (403), the other rate limits (429)."""
+        address (403), scopes and membership (403), the other rate limits (429), credits
+        (429)."""
         outcome.client = client
         match = self._policies.current.router.match(method, target.segments)
         if match is None:
@@ -99,6 +109,8 @@ class Decider:
         if limited:
             assert outcome.limits is not None
             await self._limiter.after_authorization(route, principal, outcome.limits)
+        if principal.credits is not None:
+            outcome.credits_left = await charge(self._ledger, principal.credits, route.cost)
         return Decision(route, principal)
 
     async def _authorize(self, principal: Principal, match: Match) -> None:

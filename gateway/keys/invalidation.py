@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from gateway.database import Conn
+from gateway.database import INVALIDATION_CHANNEL, Conn
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import Metrics
 
-CHANNEL = "gateway_invalidation"
+CHANNEL = INVALIDATION_CHANNEL
 log = logging.getLogger("gateway.invalidation")
 
 
@@ -30,13 +31,21 @@ async def notify_user(conn: Conn, user_id: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"member:{user_id}")
 
 
-def apply(store: KeyStore, payload: str, metrics: Metrics) -> None:
+def apply(
+    store: KeyStore,
+    payload: str,
+    metrics: Metrics,
+    credits_changed: Callable[[str], None] | None = None,
+) -> None:
     kind, _, rest = payload.partition(":")
     if kind == "key":
         key_id, _, digest = rest.partition(":")
         store.invalidate_key(key_id, bytes.fromhex(digest) if digest else None)
     elif kind == "member":
         store.invalidate_user(rest)
+    elif kind == "credits":
+        if credits_changed is not None:
+            credits_changed(rest)
     else:
         return
     metrics.invalidations.labels(kind).inc()
@@ -55,9 +64,11 @@ class Listener:
         self._lost = asyncio.Event()
         self.connected = asyncio.Event()
         self.reconnects = 0
+        # Told a key's credits changed (its id); told None when messages may have been missed.
+        self.credits_changed: Callable[[str | None], None] | None = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        apply(self._store, str(payload), self._metrics)
+        apply(self._store, str(payload), self._metrics, self.credits_changed)
 
     def _on_lost(self, _conn: Any) -> None:
         self._lost.set()
@@ -69,6 +80,8 @@ class Listener:
             if not first:
                 # Messages sent while we were away are gone: forget everything.
                 self._store.flush()
+                if self.credits_changed is not None:
+                    self.credits_changed(None)
                 self.reconnects += 1
                 self._metrics.invalidations.labels("flush").inc()
                 log.warning("invalidation listener reconnected; cache flushed")

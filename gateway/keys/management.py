@@ -16,6 +16,9 @@ import asyncpg
 
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
+from gateway.credits import balance
+from gateway.credits.refill import normal_credits
+from gateway.credits.shares import HELD
 from gateway.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
@@ -23,10 +26,11 @@ from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
-    " revoked_at, last_used_at, enabled, allowed_cidrs, rate_limits"
+    " revoked_at, last_used_at, enabled, allowed_cidrs, rate_limits,"
+    f" {balance.BALANCE} AS credits_balance, credits_refill"
 )
 # What `update_key` may change; all but the first two reach the request path (a NOTIFY).
-UPDATABLE = ("name", "description", "enabled", "allowed_cidrs", "rate_limits")
+UPDATABLE = ("name", "description", "enabled", "allowed_cidrs", "rate_limits", "credits")
 
 
 class NotFound(Exception):
@@ -60,6 +64,7 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "enabled": row["enabled"],
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
         "rate_limits": _json_object(row["rate_limits"]),
+        "credits": balance.credits_json(row["credits_balance"], row["credits_refill"]),
     }
 
 
@@ -74,10 +79,13 @@ def _iso(value: datetime | None) -> str | None:
 
 async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     secret = key_format.generate(prefix)
+    remaining, refill = spec.credits or (None, None)
     row = await conn.fetchrow(
         "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
-        " expires_at, description, enabled, allowed_cidrs, rate_limits)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[], $11::jsonb)"
+        " expires_at, description, enabled, allowed_cidrs, rate_limits,"
+        " credits_remaining, credits_refill, credits_refilled_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[], $11::jsonb, $12, $13::jsonb,"
+        " CASE WHEN $12::bigint IS NULL THEN NULL ELSE now() END)"
         f" RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
         key_format.digest(secret),
@@ -90,6 +98,8 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
         spec.enabled,
         list(spec.allowed_cidrs),
         json.dumps(spec.rate_limits or {}),
+        remaining,
+        None if refill is None else json.dumps(refill.as_json()),
     )
     assert row is not None
     return {**key_json(row, datetime.now(UTC)), "key": secret}
@@ -99,6 +109,7 @@ def _described(key: dict[str, Any]) -> dict[str, Any]:
     """What the audit trail keeps of a key: never its secret or hash."""
     described = (
         "name", "description", "scopes", "expires_at", "enabled", "allowed_cidrs", "rate_limits",
+        "credits",
     )  # fmt: skip
     return {name: key[name] for name in described}
 
@@ -189,6 +200,9 @@ async def update_key(
     change the request path sees (`enabled`, `allowed_cidrs`) is sent to every
     process by NOTIFY, in the same transaction."""
     cidrs, limits = changes.get("allowed_cidrs"), changes.get("rate_limits")
+    remaining, refill = (None, None)
+    if changes.get("credits") is not None:
+        remaining, refill = normal_credits(changes["credits"])
     async with conn.transaction():
         old = await conn.fetchrow(
             f"SELECT {_KEY_FIELDS}, key_hash FROM api_keys WHERE {_OWNED} FOR UPDATE",
@@ -197,12 +211,20 @@ async def update_key(
         )
         if old is None:
             raise NotFound(key_id)
+        if "credits" in changes and remaining is None:
+            await conn.execute("DELETE FROM credit_shares WHERE key_id = $1", old["id"])
+        # New credits replace the whole balance, what processes hold included.
         row = await conn.fetchrow(
             "UPDATE api_keys SET name = COALESCE($2, name),"
             " description = CASE WHEN $3 THEN $4 ELSE description END,"
             " enabled = COALESCE($5, enabled),"
             " allowed_cidrs = COALESCE($6::cidr[], allowed_cidrs),"
-            " rate_limits = COALESCE($7::jsonb, rate_limits)"
+            " rate_limits = COALESCE($7::jsonb, rate_limits),"
+            " credits_remaining = CASE WHEN NOT $8 THEN credits_remaining"
+            " WHEN $9::bigint IS NULL THEN NULL"
+            f" ELSE greatest(0, $9::bigint - {HELD.format('$1::uuid')}) END,"
+            " credits_refill = CASE WHEN $8 THEN $10::jsonb ELSE credits_refill END,"
+            " credits_refilled_at = CASE WHEN $8 THEN now() ELSE credits_refilled_at END"
             f" WHERE id = $1 RETURNING {_KEY_FIELDS}",
             old["id"],
             changes.get("name"),
@@ -211,6 +233,9 @@ async def update_key(
             changes.get("enabled"),
             None if cidrs is None else list(normal_cidrs(cidrs)),
             None if limits is None else json.dumps(normal_key_limits(limits)),
+            "credits" in changes,
+            remaining,
+            None if refill is None else json.dumps(refill.as_json()),
         )
         now = datetime.now(UTC)
         assert row is not None
@@ -224,7 +249,9 @@ async def update_key(
                 conn, actor, action, user_id=updated["user_id"], key_id=updated["id"],
                 details={"name": updated["name"], **changed},
             )  # fmt: skip
-        if set(changed) - {"name", "description"}:
+        if "credits" in changes:
+            await balance.announce(conn, updated["id"], bytes(old["key_hash"]))
+        elif set(changed) - {"name", "description"}:
             await notify_key(conn, updated["id"], bytes(old["key_hash"]))
     return updated
 
@@ -292,6 +319,7 @@ async def rotate_key(
             uuid.UUID(created["id"]),
             float(grace_seconds),
         )
+        created["credits"] = await _move_credits(conn, old["id"], uuid.UUID(created["id"]))
         details = {
             **_described(created),
             "new_key_id": created["id"],
@@ -303,6 +331,42 @@ async def rotate_key(
         )  # fmt: skip
         await notify_key(conn, str(old["id"]), bytes(old["key_hash"]))
     return created
+
+
+async def change_credits(
+    conn: Conn, key_id: str, body: dict[str, Any], *, actor: Actor
+) -> dict[str, Any] | None:
+    """Set, increment or decrement a key's balance (checked by `balance.check_change`);
+    the key's `credits` after. `Conflict` for an increment or decrement of a key
+    without credits."""
+    try:
+        credits = await balance.change(conn, _uuid(key_id), body, actor=actor)
+    except balance.Unlimited:
+        raise Conflict("the key has unlimited credits: set a balance first") from None
+    except balance.NoSuchKey:
+        raise NotFound(key_id) from None
+    return credits
+
+
+async def _move_credits(conn: Conn, old: uuid.UUID, new: uuid.UUID) -> dict[str, Any] | None:
+    """The balance and refill follow a rotated key; requests with the old key during its
+    grace spend from the new one's, and shares processes hold of the old key go back
+    to the new one (`rotated_to`)."""
+    row = await conn.fetchrow(
+        "UPDATE api_keys AS n SET credits_remaining = o.credits_remaining,"
+        " credits_refill = o.credits_refill, credits_refilled_at = o.credits_refilled_at"
+        " FROM api_keys AS o WHERE n.id = $2 AND o.id = $1"
+        f" RETURNING n.credits_remaining + {HELD.format('n.id')} AS credits_balance,"
+        " n.credits_refill",
+        old,
+        new,
+    )
+    await conn.execute(
+        "UPDATE api_keys SET credits_remaining = 0 WHERE id = $1 AND credits_remaining IS NOT NULL",
+        old,
+    )
+    assert row is not None
+    return balance.credits_json(row["credits_balance"], row["credits_refill"])
 
 
 async def set_membership(

@@ -6,10 +6,20 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
+from gateway.credits.refill import Refill
 from gateway.policy.ratelimits import RateLimit
 
 AuthKind = Literal["api_key", "actor_token"]
 Network = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class CreditAccount:
+    """Whose credit balance a key spends: its own, or (a rotated key in its grace) its
+    successor's; with the refill schedule for `Retry-After`."""
+
+    key_id: str
+    refill: Refill | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +33,7 @@ class Principal:
     expires_header: str | None = None  # X-Key-Expires-At, when the key expires
     # This key's own numbers for named `by: key` limits, by name (the key's rate_limits).
     limits: dict[str, RateLimit] | None = None
+    credits: CreditAccount | None = None  # None: unlimited
 
     def allows_address(self, client: str) -> bool:
         """Whether the client address is in the key's allowed networks (any, when none)."""

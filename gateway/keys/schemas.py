@@ -5,6 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 10**15}
+REFILL: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "remaining becomes amount (replacing, not adding) at 00:00 UTC every day,"
+    " or on `day` of every month (the last day of a shorter month)",
+    "required": ["interval", "amount"],
+    "additionalProperties": False,
+    "properties": {
+        "interval": {"enum": ["day", "month"]},
+        "amount": {**_COUNT, "minimum": 1},
+        "day": {"type": "integer", "minimum": 1, "maximum": 31},
+    },
+}
+CREDITS: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "null: unlimited. Each request spends its route's `cost`.",
+    "additionalProperties": False,
+    "properties": {"remaining": _COUNT, "refill": REFILL},
+}
 _PROPERTIES: dict[str, Any] = {
     "id": {"type": "string", "format": "uuid"},
     "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -20,6 +39,7 @@ _PROPERTIES: dict[str, Any] = {
     "enabled": {"type": "boolean"},
     "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
     "rate_limits": {"type": "object"},
+    "credits": {**CREDITS, "required": ["remaining", "refill"]},
 }
 # Request fields of key controls (creation and PATCH).
 CONTROLS: dict[str, Any] = {
@@ -43,6 +63,7 @@ CONTROLS: dict[str, Any] = {
             },
         },
     },
+    "credits": CREDITS,
 }
 _REQUIRED = ["id", "name", "scopes", "display_prefix", "status", "created_at"]
 

@@ -20,7 +20,8 @@ import asyncpg
 from cachetools import TTLCache
 
 from gateway.config import Cache
-from gateway.keys.principal import Network, Principal
+from gateway.credits.refill import Refill
+from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue
 
@@ -33,6 +34,8 @@ T = TypeVar("T")
 _BACKOFF_SECONDS = 0.5
 _SELECT_KEY = (
     "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
+    " coalesce(rotated_to, id)::text AS credit_account, credits_remaining IS NOT NULL AS limited,"
+    " credits_refill,"
     " extract(epoch FROM expires_at)::float8 AS expires_at,"
     " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
 )
@@ -72,6 +75,7 @@ class KeyRecord:
     enabled: bool = True
     networks: tuple[Network, ...] = ()  # allowed_cidrs
     limits: dict[str, RateLimit] | None = None  # per-key numbers of `by: key` limits
+    credits: CreditAccount | None = None  # None: unlimited
     # Who a request with this key is: built once per load, not once per request.
     principal: Principal = field(init=False, compare=False, repr=False)
 
@@ -86,6 +90,7 @@ class KeyRecord:
             self.networks,
             rfc3339(self.expires_at) if self.expires_at is not None else None,
             self.limits,
+            self.credits,
         )
         object.__setattr__(self, "principal", principal)
 
@@ -289,6 +294,11 @@ class KeyStore:
             enabled=row["enabled"],
             networks=tuple(row["allowed_cidrs"]),
             limits=key_limits(row["rate_limits"]),
+            credits=(
+                CreditAccount(row["credit_account"], Refill.stored(row["credits_refill"]))
+                if row["limited"]
+                else None
+            ),
         )
 
     async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from ipaddress import ip_network
 from typing import Any
 
+from gateway.credits.refill import Refill, check_credits, normal_credits
 from gateway.policy.scopes import Catalogue
 from gateway.timestamps import parse_time
 
@@ -31,11 +32,12 @@ class KeySpec:
     enabled: bool = True
     allowed_cidrs: tuple[str, ...] = ()
     rate_limits: dict[str, dict[str, float]] | None = None
+    credits: tuple[int, Refill | None] | None = None  # (remaining, refill); None: unlimited
 
 
 def check_controls(body: dict[str, Any], key_limits: Collection[str] = ()) -> Errors:
-    """`enabled`, `allowed_cidrs` and `rate_limits` where given (creation and updates
-    alike); `key_limits`: the names of the policy set's `by: key` limits."""
+    """`enabled`, `allowed_cidrs`, `rate_limits` and `credits` where given (creation and
+    updates alike); `key_limits`: the names of the policy set's `by: key` limits."""
     errors: Errors = []
     if "enabled" in body and not isinstance(body["enabled"], bool):
         errors.append(("enabled", "must be true or false"))
@@ -43,6 +45,8 @@ def check_controls(body: dict[str, Any], key_limits: Collection[str] = ()) -> Er
         errors += _check_cidrs(body["allowed_cidrs"])
     if "rate_limits" in body:
         errors += _check_key_limits(body["rate_limits"], key_limits)
+    if "credits" in body:
+        errors += check_credits(body["credits"])
     return errors
 
 
@@ -102,7 +106,7 @@ def _check_cidrs(value: object) -> Errors:
 def check_update(
     body: dict[str, Any], fields: tuple[str, ...], key_limits: Collection[str] = ()
 ) -> Errors:
-    """A change of any of `fields` (name, description, enabled, allowed_cidrs, rate_limits)."""
+    """A change of any of `fields` (name, description and the controls)."""
     errors: Errors = [(f, "unknown field") for f in sorted(set(body) - set(fields))]
     if "name" in body:
         errors += check_name(body["name"])
@@ -138,6 +142,7 @@ def validate_key(
         body.get("enabled", True),
         normal_cidrs(body.get("allowed_cidrs", [])),
         normal_key_limits(body.get("rate_limits", {})),
+        None if body.get("credits") is None else normal_credits(body["credits"]),
     )
 
 
@@ -152,6 +157,7 @@ _CREATE_FIELDS = frozenset(
         "enabled",
         "allowed_cidrs",
         "rate_limits",
+        "credits",
     }
 )
 

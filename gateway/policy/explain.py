@@ -16,7 +16,8 @@ def _requires(route: Route) -> str:
         return "; ".join(["public (no credential)", *limits])
     parts = [f"scopes: {' '.join(sorted(route.scopes)) or '(any valid credential)'}"]
     parts += [f"member of {kind} {{{param}}}" for kind, param in route.member_of]
-    return "; ".join(parts + limits)
+    cost = "free" if route.cost == 0 else f"{route.cost} credit{'s' if route.cost > 1 else ''}"
+    return "; ".join([*parts, *limits, f"cost {cost}"])
 
 
 def route_table(policies: PolicySet) -> str:

@@ -52,6 +52,7 @@ class RouteSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     upstream: str | None = None
     rate_limit: list[str] | None = None  # None: the file's default
     identity: str | None = None  # None: the file's default
+    cost: int | None = None  # credits a request spends; None: the file's default
 
 
 class RateLimitSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -67,6 +68,7 @@ class PolicyFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rate_limits: dict[str, RateLimitSpec] = msgspec.field(default_factory=dict)
     rate_limit: list[str] = msgspec.field(default_factory=list)
     identity: str = "headers"  # headers | jwt | both: how upstreams learn who is calling
+    cost: int = 1  # credits a request spends (§16), for routes that do not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,7 @@ class _FileLoader:
                 problems += exc.problems
         for index, route_spec in enumerate(spec.routes):
             try:
-                route = self._route(index, route_spec, spec.upstream, spec.rate_limit)
+                route = self._route(index, route_spec, spec)
                 if route_spec.identity is None:
                     out.append(self._with_identity("$", route, spec.identity))
                 else:
@@ -296,10 +298,13 @@ class _FileLoader:
         limit = RateLimit(name, spec.limit, float(spec.per_seconds), burst, spec.by)
         return limit, f"{self.path.name}:{self.line_of(at)}"
 
-    def _route(
-        self, index: int, spec: RouteSpec, file_upstream: str | None, file_limits: list[str]
-    ) -> Route:
+    def _route(self, index: int, spec: RouteSpec, file: PolicyFile) -> Route:
         at = f"$.routes[{index}]"
+        file_upstream, file_limits = file.upstream, file.rate_limit
+        cost = file.cost if spec.cost is None else spec.cost
+        if cost < 0:
+            raise self.fail(f"{at}.cost" if spec.cost is not None else "$.cost",
+                            "cost must be 0 (free) or more credits")  # fmt: skip
         shape, params = self._template(at, spec.path)
         methods = self._methods(at, spec.methods)
         member_of = self._member_of(at, spec, params)
@@ -326,6 +331,7 @@ class _FileLoader:
             upstream=upstream,
             source=f"{self.path.name}:{line}",
             rate_limit_names=tuple(file_limits if spec.rate_limit is None else spec.rate_limit),
+            cost=cost,
         )
 
     def _template(self, at: str, path: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:

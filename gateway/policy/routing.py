@@ -35,6 +35,7 @@ class Route:
     identity_limits: tuple[RateLimit, ...] = ()  # by: key or user, after authorization
     rate_limit_policy: str = ""  # the RateLimit-Policy header
     identity: str = "headers"  # headers | jwt | both (X-Gateway-Identity, §15)
+    cost: int = 1  # credits a request spends from a key that has credits (§16)
 
     def allows(self, method: str) -> bool:
         return method in self.methods or ANY_METHOD in self.methods

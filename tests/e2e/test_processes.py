@@ -21,7 +21,7 @@ from tests.support import ADMIN_TOKEN, ROOT, RecordingUpstream, admin_headers, b
 
 
 def _write_config(
-    tmp_path: Path, name: str, database_url: str, upstream_url: str
+    tmp_path: Path, name: str, database_url: str, upstream_url: str, **extra: object
 ) -> tuple[Path, int, int]:
     proxy_port, admin_port = free_port(), free_port()
     config = {
@@ -31,6 +31,7 @@ def _write_config(
         "database": {"url": database_url},
         "policies": {"dir": str(ROOT / "policies")},
         "upstreams": {"core": {"url": upstream_url}},
+        **extra,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,0 +1,247 @@
+"""Spending a key's credits in this process, with no database round trip per request.
+
+A process holds a share of each busy key's balance (`shares`) and spends what it
+has claimed of it in memory. Before the claimed part runs out, a background
+statement claims more, or takes a new share from the key; a request waits for the
+database only when the claimed part is already spent (a key's first request in
+this process, the last credits of a balance). Every `sync_interval_seconds` the
+process reports its spending and renews its shares' lease; shares unused for
+`idle_seconds`, and all of them when the process stops, are given back exactly.
+
+Never overspent: a credit is spent only once claimed in PostgreSQL, and a share
+whose holder died gives back only what it never claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from gateway.config import Credits
+from gateway.credits import shares
+from gateway.credits.shares import Taken
+
+log = logging.getLogger("gateway.credits")
+Clock = Callable[[], float]
+UNLIMITED = -1  # what `spend` answers for a key PostgreSQL says is unlimited
+_EXHAUSTED_SECONDS = 1.0  # an exhausted key is asked about again at most this often
+_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class CreditsExhausted(Exception):
+    """Not enough credits for this request."""
+
+
+class CreditsUnavailable(Exception):
+    """PostgreSQL could not be asked for more (the caller answers 503)."""
+
+
+@dataclass(slots=True)
+class Share:
+    """This process's share of one key's balance, as far as it knows."""
+
+    amount: int = 0  # taken from the key into this share
+    claimed: int = 0  # of which may be spent
+    spent: int = 0
+    others: int = 0  # the rest of the balance when last asked
+    used_at: float = 0.0
+    unlimited: bool = False
+    exhausted_until: float = 0.0
+    # The statement in flight for this share (single flight); True when it got an answer.
+    task: asyncio.Task[bool] | None = field(default=None, repr=False)
+
+    def balance(self) -> int:
+        return max(0, self.others + self.amount - self.spent)
+
+
+class CreditLedger:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Credits,
+        *,
+        clock: Clock = time.monotonic,
+        holder: str | None = None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._clock = clock
+        self.holder = holder or f"{uuid.uuid4()}"
+        self.shares: dict[str, Share] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def try_spend(self, account: str, cost: int) -> int | None:
+        """The balance after spending `cost` from what is claimed, or None when the
+        database must be asked first (then `spend`)."""
+        share = self.shares.get(account)
+        if share is None or share.spent + cost > share.claimed:
+            return None
+        share.spent += cost
+        share.used_at = self._clock()
+        if share.task is None and share.claimed - share.spent < _low_water(share):
+            self._sync(account, share, 0)
+        return share.balance()
+
+    def balance(self, account: str) -> int | None:
+        """The balance as this process knows it, if it holds a share of it."""
+        share = self.shares.get(account)
+        return None if share is None or share.unlimited else share.balance()
+
+    async def spend(self, account: str, cost: int) -> int:
+        """Spend `cost`, asking PostgreSQL for more when needed: the balance after, or
+        `UNLIMITED`; raises `CreditsExhausted` or `CreditsUnavailable`."""
+        for _ in range(4):  # concurrent requests may take what one fetch brought
+            share = self.shares.setdefault(account, Share())
+            if share.unlimited:
+                return UNLIMITED
+            if share.spent + cost <= share.claimed:
+                share.spent += cost
+                share.used_at = self._clock()
+                return share.balance()
+            if share.exhausted_until > self._clock():
+                raise CreditsExhausted(account)
+            mine = share.task is None
+            task = share.task or self._sync(account, share, share.spent + cost - share.claimed)
+            if not await asyncio.shield(task):
+                raise CreditsUnavailable(account)
+            if mine and share.spent + cost > share.claimed and not share.unlimited:
+                # Other holders may give back what they hold: ask again sooner then.
+                wait = _EXHAUSTED_SECONDS if share.others == 0 else _EXHAUSTED_SECONDS / 4
+                share.exhausted_until = self._clock() + wait
+                raise CreditsExhausted(account)
+        raise CreditsExhausted(account)
+
+    def changed(self, account: str | None) -> None:
+        """A key's credits were changed (NOTIFY), or any key's may have been (None: the
+        listener missed messages): ask again rather than trust what was learnt."""
+        found = self.shares.values() if account is None else [self.shares.get(account)]
+        for share in found:
+            if share is not None:
+                share.unlimited = False
+                share.exhausted_until = 0.0
+
+    def _sync(self, account: str, share: Share, need: int) -> asyncio.Task[bool]:
+        task = asyncio.create_task(self._fetch(account, share, need))
+        share.task = task
+        task.add_done_callback(lambda _: _finished(share, task))
+        return task
+
+    async def _fetch(self, account: str, share: Share, need: int) -> bool:
+        """Claim more of the share, or take a new one when it is all claimed."""
+        settings = self._settings
+        try:
+            async with self._pool.acquire() as conn:
+                found: Taken | None = None
+                if share.amount - share.claimed >= max(need, 1):
+                    found = await shares.claim(
+                        conn, account, self.holder, need, share.spent, settings.lease_seconds
+                    )
+                if found is None:
+                    cap = max(settings.max_share, need)
+                    found = await shares.take(
+                        conn, account, self.holder, need, cap, share.spent, settings.lease_seconds
+                    )
+                    if found is None:
+                        share.unlimited = True
+                        return True
+        except _DB_ERRORS as exc:
+            log.warning("credits: cannot reach the database: %s", exc.__class__.__name__)
+            return False
+        if found.fresh:
+            share.spent = 0  # the old share was swept: what was claimed of it is spent
+        share.amount, share.claimed = found.amount, found.claimed
+        if found.others is not None:
+            share.others = found.others
+        return True
+
+    async def report(self) -> None:
+        """Report spending, renew leases, give idle shares back (every sync interval)."""
+        now = self._clock()
+        idle = [
+            account
+            for account, share in self.shares.items()
+            if share.task is None and now - share.used_at > self._settings.idle_seconds
+        ]
+        if idle:
+            await self.give_back(idle)
+        held = {a: s.spent for a, s in self.shares.items() if s.amount and s.task is None}
+        if not held:
+            return
+        async with self._pool.acquire() as conn:
+            alive = await shares.renew(conn, self.holder, held, self._settings.lease_seconds)
+        for account in set(held) - alive:
+            share = self.shares.get(account)
+            if share is not None and share.task is None:
+                # Swept (this process was out of touch too long): what it claimed was
+                # counted as spent, and nothing more of it may be.
+                share.amount = share.claimed = share.spent = 0
+
+    async def give_back(self, accounts: list[str] | None = None) -> None:
+        """Give shares back exactly (all of them when stopping). Until the statement
+        has run, nothing more is spent from them: a request waits, then starts a new
+        share, so no credit is both given back and spent."""
+        chosen = {
+            account: share
+            for account in (list(self.shares) if accounts is None else accounts)
+            if (share := self.shares.get(account)) is not None
+        }
+        while pending := [share.task for share in chosen.values() if share.task is not None]:
+            await asyncio.wait(pending)
+        returning = asyncio.create_task(self._give_back(chosen))
+        for share in chosen.values():
+            share.claimed = share.spent
+            share.task = returning
+        await asyncio.shield(returning)
+
+    async def _give_back(self, chosen: dict[str, Share]) -> bool:
+        try:
+            spent = {account: share.spent for account, share in chosen.items() if share.amount}
+            if spent:
+                async with self._pool.acquire() as conn:
+                    await shares.give_back(conn, self.holder, spent)
+        except _DB_ERRORS as exc:
+            log.warning("credits: cannot give shares back: %s", exc.__class__.__name__)
+        finally:
+            # Given back or not (a share left behind is swept), these are done with.
+            for account, share in chosen.items():
+                if self.shares.get(account) is share:
+                    del self.shares[account]
+        return True
+
+    async def sweep(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await shares.sweep(conn)
+
+    async def run(self, refill: Callable[[], Coroutine[Any, Any, int]] | None = None) -> None:
+        """Report every sync interval; sweep (and refill) every tenth of the lease."""
+        settings = self._settings
+        next_sweep = 0.0
+        while True:
+            await asyncio.sleep(settings.sync_interval_seconds)
+            try:
+                await self.report()
+                if self._clock() >= next_sweep:
+                    next_sweep = self._clock() + settings.lease_seconds / 10
+                    await self.sweep()
+                    if refill is not None:
+                        await refill()
+            except _DB_ERRORS as exc:
+                log.warning("credits: upkeep failed: %s", exc.__class__.__name__)
+
+
+def _finished(share: Share, task: asyncio.Task[bool]) -> None:
+    if share.task is task:
+        share.task = None
+
+
+def _low_water(share: Share) -> int:
+    """Claim more once less than half of the last claim's size is left."""
+    return max(1, math.ceil((share.amount - share.spent) / 8))
