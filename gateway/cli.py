@@ -7,7 +7,7 @@ import asyncio
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
 from gateway.problems import Problem
 from gateway.tokens import signing
+from gateway.usage.counter import COUNTS
+from gateway.usage.report import parse_range
 
 CLI = Actor("cli")
 
@@ -104,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     change.add_argument("--decrement", type=int, metavar="N")
     change.add_argument("--unlimited", action="store_true", help="no balance: every request passes")
     credits.add_argument("--json", action="store_true")
+    usage = add(key_cmds, "usage", help="a key's requests per day (or hour), UTC")
+    usage.add_argument("id")
+    usage.add_argument("--days", type=int, default=30, help="days back from today (default 30)")
+    usage.add_argument("--hourly", action="store_true", help="hours instead of days")
+    usage.add_argument("--json", action="store_true")
     add(key_cmds, "revoke").add_argument("id")
     rotate = add(key_cmds, "rotate")
     rotate.add_argument("id")
@@ -384,6 +391,43 @@ async def _keys_credits(conn: asyncpg.Connection, config: Config, args: argparse
     return 0
 
 
+async def _keys_usage(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    if not 1 <= args.days <= 2000:
+        raise CommandError("--days: must be from 1 to 2000")
+    now = datetime.now(UTC)
+    granularity = "hour" if args.hourly else "day"
+    # The last N days: today and N - 1 before it, or the last N x 24 hours, this one included.
+    back = timedelta(days=args.days) - (timedelta(hours=1) if args.hourly else timedelta(days=1))
+    since = (now - back).replace(minute=0, second=0, microsecond=0)
+    if not args.hourly:
+        since = since.replace(hour=0)
+    query = {"from": since.isoformat(), "granularity": granularity}
+    wanted = parse_range(query, now)
+    if isinstance(wanted, list):
+        raise CommandError(f"--days: {wanted[0][1]}")
+    try:
+        found = await management.key_usage(conn, args.id, None, wanted)
+    except management.NotFound:
+        raise CommandError(f"no key {args.id}") from None
+    _print(found, args.json, _usage_table)
+    return 0
+
+
+def _usage_table(found: dict[str, Any]) -> str:
+    header = ("start", *COUNTS)
+    rows = [header] + [
+        (bucket["start"], *(str(bucket[name]) for name in COUNTS)) for bucket in found["buckets"]
+    ]
+    totals = ["total", *(str(sum(b[name] for b in found["buckets"])) for name in COUNTS)]
+    rows.append(tuple(totals))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                  enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    )  # fmt: skip
+
+
 _LIMIT_FLAG = re.compile(r"([^=]+)=(\d+)/(\d+(?:\.\d+)?)(?::(\d+))?")
 
 
@@ -499,6 +543,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "revoke"): _keys_revoke,
     ("keys", "rotate"): _keys_rotate,
     ("keys", "credits"): _keys_credits,
+    ("keys", "usage"): _keys_usage,
     ("members", "add"): _members,
     ("members", "remove"): _members,
     ("audit", "show"): _audit,

@@ -200,6 +200,13 @@ class Credits(_Strict, frozen=True, forbid_unknown_fields=True):
     idle_seconds: float = 10.0  # a share unused this long is given back
 
 
+class Usage(_Strict, frozen=True, forbid_unknown_fields=True):
+    """Usage per key and hour (contract §17)."""
+
+    flush_seconds: float = 10.0  # each process writes its counts this often, one statement
+    retention_days: int = 90
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -217,6 +224,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     decisions: Decisions = msgspec.field(default_factory=Decisions)
     rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
     credits: Credits = msgspec.field(default_factory=Credits)
+    usage: Usage = msgspec.field(default_factory=Usage)
     # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
@@ -375,6 +383,8 @@ def _check_values(config: Config) -> list[str]:
         "credits.lease_seconds": config.credits.lease_seconds,
         "credits.sync_interval_seconds": config.credits.sync_interval_seconds,
         "credits.idle_seconds": config.credits.idle_seconds,
+        "usage.flush_seconds": config.usage.flush_seconds,
+        "usage.retention_days": config.usage.retention_days,
     }
     out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]
     if config.tokens.default_ttl_seconds > config.tokens.max_ttl_seconds:

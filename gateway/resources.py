@@ -1,6 +1,6 @@
 """What the gateway runs on, each opened as an async context manager by the composition
 root (`runtime.Gateway`) in this order and closed in reverse: database, key store,
-invalidation listener, credit shares, policies, rate limiter, then the request path's own parts
+invalidation listener, credit shares, usage counts, policies, rate limiter, then the request path's own parts
 (signer, telemetry, upstream pools, the HTTP session for WebSockets and JWKS).
 Each sets what it opened on the runtime and cleans up only what it started.
 """
@@ -34,6 +34,7 @@ from gateway.ratelimit.local import LocalBackend
 from gateway.ratelimit.shared import SharedBackend
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
+from gateway.usage.counter import UsageCounter, prune
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -145,6 +146,33 @@ async def open_credits(gw: Gateway) -> AsyncIterator[None]:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("credits: could not give shares back (they return in %s s): %s",
                         gw.config.credits.lease_seconds, exc.__class__.__name__)  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def open_usage(gw: Gateway) -> AsyncIterator[None]:
+    """Usage counts, written every `usage.flush_seconds` and when the process stops
+    (after the listeners: the last requests are counted); old hours pruned hourly."""
+    settings = gw.config.usage
+    counter = UsageCounter()
+    gw.usage = counter
+
+    async def flush_periodically() -> None:
+        pruned = 0.0
+        while True:
+            await asyncio.sleep(settings.flush_seconds)
+            await counter.flush(gw.pool)
+            if time.monotonic() - pruned > 3600:
+                pruned = time.monotonic()
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    async with gw.pool.acquire() as conn:
+                        await prune(conn, settings.retention_days)
+
+    task = asyncio.create_task(flush_periodically())
+    try:
+        yield
+    finally:
+        await _cancel(task)
+        await counter.flush(gw.pool)
 
 
 @contextlib.asynccontextmanager

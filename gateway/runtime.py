@@ -48,6 +48,7 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.selfservice import service as self_service
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens
+from gateway.usage.counter import UsageCounter
 
 log = logging.getLogger("gateway")
 Address = tuple[str, int]
@@ -87,6 +88,7 @@ class Gateway:
     policies: ActivePolicies
     limiter: RateLimiter
     ledger: CreditLedger
+    usage: UsageCounter
     access_log: AccessLog | None
     http: aiohttp.ClientSession
     identity_tokens: IdentityTokens
@@ -110,6 +112,7 @@ class Gateway:
                 resources.open_store,
                 resources.open_invalidation,
                 resources.open_credits,
+                resources.open_usage,
                 resources.open_policies,
                 resources.open_rate_limits,
                 resources.open_telemetry,
@@ -157,7 +160,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _listeners(self) -> AsyncIterator[None]:
         config, reuse_port = self.config, self.options.reuse_port
-        recorder = Recorder(self.metrics, self.access_log)
+        recorder = Recorder(self.metrics, self.access_log, self.usage)
         pipeline, decisions, websockets = self._doors(recorder)
         limits = Limits(
             header_timeout=config.limits.header_timeout_seconds,

@@ -205,10 +205,12 @@ class RunningGateway:
     async def create_key(
         self, user_id: str, scopes: list[str], name: str = "test", **extra: Any
     ) -> dict[str, Any]:
+        limits = self.runtime.policies.current.rate_limits
         spec = validation.validate_key(
             {"user_id": user_id, "name": name, "scopes": scopes, **extra},
             self.runtime.scopes,
             __import__("datetime").datetime.now(__import__("datetime").UTC),
+            [name for name, limit in limits.items() if limit.by == "key"],
         )
         assert not isinstance(spec, list), spec
         async with self.pool.acquire() as conn:

@@ -22,6 +22,7 @@ from gateway.jsonbody import json_response, read_object
 from gateway.keys import management, validation
 from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
+from gateway.usage.report import parse_range
 
 log = logging.getLogger("gateway.admin")
 REQUEST_ID = web.RequestKey("request_id", str)  # given by the problems middleware
@@ -149,6 +150,18 @@ async def change_credits(request: web.Request) -> web.Response:
     return json_response({"credits": credits})
 
 
+async def key_usage(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    wanted = parse_range(request.query, datetime.now(UTC))
+    if isinstance(wanted, list):
+        raise invalid_fields(wanted)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            return json_response(await management.key_usage(conn, key_id, None, wanted))
+    except management.NotFound:
+        raise _not_found(key_id) from None
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
@@ -240,6 +253,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/admin/v1/keys/{id}", revoke_key)
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
     app.router.add_post("/admin/v1/keys/{id}/credits", change_credits)
+    app.router.add_get("/admin/v1/keys/{id}/usage", key_usage)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
     app.router.add_get("/admin/v1/audit", audit_events)

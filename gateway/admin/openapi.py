@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audit.events import ACTIONS
-from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY
+from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY, USAGE, USAGE_PARAMETERS
 from gateway.problems import PROBLEM_SCHEMA
 
 _MEMBERSHIP = {
@@ -250,6 +250,20 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "404": _problem("No such key"),
                     "409": _problem("An increment or decrement of a key with unlimited credits"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/admin/v1/keys/{id}/usage": {
+            "get": {
+                "summary": "A key's requests per hour or day, every bucket of the range",
+                "parameters": [*_KEY_ID, *USAGE_PARAMETERS],
+                "responses": {
+                    "200": {
+                        "description": "Buckets (zeros included)",
+                        "content": {"application/json": {"schema": USAGE}},
+                    },
+                    "404": _problem("No such key"),
                     **_ERRORS,
                 },
             }

@@ -15,6 +15,7 @@ whose holder died gives back only what it never claimed.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
@@ -33,7 +34,16 @@ log = logging.getLogger("gateway.credits")
 Clock = Callable[[], float]
 UNLIMITED = -1  # what `spend` answers for a key PostgreSQL says is unlimited
 _EXHAUSTED_SECONDS = 1.0  # an exhausted key is asked about again at most this often
+# The least a claim asks for: a dead holder loses at most this much beyond its last
+# claim (never overspent, slightly under-used), and a hot key claims less often.
+_MIN_CLAIM = 16
 _DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Fetched(enum.Enum):
+    FETCHED = "fetched"
+    EMPTY = "empty"  # the key had nothing left that no process holds
+    UNREACHABLE = "unreachable"
 
 
 class CreditsExhausted(Exception):
@@ -55,8 +65,11 @@ class Share:
     used_at: float = 0.0
     unlimited: bool = False
     exhausted_until: float = 0.0
-    # The statement in flight for this share (single flight); True when it got an answer.
-    task: asyncio.Task[bool] | None = field(default=None, repr=False)
+    step: int = 1  # what the last fetch claimed: the next starts once less is left
+    taken: int = 0  # the last take's size: claims are a quarter of it
+    waiting: int = 0  # credits wanted by requests waiting for the fetch in flight
+    # The statement in flight for this share (single flight).
+    task: asyncio.Task[Fetched] | None = field(default=None, repr=False)
 
     def balance(self) -> int:
         return max(0, self.others + self.amount - self.spent)
@@ -86,8 +99,8 @@ class CreditLedger:
             return None
         share.spent += cost
         share.used_at = self._clock()
-        if share.task is None and share.claimed - share.spent < _low_water(share):
-            self._sync(account, share, 0)
+        if share.task is None and share.claimed - share.spent < share.step:
+            self._sync(account, share)
         return share.balance()
 
     def balance(self, account: str) -> int | None:
@@ -98,7 +111,7 @@ class CreditLedger:
     async def spend(self, account: str, cost: int) -> int:
         """Spend `cost`, asking PostgreSQL for more when needed: the balance after, or
         `UNLIMITED`; raises `CreditsExhausted` or `CreditsUnavailable`."""
-        for _ in range(4):  # concurrent requests may take what one fetch brought
+        for _ in range(8):  # each fetch brings enough for those waiting when it starts
             share = self.shares.setdefault(account, Share())
             if share.unlimited:
                 return UNLIMITED
@@ -108,16 +121,22 @@ class CreditLedger:
                 return share.balance()
             if share.exhausted_until > self._clock():
                 raise CreditsExhausted(account)
-            mine = share.task is None
-            task = share.task or self._sync(account, share, share.spent + cost - share.claimed)
-            if not await asyncio.shield(task):
+            task = share.task
+            if task is None or task.done():  # (a finished one is cleared by a callback)
+                task = self._sync(account, share)
+            share.waiting += cost
+            try:
+                fetched = await asyncio.shield(task)
+            finally:
+                share.waiting -= cost
+            if fetched is Fetched.UNREACHABLE:
                 raise CreditsUnavailable(account)
-            if mine and share.spent + cost > share.claimed and not share.unlimited:
+            if fetched is Fetched.EMPTY and share.spent + cost > share.claimed:
                 # Other holders may give back what they hold: ask again sooner then.
                 wait = _EXHAUSTED_SECONDS if share.others == 0 else _EXHAUSTED_SECONDS / 4
                 share.exhausted_until = self._clock() + wait
                 raise CreditsExhausted(account)
-        raise CreditsExhausted(account)
+        raise CreditsUnavailable(account)  # outrun eight fetches in a row: retry shortly
 
     def changed(self, account: str | None) -> None:
         """A key's credits were changed (NOTIFY), or any key's may have been (None: the
@@ -128,39 +147,46 @@ class CreditLedger:
                 share.unlimited = False
                 share.exhausted_until = 0.0
 
-    def _sync(self, account: str, share: Share, need: int) -> asyncio.Task[bool]:
-        task = asyncio.create_task(self._fetch(account, share, need))
+    def _sync(self, account: str, share: Share) -> asyncio.Task[Fetched]:
+        task = asyncio.create_task(self._fetch(account, share))
         share.task = task
         task.add_done_callback(lambda _: _finished(share, task))
         return task
 
-    async def _fetch(self, account: str, share: Share, need: int) -> bool:
-        """Claim more of the share, or take a new one when it is all claimed."""
+    async def _fetch(self, account: str, share: Share) -> Fetched:
+        """Claim more of the share, or take more into it once what is unclaimed would
+        not cover a claim; enough for every request waiting when it starts."""
         settings = self._settings
+        need = max(0, share.spent + share.waiting - share.claimed)
+        step = max(need, _MIN_CLAIM, math.ceil(share.taken / 4))
         try:
             async with self._pool.acquire() as conn:
                 found: Taken | None = None
-                if share.amount - share.claimed >= max(need, 1):
+                if share.amount - share.claimed >= step:
                     found = await shares.claim(
-                        conn, account, self.holder, need, share.spent, settings.lease_seconds
+                        conn, account, self.holder, step, share.spent, settings.lease_seconds
                     )
                 if found is None:
                     cap = max(settings.max_share, need)
                     found = await shares.take(
-                        conn, account, self.holder, need, cap, share.spent, settings.lease_seconds
-                    )
+                        conn, account, self.holder, need, cap, share.spent,
+                        settings.lease_seconds, _MIN_CLAIM,
+                    )  # fmt: skip
                     if found is None:
                         share.unlimited = True
-                        return True
+                        return Fetched.FETCHED
         except _DB_ERRORS as exc:
             log.warning("credits: cannot reach the database: %s", exc.__class__.__name__)
-            return False
+            return Fetched.UNREACHABLE
         if found.fresh:
             share.spent = 0  # the old share was swept: what was claimed of it is spent
+        share.step = max(1, found.claimed - share.claimed)
+        if found.taken:
+            share.taken = found.taken
         share.amount, share.claimed = found.amount, found.claimed
         if found.others is not None:
             share.others = found.others
-        return True
+        return Fetched.EMPTY if found.unheld == 0 else Fetched.FETCHED
 
     async def report(self) -> None:
         """Report spending, renew leases, give idle shares back (every sync interval)."""
@@ -201,7 +227,7 @@ class CreditLedger:
             share.task = returning
         await asyncio.shield(returning)
 
-    async def _give_back(self, chosen: dict[str, Share]) -> bool:
+    async def _give_back(self, chosen: dict[str, Share]) -> Fetched:
         try:
             spent = {account: share.spent for account, share in chosen.items() if share.amount}
             if spent:
@@ -214,7 +240,7 @@ class CreditLedger:
             for account, share in chosen.items():
                 if self.shares.get(account) is share:
                     del self.shares[account]
-        return True
+        return Fetched.FETCHED
 
     async def sweep(self) -> int:
         async with self._pool.acquire() as conn:
@@ -237,11 +263,6 @@ class CreditLedger:
                 log.warning("credits: upkeep failed: %s", exc.__class__.__name__)
 
 
-def _finished(share: Share, task: asyncio.Task[bool]) -> None:
+def _finished(share: Share, task: asyncio.Task[Fetched]) -> None:
     if share.task is task:
         share.task = None
-
-
-def _low_water(share: Share) -> int:
-    """Claim more once less than half of the last claim's size is left."""
-    return max(1, math.ceil((share.amount - share.spent) / 8))

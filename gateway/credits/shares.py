@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from gateway.database import Conn
 
 # Take up to an eighth of what the key has left (at least `need`, at most `cap`) into
-# this holder's share, and claim from the share. The self-join reads the balance as
+# this holder's share, and claim a quarter of what was taken (at least `need` and the
+# least claim). The self-join reads the balance as
 # it was under the row lock, so concurrent takes never take the same credit twice.
 _TAKE = """
 WITH took AS (
@@ -27,13 +28,14 @@ WITH took AS (
     RETURNING b.credits_remaining - a.credits_remaining AS taken, a.credits_remaining AS unheld
 ), share AS (
     INSERT INTO credit_shares AS s (key_id, holder, amount, claimed, spent, expires_at)
-    SELECT $1, $2, took.taken, least(took.taken, greatest($3::bigint, ceil(took.taken / 4.0)::bigint)),
+    SELECT $1, $2, took.taken,
+           least(took.taken, greatest($3::bigint, $7::bigint, ceil(took.taken / 4.0)::bigint)),
            0, now() + make_interval(secs => $6)
       FROM took
     ON CONFLICT (key_id, holder) DO UPDATE
        SET amount = s.amount + EXCLUDED.amount,
            claimed = least(s.amount + EXCLUDED.amount,
-                           s.claimed + greatest($3::bigint, ceil((s.amount + EXCLUDED.amount - $5::bigint) / 4.0)::bigint)),
+                           s.claimed + greatest($3::bigint, $7::bigint, ceil(EXCLUDED.amount / 4.0)::bigint)),
            spent = $5, expires_at = EXCLUDED.expires_at
     RETURNING s.amount, s.claimed, (s.xmax = 0) AS fresh
 )
@@ -43,10 +45,10 @@ SELECT took.taken, took.unheld, share.amount, share.claimed, share.fresh,
   FROM took CROSS JOIN share
 """
 
-# Claim more of a share already held (a quarter of its unspent part, at least `need`).
+# Claim `step` more of a share already held.
 _CLAIM = """
 UPDATE credit_shares
-   SET claimed = least(amount, claimed + greatest($3::bigint, ceil((amount - $4::bigint) / 4.0)::bigint)),
+   SET claimed = least(amount, claimed + $3::bigint),
        spent = $4, expires_at = now() + make_interval(secs => $5)
  WHERE key_id = $1 AND holder = $2
 RETURNING amount, claimed
@@ -107,23 +109,35 @@ class Taken:
     claimed: int
     fresh: bool = False
     others: int | None = None  # a take tells; a claim does not
+    unheld: int | None = None  # what no process holds after a take
+    taken: int = 0  # how much a take took
 
 
 async def take(
-    conn: Conn, key_id: str, holder: str, need: int, cap: int, spent: int, lease: float
+    conn: Conn,
+    key_id: str,
+    holder: str,
+    need: int,
+    cap: int,
+    spent: int,
+    lease: float,
+    least_claim: int,
 ) -> Taken | None:
     """Take credits into this holder's share; None when the key is unlimited (or gone)."""
-    row = await conn.fetchrow(_TAKE, key_id, holder, need, cap, spent, lease)
+    row = await conn.fetchrow(_TAKE, key_id, holder, need, cap, spent, lease, least_claim)
     if row is None:
         return None
-    return Taken(row["amount"], row["claimed"], row["fresh"], row["unheld"] + row["others"])
+    unheld = row["unheld"]
+    return Taken(
+        row["amount"], row["claimed"], row["fresh"], unheld + row["others"], unheld, row["taken"]
+    )
 
 
 async def claim(
-    conn: Conn, key_id: str, holder: str, need: int, spent: int, lease: float
+    conn: Conn, key_id: str, holder: str, step: int, spent: int, lease: float
 ) -> Taken | None:
-    """Claim more of the share; None when the share is gone (swept or reset)."""
-    row = await conn.fetchrow(_CLAIM, key_id, holder, need, spent, lease)
+    """Claim `step` more of the share; None when the share is gone (swept or reset)."""
+    row = await conn.fetchrow(_CLAIM, key_id, holder, step, spent, lease)
     return None if row is None else Taken(row["amount"], row["claimed"])
 
 

@@ -13,7 +13,7 @@ from multidict import CIMultiDictProxy
 from gateway.keys import format as key_format
 from gateway.keys.principal import Principal
 from gateway.keys.store import MISSING, KeyRecord, KeyStore, StoreUnavailable
-from gateway.problems import database_unavailable, unauthorized
+from gateway.problems import Problem, database_unavailable, unauthorized
 from gateway.tokens.actor import Signer, TokenRejected
 
 
@@ -32,6 +32,14 @@ def credential(headers: CIMultiDictProxy[str]) -> str | None:
     if bearer and api_key and api_key[0].strip() != bearer:
         raise unauthorized("malformed-credential", "malformed credential: two different ones")
     return bearer or (api_key[0].strip() if api_key else None)
+
+
+class RefusedKey(Problem):
+    """A 401 for a key we know (expired, revoked, disabled): counted in its usage."""
+
+    def __init__(self, key_id: str, slug: str, detail: str) -> None:
+        super().__init__(401, slug, detail, headers={"WWW-Authenticate": "Bearer"})
+        self.key_id = key_id
 
 
 class Authenticator:
@@ -94,6 +102,7 @@ class Authenticator:
         status = record.status(self._store.now())
         if status == "disabled":
             # Switched off by its owner, and reversible: said as such (§16's slug).
-            raise unauthorized("key-disabled", f"{what}disabled credential".strip())
+            raise RefusedKey(record.id, "key-disabled", f"{what}disabled credential".strip())
         if status != "active":
-            raise unauthorized(f"{status}-credential", f"{what}{status} credential".strip())
+            slug = f"{status}-credential"
+            raise RefusedKey(record.id, slug, f"{what}{status} credential".strip())

@@ -38,6 +38,8 @@ class Outcome:
     asked: tuple[str, str] | None = None  # the method and target a front proxy asked about
     client: str = ""  # the client address
     credits_left: int | None = None  # after this request, for a key with credits
+    credits_spent: int = 0
+    refused_key: str | None = None  # a known key refused with 401 (for its usage counts)
 
     def limit_headers(self) -> dict[str, str]:
         """RateLimit-* and X-Credits-Remaining, for answers allowed and refused alike."""
@@ -111,6 +113,8 @@ class Decider:
             await self._limiter.after_authorization(route, principal, outcome.limits)
         if principal.credits is not None:
             outcome.credits_left = await charge(self._ledger, principal.credits, route.cost)
+            if outcome.credits_left is not None:
+                outcome.credits_spent = route.cost
         return Decision(route, principal)
 
     async def _authorize(self, principal: Principal, match: Match) -> None:

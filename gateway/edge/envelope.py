@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway.edge.authn import RefusedKey
 from gateway.edge.decide import Outcome
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
@@ -42,6 +43,8 @@ class Envelope:
             await self._work(exchange, rid, outcome, timing)
         except Problem as problem:
             outcome.reason = problem.slug
+            if isinstance(problem, RefusedKey):
+                outcome.refused_key = problem.key_id
             self._answer(exchange, problem, rid, outcome)
         except Exception:
             log.exception("unexpected error (request_id %s)", rid)

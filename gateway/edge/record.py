@@ -12,6 +12,14 @@ from multidict import CIMultiDictProxy
 from gateway.edge.decide import Outcome
 from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
+from gateway.usage.counter import (
+    ALLOWED,
+    CREDITS_EXHAUSTED,
+    DENIED,
+    RATE_LIMITED,
+    REJECTED,
+    UsageCounter,
+)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -36,9 +44,12 @@ class RequestIds:
 
 
 class Recorder:
-    def __init__(self, metrics: Metrics, access_log: AccessLog | None) -> None:
+    def __init__(
+        self, metrics: Metrics, access_log: AccessLog | None, usage: UsageCounter | None = None
+    ) -> None:
         self._metrics = metrics
         self._access_log = access_log
+        self._usage = usage
         self.ids = RequestIds()
 
     def record(
@@ -55,6 +66,8 @@ class Recorder:
         self._metrics.observe_request(
             outcome.route, status, elapsed, outcome.reason, outcome.endpoint
         )
+        if self._usage is not None:
+            count_usage(self._usage, outcome, status)
         if self._access_log is None:
             return
         principal = outcome.principal
@@ -77,3 +90,24 @@ class Recorder:
                 outcome.client,
             )
         )
+
+
+def count_usage(usage: UsageCounter, outcome: Outcome, status: int) -> None:
+    """The key's usage counts (§17): what the gateway decided about a request with it."""
+    principal = outcome.principal
+    if principal is None:
+        if outcome.refused_key is not None:
+            usage.count(outcome.refused_key, REJECTED)
+        return
+    reason = outcome.reason
+    if reason is None:
+        kind = ALLOWED  # whatever the upstream answered
+    elif reason == "rate-limited":
+        kind = RATE_LIMITED
+    elif reason == "credits-exhausted":
+        kind = CREDITS_EXHAUSTED
+    elif status == 403:
+        kind = DENIED
+    else:
+        kind = ALLOWED  # allowed, then the upstream failed (502, 504)
+    usage.count(principal.key_id, kind, outcome.credits_spent)

@@ -23,6 +23,7 @@ from gateway.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
 from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits
+from gateway.usage.report import UsageRange, buckets, usage_json
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
@@ -346,6 +347,16 @@ async def change_credits(
     except balance.NoSuchKey:
         raise NotFound(key_id) from None
     return credits
+
+
+async def key_usage(
+    conn: Conn, key_id: str, owner: str | None, wanted: UsageRange
+) -> dict[str, Any]:
+    """A key's usage buckets (§17); `owner` scopes it to that user's keys."""
+    row = await conn.fetchrow(f"SELECT id FROM api_keys WHERE {_OWNED}", _uuid(key_id), owner)
+    if row is None:
+        raise NotFound(key_id)
+    return usage_json(str(row["id"]), wanted, await buckets(conn, row["id"], wanted))
 
 
 async def _move_credits(conn: Conn, old: uuid.UUID, new: uuid.UUID) -> dict[str, Any] | None:

@@ -92,3 +92,35 @@ def with_secret(ref: str) -> dict[str, Any]:
 
 
 NEW_KEY = with_secret("Key")
+
+
+_BUCKET_COUNT = {"type": "integer", "minimum": 0}
+USAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["key_id", "granularity", "buckets"],
+    "properties": {
+        "key_id": {"type": "string", "format": "uuid"},
+        "granularity": {"enum": ["hour", "day"]},
+        "buckets": {
+            "type": "array",
+            "maxItems": 2000,
+            "items": {
+                "type": "object",
+                "required": ["start", "allowed", "rejected", "denied", "rate_limited",
+                             "credits_exhausted", "credits_spent"],
+                "properties": {
+                    "start": {"type": "string", "format": "date-time"},
+                    **{name: _BUCKET_COUNT for name in (
+                        "allowed", "rejected", "denied", "rate_limited",
+                        "credits_exhausted", "credits_spent")},
+                },
+            },
+        },
+    },
+}  # fmt: skip
+# ?from=&to=&granularity= of the usage endpoints
+USAGE_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "granularity", "in": "query", "schema": {"enum": ["hour", "day"]}},
+]

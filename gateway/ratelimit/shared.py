@@ -6,8 +6,10 @@ clocks do not matter). A request spends a token locally — no round trip — an
 background loop tops leases up in one pipelined call per sync interval, asking
 for about twice what each subject used in the last interval. Redis never grants
 more than the global allowance, so processes together admit at most the limit
-plus the tokens leased but not yet spent. Only a subject's first request in a
-process waits for Redis.
+plus the tokens leased but not yet spent. A request waits for Redis only when its
+subject has no tokens here and the shared state may still have room (its first
+request here, or a slow subject between top-ups); a subject known to be over its
+limit is refused here until the shared state says it has room again.
 """
 
 from __future__ import annotations
@@ -86,19 +88,28 @@ class SharedBackend:
     async def take(self, asks: Sequence[Ask]) -> list[Verdict]:
         if self.down:
             return self._degraded(asks)
-        first = [ask for ask in asks if (ask[0].identity, ask[1]) not in self._leases]
-        if first:
+        now = self._clock()
+        # A subject's first request here, or a lease spent while the shared state may
+        # still have room (a slow subject asks for little at a time): ask Redis now
+        # rather than refuse. A lease known to be exhausted is refused without asking.
+        wanted = [
+            (limit, subject, _first_want(limit, self._interval))
+            for limit, subject in asks
+            if _must_ask(self._leases.get((limit.identity, subject)), now)
+        ]
+        if wanted:
             try:
-                await self._lease(
-                    [
-                        (limit, subject, _first_want(limit, self._interval))
-                        for limit, subject in first
-                    ]
-                )
+                try:
+                    await self._lease(wanted)
+                except REDIS_DOWN:
+                    # Pooled connections Redis closed (it restarted) fail once each:
+                    # drop the idle ones; only a failure on a new one means Redis is gone.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                    await self._lease(wanted)
             except REDIS_DOWN as exc:
                 self._went_down(exc)
                 return self._degraded(asks)
-        now = self._clock()
+            now = self._clock()
         leases = [self._leases[limit.identity, subject] for limit, subject in asks]
         verdicts = [_verdict(lease, now) for lease in leases]
         for lease in leases:
@@ -176,6 +187,13 @@ def _key(limit: RateLimit, subject: str) -> str:
 def _first_want(limit: RateLimit, sync_interval: float) -> int:
     """What a subject's first lease asks for: what the limit allows in one sync interval."""
     return max(1, min(limit.burst, math.ceil(sync_interval / limit.interval)))
+
+
+def _must_ask(lease: _Lease | None, now: float) -> bool:
+    """No lease yet, or an empty one whose shared state had room at its last answer."""
+    if lease is None:
+        return True
+    return lease.tokens <= 0 and lease.tat_at - lease.limit.tolerance + lease.limit.interval <= now
 
 
 def _verdict(lease: _Lease, now: float) -> Verdict:

@@ -29,6 +29,7 @@ from gateway.keys.validation import (
 from gateway.problems import Problem, invalid_fields
 from gateway.selfservice.session import SessionUser
 from gateway.timestamps import parse_time
+from gateway.usage.report import parse_range, recent_totals
 
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_GRACE_SECONDS = 7 * 86400
@@ -88,8 +89,13 @@ class KeysApi:
             raise invalid_fields([("status", "must be active, inactive or all")])
         async with self._pool.acquire() as conn:
             keys = await management.list_keys(conn, user.id)
+            totals = await recent_totals(conn, [key["id"] for key in keys])
         wanted = _STATUSES.get(status)
-        shown = [_own(key) for key in keys if wanted is None or key["status"] in wanted]
+        shown = [
+            {**_own(key), "requests_30_days": totals.get(key["id"], 0)}
+            for key in keys
+            if wanted is None or key["status"] in wanted
+        ]
         # Newest first, as a settings page lists them.
         return json_reply({"keys": shown[::-1]}, headers=NO_STORE)
 
@@ -106,6 +112,17 @@ class KeysApi:
         except management.Conflict as exc:
             raise Problem(409, "too-many-keys", str(exc)) from None
         return json_reply(_own(created), 201, NO_STORE)
+
+    async def usage(self, request: OwnedRequest, user: SessionUser, key_id: str) -> Reply:
+        wanted = parse_range(request.query, datetime.now(UTC))
+        if isinstance(wanted, list):
+            raise invalid_fields(wanted)
+        try:
+            async with self._pool.acquire() as conn:
+                found = await management.key_usage(conn, key_id, user.id, wanted)
+        except management.NotFound:
+            raise _not_found() from None
+        return json_reply(found, headers=NO_STORE)
 
     async def update(
         self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor

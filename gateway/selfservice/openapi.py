@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keys.schemas import OWN_KEY, with_secret
+from gateway.keys.schemas import OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
 from gateway.problems import PROBLEM_SCHEMA
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 100}
@@ -72,7 +72,21 @@ _SESSION = {
 _KEY_LIST = {
     "type": "object",
     "required": ["keys"],
-    "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/OwnKey"}}},
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/OwnKey"},
+                    {
+                        "type": "object",
+                        "required": ["requests_30_days"],
+                        "properties": {"requests_30_days": {"type": "integer", "minimum": 0}},
+                    },
+                ]
+            },
+        }
+    },
 }
 
 
@@ -177,6 +191,16 @@ def document(base: str) -> dict[str, Any]:
                 "post": _operation(
                     {"201": created, "409": _problem("The key is not active"), **_KEY_ERRORS},
                     _ROTATE,
+                ),
+            },
+            f"{base}/v1/keys/{{id}}/usage": {
+                "parameters": _ID,
+                "get": _operation(
+                    {
+                        "200": {"description": "Requests per bucket", "content": _json(USAGE)},
+                        **_KEY_ERRORS,
+                    },
+                    parameters=USAGE_PARAMETERS,
                 ),
             },
             f"{base}/v1/openapi.json": {

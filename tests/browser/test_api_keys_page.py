@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -49,7 +50,9 @@ class Page:
     def __init__(self, driver: webdriver.Chrome, base: str) -> None:
         self.driver = driver
         self.url = base + PAGE
-        self.wait = WebDriverWait(driver, 10)
+        # The list is drawn anew after every change: an element found just before may
+        # be gone by the time it is read; the wait tries again.
+        self.wait = WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,))
 
     def by_id(self, element_id: str) -> WebElement:
         return self.driver.find_element(By.ID, element_id)
@@ -413,3 +416,58 @@ async def test_the_create_form_resets_closes_on_escape_and_shows_its_errors(
     assert seen["focus after escape"] == "new-key"
     async with aiohttp.ClientSession() as http, http.get(str(seen["icon"])) as response:
         assert response.status == 200 and response.content_type == "image/svg+xml"
+
+
+async def test_each_key_shows_its_30_days_and_a_daily_chart(
+    driver: webdriver.Chrome,
+    gateway: RunningGateway,
+    host: HostIdentity,
+    http: aiohttp.ClientSession,
+) -> None:
+    user = unique("use")
+    key = await gateway.create_key(user, ["me:read"], name="reports")
+    for _ in range(5):
+        assert await status_with(http, gateway, key["key"]) == 200
+    for _ in range(2):
+        async with http.get(gateway.proxy + "/v1/organizations", headers=bearer(key["key"])) as r:
+            assert r.status == 403
+    await gateway.runtime.usage.flush(gateway.pool)
+    async with gateway.pool.acquire() as conn:  # three days ago, as if counted then
+        await conn.execute(
+            "INSERT INTO key_usage (key_id, hour, allowed, denied, rate_limited)"
+            " VALUES ($1::uuid, date_trunc('hour', now() - interval '3 days'), 40, 3, 2)",
+            key["id"],
+        )
+    page = Page(driver, gateway.proxy)
+
+    def chart() -> tuple[str, str, int, int, list[str]]:
+        page.driver.set_window_size(1280, 1000)
+        page.sign_in(host.token(user))
+        toggle = page.row("reports").find_element(By.CSS_SELECTOR, "button[data-action=usage]")
+        label = str(toggle.text)
+        toggle.click()
+        figure = page.visible(f"usage-{key['id']}")
+        page.screenshot("usage-chart")
+        bars = len(figure.find_elements(By.CSS_SELECTOR, "svg rect"))
+        rows = figure.find_elements(By.CSS_SELECTOR, "figure.usage > table > tbody > tr")
+        counts = [
+            "/".join(
+                str(td.get_attribute("textContent")) for td in r.find_elements(By.TAG_NAME, "td")
+            )
+            for r in rows
+        ]
+        return label, str(toggle.get_attribute("aria-expanded")), bars, len(rows), counts
+
+    label, expanded, bars, days, cells = await step(chart)
+    assert label == "52 requests in 30 days" and expanded == "true"
+    assert bars == 4  # allowed and refused, on two days
+    assert days == 30 and [c for c in cells if c != "0/0"] == ["40/5", "5/2"]
+    caption = await step(
+        lambda: page.driver.find_element(By.CSS_SELECTOR, ".usage table caption").get_attribute(
+            "textContent"
+        )
+    )
+    assert "45 allowed, 7 refused" in str(caption)
+    await step(lambda: page.row("reports").find_element(
+        By.CSS_SELECTOR, "button[data-action=usage]").click())  # fmt: skip
+    assert await step(lambda: page.driver.find_elements(By.ID, f"usage-{key['id']}")) == []

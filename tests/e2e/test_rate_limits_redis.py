@@ -187,3 +187,41 @@ async def test_redis_outage_follows_on_backend_error_and_recovers(
     assert recovery < 2.0
     assert set(after) <= {200, 429} and after[200] > 0
     assert "gateway_rate_limit_backend_errors_total" in metrics
+
+
+async def test_a_key_s_own_numbers_are_shared_through_redis_like_the_limit(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The policy says 1000/60 s; one key's own numbers say 6/60 s: two gateways sharing
+    Redis admit 6 of that key's requests between them, and the policy's numbers still
+    hold for other keys."""
+    directory = routes_dir(tmp_path, policy(1000, 60, 1000))
+    configs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        limits = limiting(redis_server, sync_interval_ms=20)
+        configs.append(
+            make_config(
+                tmp_path / name, database_url, upstream.url, directory, rate_limiting=limits
+            )
+        )
+    async with running_gateway(configs[0]) as one, running_gateway(configs[1]) as two:
+        own = {"shared": {"limit": 6, "per_seconds": 60, "burst": 6}}
+        key = await one.create_key(unique("own"), ["me:read"], rate_limits=own)
+        other = await one.create_key(unique("plain"), ["me:read"])
+        statuses: Counter[int] = Counter()
+        for n in range(20):
+            proxy = (one, two)[n % 2].proxy
+            async with http.get(proxy + "/v1/limited", headers=bearer(key["key"])) as r:
+                statuses[r.status] += 1
+                if r.status == 200:
+                    assert r.headers["RateLimit-Policy"] == '"shared";q=6;w=60'
+        for n in range(20):
+            proxy = (one, two)[n % 2].proxy
+            async with http.get(proxy + "/v1/limited", headers=bearer(other["key"])) as r:
+                assert r.status == 200
+    assert statuses == {200: 6, 429: 14}, statuses

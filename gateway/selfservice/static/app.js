@@ -349,6 +349,96 @@ function expiresCell(key) {
   return expires;
 }
 
+// ---- usage --------------------------------------------------------------------
+
+const countFormat = new Intl.NumberFormat();
+const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+const SVG = "http://www.w3.org/2000/svg";
+
+function usageCell(key) {
+  const last = key.last_used_at ? dateTimeFormat.format(new Date(key.last_used_at)) : "Never used";
+  const total = key.requests_30_days || 0;
+  const label = `${countFormat.format(total)} request${total === 1 ? "" : "s"} in 30 days`;
+  return cell("Last used", document.createTextNode(last),
+    el("button", { class: "link usage-toggle", type: "button", "data-action": "usage",
+      "data-id": key.id, "aria-expanded": "false", "aria-controls": `usage-${key.id}`,
+      "aria-label": `${label}: show the daily chart for key ${key.name}`, text: label }));
+}
+
+async function toggleUsage(key, button) {
+  const open = document.getElementById(`usage-${key.id}`);
+  if (open) {
+    open.remove();
+    button.setAttribute("aria-expanded", "false");
+    return;
+  }
+  let data;
+  try {
+    data = await call("GET", `/keys/${encodeURIComponent(key.id)}/usage?granularity=day`);
+  } catch (error) {
+    reportFailure("The usage could not be loaded", error);
+    return;
+  }
+  const row = el("tr", { id: `usage-${key.id}`, class: "usage-row" },
+    el("td", { colspan: "8" }, usageFigure(key, data.buckets)));
+  button.closest("tr").after(row);
+  button.setAttribute("aria-expanded", "true");
+}
+
+function refused(bucket) {
+  return bucket.rejected + bucket.denied + bucket.rate_limited + bucket.credits_exhausted;
+}
+
+// Daily allowed and refused requests as stacked bars, drawn here (no chart library),
+// with the same numbers in a table for screen readers.
+function usageFigure(key, buckets) {
+  const width = 720, height = 160, left = 44, bottom = 22, top = 8;
+  const peak = Math.max(1, ...buckets.map((b) => b.allowed + refused(b)));
+  const scale = (height - bottom - top) / peak;
+  const slot = (width - left) / buckets.length;
+  const svg = document.createElementNS(SVG, "svg");
+  for (const [name, value] of Object.entries({ viewBox: `0 0 ${width} ${height}`, class: "usage-chart",
+    role: "img", "aria-hidden": "true", focusable: "false" })) svg.setAttribute(name, value);
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  const base = height - bottom;
+  add("line", { x1: left, x2: width, y1: base, y2: base, class: "axis" });
+  add("text", { x: left - 6, y: top + 10, class: "tick", "text-anchor": "end" }, countFormat.format(peak));
+  add("text", { x: left - 6, y: base, class: "tick", "text-anchor": "end" }, "0");
+  buckets.forEach((bucket, i) => {
+    const x = left + i * slot + slot * 0.15, w = slot * 0.7;
+    const ok = bucket.allowed * scale, no = refused(bucket) * scale;
+    if (ok) add("rect", { x, y: base - ok, width: w, height: ok, class: "bar-allowed" });
+    if (no) add("rect", { x, y: base - ok - no, width: w, height: no, class: "bar-refused" });
+  });
+  const last = buckets.length - 1;
+  for (const [i, anchor] of [[0, "start"], [Math.floor(last / 2), "middle"], [last, "end"]]) {
+    const x = anchor === "start" ? left + i * slot : anchor === "end" ? width : left + (i + 0.5) * slot;
+    add("text", { x, y: height - 6, class: "tick", "text-anchor": anchor },
+      dayFormat.format(new Date(buckets[i].start)));
+  }
+  const allowed = buckets.reduce((n, b) => n + b.allowed, 0);
+  const refusedTotal = buckets.reduce((n, b) => n + refused(b), 0);
+  const caption = `Requests per day with key ${key.name}, last ${buckets.length} days (UTC): ` +
+    `${countFormat.format(allowed)} allowed, ${countFormat.format(refusedTotal)} refused.`;
+  const table = el("table", { class: "visually-hidden" }, el("caption", { text: caption }),
+    el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Day" }),
+      el("th", { scope: "col", text: "Allowed" }), el("th", { scope: "col", text: "Refused" }))),
+    el("tbody", {}, ...buckets.map((b) => el("tr", {},
+      el("th", { scope: "row", text: dayFormat.format(new Date(b.start)) }),
+      el("td", { text: String(b.allowed) }), el("td", { text: String(refused(b)) })))));
+  const legend = el("p", { class: "usage-legend", "aria-hidden": "true" },
+    el("span", { class: "swatch swatch-allowed" }), `Allowed ${countFormat.format(allowed)}`,
+    el("span", { class: "swatch swatch-refused" }), `Refused ${countFormat.format(refusedTotal)}`,
+    el("span", { class: "usage-note", text: "· per UTC day" }));
+  return el("figure", { class: "usage", "aria-label": caption }, svg, legend, table);
+}
+
 function renderKeys() {
   const body = document.querySelector("#keys tbody");
   body.replaceChildren();
@@ -373,8 +463,7 @@ function renderKeys() {
       cell("Key", el("code", { class: "prefix", text: `${key.display_prefix}…` })),
       cell("Scopes", scopes),
       cell("Created", document.createTextNode(formatDate(key.created_at))),
-      cell("Last used", document.createTextNode(
-        key.last_used_at ? dateTimeFormat.format(new Date(key.last_used_at)) : "Never used")),
+      usageCell(key),
       expiresCell(key),
       cell("Status", el("span", { class: `status status-${shownStatus(key)}`, text: shownStatus(key) })),
       actions));
@@ -431,7 +520,8 @@ async function onRowAction(event) {
   const key = state.keys.find((k) => k.id === button.dataset.id);
   if (!key) return;
   showAlert("");
-  if (button.dataset.action === "delete") await deleteKey(key, button);
+  if (button.dataset.action === "usage") await toggleUsage(key, button);
+  else if (button.dataset.action === "delete") await deleteKey(key, button);
   else if (button.dataset.action === "toggle") await toggleKey(key, button);
   else await rotateKey(key, button);
 }
