@@ -53,4 +53,5 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/admin_api.py
 
 clean:
-	rm -rf $(VENV) .gateway .mypy_cache .pytest_cache .ruff_cache
+	@# Also the demo's state: the shipped config keeps it beside itself (config/.gateway).
+	rm -rf $(VENV) .gateway config/.gateway .mypy_cache .pytest_cache .ruff_cache

@@ -10,9 +10,11 @@ from gateway.config import Config
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
+from gateway.readiness import Readiness
 
 CONFIG = web.AppKey("config", Config)
 SCOPES = web.AppKey("scopes", Catalogue)
 METRICS = web.AppKey("metrics", Metrics)
 POOL = web.AppKey("pool", asyncpg.Pool)
 POLICIES = web.AppKey("policies", ActivePolicies)
+READINESS = web.AppKey("readiness", Readiness)

@@ -28,6 +28,7 @@ from gateway.problems import Problem
 from gateway.tokens import signing
 from gateway.usage.counter import COUNTS
 from gateway.usage.report import parse_range
+from gateway.webhooks import endpoints as webhooks
 
 CLI = Actor("cli")
 
@@ -116,6 +117,26 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("id")
     rotate.add_argument("--grace-seconds", type=int, default=0)
     rotate.add_argument("--json", action="store_true")
+
+    hook_cmds = add(commands, "webhooks", help="endpoints that receive key events").add_subparsers(
+        dest="action", required=True
+    )
+    made = add(hook_cmds, "create", help="prints the signing secret, once")
+    made.add_argument("--url", required=True)
+    made.add_argument(
+        "--event", action="append", dest="events", help="repeat; default: every event"
+    )
+    made.add_argument("--description")
+    made.add_argument("--json", action="store_true")
+    add(hook_cmds, "list").add_argument("--json", action="store_true")
+    add(hook_cmds, "delete").add_argument("id")
+    rotated = add(hook_cmds, "rotate-secret", help="the old secret signs beside the new for 24 h")
+    rotated.add_argument("id")
+    rotated.add_argument("--json", action="store_true")
+    shown = add(hook_cmds, "deliveries", help="an endpoint's last 100 deliveries")
+    shown.add_argument("id")
+    shown.add_argument("--json", action="store_true")
+    add(hook_cmds, "retry", help="try a delivery again now").add_argument("id")
 
     member_cmds = add(commands, "members").add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
@@ -428,6 +449,54 @@ def _usage_table(found: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def _webhook_line(hook: dict[str, Any]) -> str:
+    line = f"{hook['id']}  {hook['url']}  events={','.join(hook['events'])}"
+    return line + (f"  {hook['description']}" if hook.get("description") else "")
+
+
+async def _webhooks(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "create":
+            body: dict[str, Any] = {"url": args.url, "events": args.events or ["*"]}
+            if args.description is not None:
+                body["description"] = args.description
+            errors = webhooks.check_endpoint(body)
+            if errors:
+                raise _flag_error(errors)
+            made = await webhooks.create(conn, body, actor=CLI)
+            _print(
+                made, args.json, lambda h: f"{_webhook_line(h)}\nsecret (shown once): {h['secret']}"
+            )
+        elif args.action == "list":
+            _print(await webhooks.listing(conn), args.json,
+                   lambda hooks: "\n".join(map(_webhook_line, hooks)) or "no webhooks")  # fmt: skip
+        elif args.action == "delete":
+            await webhooks.delete(conn, args.id, actor=CLI)
+            print(f"deleted {args.id}")
+        elif args.action == "rotate-secret":
+            rotated = await webhooks.rotate_secret(conn, args.id, actor=CLI)
+            _print(rotated, args.json, lambda h: f"new secret (shown once; the old one signs"
+                   f" beside it until {h['previous_secret_until']}): {h['secret']}")  # fmt: skip
+        elif args.action == "deliveries":
+            found = await webhooks.deliveries(conn, args.id)
+            _print(found, args.json, _delivery_lines)
+        else:
+            again = await webhooks.retry(conn, args.id)
+            print(f"delivery {again['id']} is due again now")
+    except webhooks.NotFound as exc:
+        raise CommandError(f"no such webhook endpoint or delivery: {exc}") from None
+    return 0
+
+
+def _delivery_lines(found: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{d['id']}  {d['created_at']}  {d['type']:<22} {d['status']:<9} attempts={d['attempts']}"
+        + (f"  last: {d['last_status'] or d['last_error']}" if d["last_attempt_at"] else "")
+        for d in found
+    ]
+    return "\n".join(lines) or "no deliveries"
+
+
 _LIMIT_FLAG = re.compile(r"([^=]+)=(\d+)/(\d+(?:\.\d+)?)(?::(\d+))?")
 
 
@@ -511,6 +580,7 @@ _FLAGS = {
     "action": "--action",
     "scopes": "--scope",
     "credits": "--credits",
+    "events": "--event",
 }
 
 
@@ -547,4 +617,8 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("members", "add"): _members,
     ("members", "remove"): _members,
     ("audit", "show"): _audit,
+    **{
+        ("webhooks", action): _webhooks
+        for action in ("create", "list", "delete", "rotate-secret", "deliveries", "retry")
+    },
 }

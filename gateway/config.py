@@ -200,6 +200,34 @@ class Credits(_Strict, frozen=True, forbid_unknown_fields=True):
     idle_seconds: float = 10.0  # a share unused this long is given back
 
 
+class Webhooks(_Strict, frozen=True, forbid_unknown_fields=True):
+    """Webhook deliveries (contract §17)."""
+
+    timeout_seconds: float = 10.0
+    # After each failed attempt, the wait before the next (±20 %); then failed.
+    retry_schedule_seconds: list[float] = msgspec.field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+    scan_interval_seconds: float = 60.0  # how often time-driven events are looked for
+    poll_seconds: float = 1.0  # how often a process looks for due deliveries
+
+
+class LeakReports(_Strict, frozen=True, forbid_unknown_fields=True):
+    """GitHub secret scanning partner reports (contract §17)."""
+
+    enabled: bool = False
+    path: str = "/leaks/github"  # on the proxy listener: GitHub must reach it
+    github_public_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+    github_public_keys_file: str | None = None  # the same JSON from a file: used instead
+
+
+class Shutdown(_Strict, frozen=True, forbid_unknown_fields=True):
+    """Graceful stop on SIGTERM (contract §18)."""
+
+    drain_seconds: float = 5.0  # /readyz 503 while still serving, before accepting stops
+    timeout_seconds: float = 30.0  # for requests in flight once accepting has stopped
+
+
 class Usage(_Strict, frozen=True, forbid_unknown_fields=True):
     """Usage per key and hour (contract §17)."""
 
@@ -225,6 +253,9 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     rate_limiting: RateLimiting = msgspec.field(default_factory=RateLimiting)
     credits: Credits = msgspec.field(default_factory=Credits)
     usage: Usage = msgspec.field(default_factory=Usage)
+    webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
+    leak_reports: LeakReports = msgspec.field(default_factory=LeakReports)
+    shutdown: Shutdown = msgspec.field(default_factory=Shutdown)
     # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
@@ -385,10 +416,25 @@ def _check_values(config: Config) -> list[str]:
         "credits.idle_seconds": config.credits.idle_seconds,
         "usage.flush_seconds": config.usage.flush_seconds,
         "usage.retention_days": config.usage.retention_days,
+        "webhooks.timeout_seconds": config.webhooks.timeout_seconds,
+        "webhooks.scan_interval_seconds": config.webhooks.scan_interval_seconds,
+        "webhooks.poll_seconds": config.webhooks.poll_seconds,
+        "shutdown.timeout_seconds": config.shutdown.timeout_seconds,
     }
     out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]
     if config.tokens.default_ttl_seconds > config.tokens.max_ttl_seconds:
         out.append("tokens.default_ttl_seconds: must not exceed tokens.max_ttl_seconds")
+    if not config.webhooks.retry_schedule_seconds or any(
+        wait <= 0 for wait in config.webhooks.retry_schedule_seconds
+    ):
+        out.append("webhooks.retry_schedule_seconds: a list of positive waits")
+    if config.shutdown.drain_seconds < 0:
+        out.append("shutdown.drain_seconds: must not be negative")
+    leaks = config.leak_reports
+    if leaks.enabled and (not leaks.path.startswith("/") or leaks.path.startswith("/admin")):
+        out.append("leak_reports.path: must be a path on the proxy listener, e.g. /leaks/github")
+    if leaks.enabled and not leaks.github_public_keys_url.startswith(("https://", "http://")):
+        out.append("leak_reports.github_public_keys_url: must be an http(s) URL")
     if config.credits.sync_interval_seconds * 3 > config.credits.lease_seconds:
         out.append("credits.lease_seconds: must be at least 3 x credits.sync_interval_seconds")
     if not config.keys.prefix.isalnum() or not config.keys.prefix.isascii():

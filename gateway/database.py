@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -123,6 +125,7 @@ def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:
             import pgserver
         except ImportError:
             return _start_local_postgres(pgdata)
+        _forget_dead_handles(pgdata)
         try:
             # Outliving the process lets the CLI's short commands and a running
             # gateway share one server.
@@ -132,6 +135,30 @@ def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:
                 f"the embedded PostgreSQL did not start ({exc}); set GATEWAY_DATABASE_URL"
             ) from None
     return str(server.get_uri())
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops the server when the last process using it exits, counting them in
+    a file; a process that was killed never takes itself off, and the server would
+    then outlive every later demo. Drop the ones that are gone."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _running(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _start_local_postgres(pgdata: Path) -> str:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from gateway.observability.diagnostics import configure_logging
 from gateway.runtime import Gateway, Options
 
 DEMO_USER = "demo-user"
+DEMO_KEY_NAME = "demo"
 ADMIN = Actor("admin")  # the demo's own set-up, as an operator would do it
 SESSION_COOKIE = "demo_session"
 HOST_ISSUER = "demo-host-app"
@@ -122,6 +124,7 @@ async def _start_upstream(host_app: HostApp) -> web.AppRunner:
 
 
 async def _demo(config: Config) -> None:
+    stop = _stop_on_signals()
     upstream_url = config.upstreams["core"].url if "core" in config.upstreams else None
     host_app = HostApp((upstream_url or "http://127.0.0.1:9000").rstrip("/"))
     echo_runner = await _start_upstream(host_app)
@@ -141,18 +144,34 @@ async def _demo(config: Config) -> None:
             assert gateway.proxy_address is not None
             host_app.gateway_url = _base(gateway.proxy_address)
             _print_demo(host_app.gateway_url, config, key, admin_token)
-            await asyncio.Event().wait()
+            await stop.wait()
     finally:
         await echo_runner.cleanup()
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """Ctrl-C, or SIGTERM (what `kill`, a script or a process manager sends): either
+    stops the demo the same way, through the normal exits, so the embedded database
+    it started is stopped too. Set up before anything is printed."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
 async def _demo_key(gateway: Gateway) -> str:
+    """A fresh demo key; the one the previous demo made is revoked (the database keeps
+    only hashes, so it cannot be shown again), so demos do not pile up live keys."""
     scopes = ["me:read", "organizations:read", "projects:read", "actor_tokens:create"]
-    body = {"user_id": DEMO_USER, "name": "demo", "scopes": scopes}
+    body = {"user_id": DEMO_USER, "name": DEMO_KEY_NAME, "scopes": scopes}
     spec = validation.validate_key(body, gateway.scopes, datetime.now(UTC))
     assert not isinstance(spec, list)
     async with gateway.pool.acquire() as conn:
         prefix = gateway.config.keys.prefix
+        for old in await management.list_keys(conn, DEMO_USER):
+            if old["name"] == DEMO_KEY_NAME and old["status"] == "active":
+                await management.revoke_key(conn, old["id"], actor=ADMIN)
         created = await management.create_key(conn, spec, prefix, actor=ADMIN)
         await management.set_membership(
             conn, DEMO_USER, "organization", "acme", member=True, actor=ADMIN

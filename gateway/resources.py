@@ -1,6 +1,6 @@
 """What the gateway runs on, each opened as an async context manager by the composition
 root (`runtime.Gateway`) in this order and closed in reverse: database, key store,
-invalidation listener, credit shares, usage counts, policies, rate limiter, then the request path's own parts
+invalidation listener, credit shares, usage counts, webhook delivery, policies, rate limiter, then the request path's own parts
 (signer, telemetry, upstream pools, the HTTP session for WebSockets and JWKS).
 Each sets what it opened on the runtime and cleans up only what it started.
 """
@@ -35,6 +35,8 @@ from gateway.ratelimit.shared import SharedBackend
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
 from gateway.usage.counter import UsageCounter, prune
+from gateway.webhooks.delivery import Deliverer
+from gateway.webhooks.scan import scan
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -173,6 +175,30 @@ async def open_usage(gw: Gateway) -> AsyncIterator[None]:
     finally:
         await _cancel(task)
         await counter.flush(gw.pool)
+
+
+@contextlib.asynccontextmanager
+async def open_webhooks(gw: Gateway) -> AsyncIterator[None]:
+    """Delivery of the outbox (woken by NOTIFY, else every poll), and the scan for
+    time-driven events (one process at a time across hosts)."""
+    settings = gw.config.webhooks
+    deliverer = Deliverer(gw.pool, settings, gw.metrics)
+    gw.listener.webhooks_due = deliverer.wake
+
+    async def scan_periodically() -> None:
+        while True:
+            await asyncio.sleep(settings.scan_interval_seconds)
+            try:
+                async with gw.pool.acquire() as conn:
+                    await scan(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("webhooks: scan failed: %s", exc.__class__.__name__)
+
+    tasks = [asyncio.create_task(deliverer.run()), asyncio.create_task(scan_periodically())]
+    try:
+        yield
+    finally:
+        await _cancel(*tasks)
 
 
 @contextlib.asynccontextmanager

@@ -40,11 +40,14 @@ from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.keys.invalidation import Listener
 from gateway.keys.store import Clock, KeyStore
+from gateway.leaks.reports import LeakReports
+from gateway.leaks.signatures import GithubKeys
 from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
 from gateway.ratelimit.limiter import RateLimiter
+from gateway.readiness import Readiness
 from gateway.selfservice import service as self_service
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens
@@ -55,7 +58,6 @@ Address = tuple[str, int]
 # aiohttp's default backlog (128) drops connections in a burst before we ever
 # accept them, and the header deadline only starts at the accept.
 _BACKLOG = 1024
-_SHUTDOWN_SECONDS = 30.0  # for requests in flight when the process is told to stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class Gateway:
         self.options = options or Options()
         self.scopes = Catalogue({name: d.implies for name, d in config.scopes.items()})
         self.metrics = Metrics()
+        self.readiness = Readiness()
         self.proxy_address: Address | None = None
         self.decisions_address: Address | None = None
         self.admin_address: Address | None = None
@@ -113,6 +116,7 @@ class Gateway:
                 resources.open_invalidation,
                 resources.open_credits,
                 resources.open_usage,
+                resources.open_webhooks,
                 resources.open_policies,
                 resources.open_rate_limits,
                 resources.open_telemetry,
@@ -154,8 +158,21 @@ class Gateway:
             websockets=websockets,
             clients=ClientAddresses(config.trusted_proxies),
             self_service=self_service.from_config(config, self.pool, self.http),
+            leak_reports=self._leak_reports(),
         )
         return pipeline, DecisionEndpoints(decider, recorder), websockets
+
+    def _leak_reports(self) -> LeakReports | None:
+        settings = self.config.leak_reports
+        if not settings.enabled:
+            return None
+        file = settings.github_public_keys_file
+        keys = GithubKeys(
+            self.http,
+            settings.github_public_keys_url,
+            self.config.resolve(file) if file is not None else None,
+        )
+        return LeakReports(settings.path, keys, self.pool, self.config.keys.prefix)
 
     @contextlib.asynccontextmanager
     async def _listeners(self) -> AsyncIterator[None]:
@@ -192,8 +209,9 @@ class Gateway:
             for listening in servers:
                 listening.close()
             websockets.server.pre_shutdown()  # idle connections close now, as aiohttp's runner does
-            await asyncio.gather(*(lane.shutdown(_SHUTDOWN_SECONDS) for lane in lanes))
-            await websockets.server.shutdown(_SHUTDOWN_SECONDS)
+            grace = config.shutdown.timeout_seconds
+            await asyncio.gather(*(lane.shutdown(grace) for lane in lanes))
+            await websockets.server.shutdown(grace)
             if admin is not None:
                 await admin.cleanup()
             for upstream in self.upstreams.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -44,13 +45,30 @@ def serve(config: Config, workers: int, loop: str) -> int:
 
 
 async def _run(config: Config, options: Options) -> None:
-    """Run until SIGTERM or SIGINT, then stop: requests in flight finish first."""
-    stop = asyncio.Event()
+    """Run until SIGTERM or SIGINT, then stop gracefully: `/readyz` answers 503 at once
+    while the listeners keep serving for `shutdown.drain_seconds` (balancers take the
+    host out), then accepting stops, requests in flight finish, and the usage counts,
+    last-use times and credit shares are written back. A second signal skips the rest
+    of the drain."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with Gateway(config, options):
+        loop.add_signal_handler(signum, on_signal)
+    async with Gateway(config, options) as gateway:
         await stop.wait()
+        gateway.readiness.draining = True
+        drain = config.shutdown.drain_seconds
+        log.info("stopping: /readyz answers 503; still serving for %g s", drain)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), drain)
+        log.info("stopping: no new connections; finishing requests in flight")
+    log.info("stopped")
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.admin.openapi import DOCUMENT
-from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, SCOPES
+from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.credits import balance
@@ -23,6 +23,7 @@ from gateway.keys import management, validation
 from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
 from gateway.usage.report import parse_range
+from gateway.webhooks import endpoints as webhooks
 
 log = logging.getLogger("gateway.admin")
 REQUEST_ID = web.RequestKey("request_id", str)  # given by the problems middleware
@@ -162,6 +163,52 @@ async def key_usage(request: web.Request) -> web.Response:
         raise _not_found(key_id) from None
 
 
+def _no_webhook() -> Problem:
+    return Problem(404, "webhook-not-found", "no such webhook endpoint")
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    errors = webhooks.check_endpoint(body)
+    if errors:
+        raise invalid_fields(errors)
+    async with request.app[POOL].acquire() as conn:
+        created = await webhooks.create(conn, body, actor=_actor(request))
+    return json_response(created, 201)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        return json_response({"webhooks": await webhooks.listing(conn)})
+
+
+async def webhook_call(request: web.Request) -> web.Response:
+    """GET, DELETE /admin/v1/webhooks/{id}, its rotate-secret and deliveries."""
+    endpoint_id, actor = request.match_info["id"], _actor(request)
+    action = request.match_info.get("action", "")
+    try:
+        async with request.app[POOL].acquire() as conn:
+            if action == "rotate-secret":
+                return json_response(await webhooks.rotate_secret(conn, endpoint_id, actor=actor))
+            if action == "deliveries":
+                found = await webhooks.deliveries(conn, endpoint_id)
+                return json_response({"deliveries": found})
+            if request.method == "DELETE":
+                await webhooks.delete(conn, endpoint_id, actor=actor)
+                return web.Response(status=204)
+            return json_response(await webhooks.get(conn, endpoint_id))
+    except webhooks.NotFound:
+        raise _no_webhook() from None
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire() as conn:
+            return json_response(await webhooks.retry(conn, request.match_info["id"]), 202)
+    except webhooks.NotFound:
+        raise Problem(404, "delivery-not-found", "no such webhook delivery") from None
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
@@ -230,6 +277,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
+    if app[READINESS].draining:
+        return json_response({"status": "draining"}, 503)
     try:
         async with app[POOL].acquire(timeout=1) as conn:
             await conn.fetchval("SELECT 1", timeout=1)
@@ -254,6 +303,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
     app.router.add_post("/admin/v1/keys/{id}/credits", change_credits)
     app.router.add_get("/admin/v1/keys/{id}/usage", key_usage)
+    app.router.add_post("/admin/v1/webhooks", create_webhook)
+    app.router.add_get("/admin/v1/webhooks", list_webhooks)
+    app.router.add_get("/admin/v1/webhooks/{id}", webhook_call)
+    app.router.add_delete("/admin/v1/webhooks/{id}", webhook_call)
+    app.router.add_post("/admin/v1/webhooks/{id}/{action:rotate-secret}", webhook_call)
+    app.router.add_get("/admin/v1/webhooks/{id}/{action:deliveries}", webhook_call)
+    app.router.add_post("/admin/v1/webhook-deliveries/{id}/retry", retry_delivery)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
     app.router.add_get("/admin/v1/audit", audit_events)

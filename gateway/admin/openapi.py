@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audit.events import ACTIONS
+from gateway.audit.outbox import EVENT_TYPES
 from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY, USAGE, USAGE_PARAMETERS
 from gateway.problems import PROBLEM_SCHEMA
 
@@ -62,6 +63,60 @@ _CREDIT_CHANGE = {
         ),
     ]
 }
+
+_WEBHOOK = {
+    "type": "object",
+    "required": ["id", "url", "events", "description", "created_at", "previous_secret_until"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"enum": ["*", *EVENT_TYPES]}},
+        "description": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "previous_secret_until": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+_WEBHOOK_WITH_SECRET = {
+    "allOf": [
+        _WEBHOOK,
+        {
+            "type": "object",
+            "required": ["secret"],
+            "properties": {"secret": {"type": "string", "pattern": "^whsec_"}},
+        },
+    ]
+}
+_NEW_WEBHOOK = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "url": {"type": "string", "pattern": "^https?://"},
+        "events": {"type": "array", "minItems": 1, "items": {"enum": ["*", *EVENT_TYPES]}},
+        "description": {"type": ["string", "null"], "maxLength": 500},
+    },
+}
+_DELIVERY = {
+    "type": "object",
+    "required": ["id", "event_id", "type", "status", "attempts"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "event_id": {"type": "string"},
+        "type": {"type": "string"},
+        "status": {"enum": ["pending", "delivered", "failed"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_status": {"type": ["integer", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
 
 _EVENT = {
     "type": "object",
@@ -267,6 +322,89 @@ DOCUMENT: dict[str, Any] = {
                     **_ERRORS,
                 },
             }
+        },
+        "/admin/v1/webhooks": {
+            "post": {
+                "summary": "A webhook endpoint; its secret is in this answer only",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _NEW_WEBHOOK}},
+                },
+                "responses": {
+                    "201": _answer("The endpoint and its secret", _WEBHOOK_WITH_SECRET),
+                    **_ERRORS,
+                },
+            },
+            "get": {
+                "responses": {
+                    "200": _answer(
+                        "Every endpoint, newest first",
+                        {
+                            "type": "object",
+                            "required": ["webhooks"],
+                            "properties": {"webhooks": {"type": "array", "items": _WEBHOOK}},
+                        },
+                    ),
+                    **_ERRORS,
+                }
+            },
+        },
+        "/admin/v1/webhooks/{id}": {
+            "get": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "200": _answer("The endpoint", _WEBHOOK),
+                    "404": _problem("No such endpoint"),
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "204": {"description": "Deleted, with its pending deliveries"},
+                    "404": _problem("No such endpoint"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/admin/v1/webhooks/{id}/rotate-secret": {
+            "post": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "200": _answer(
+                        "The new secret; the old one signs beside it for 24 h", _WEBHOOK_WITH_SECRET
+                    ),
+                    "404": _problem("No such endpoint"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/admin/v1/webhooks/{id}/deliveries": {
+            "get": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "200": _answer(
+                        "The endpoint's last 100 deliveries, newest first",
+                        {
+                            "type": "object",
+                            "required": ["deliveries"],
+                            "properties": {"deliveries": {"type": "array", "items": _DELIVERY}},
+                        },
+                    ),
+                    "404": _problem("No such endpoint"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/admin/v1/webhook-deliveries/{id}/retry": {
+            "post": {
+                "parameters": _KEY_ID,
+                "responses": {
+                    "202": _answer("Due again now, with a fresh retry schedule", _DELIVERY),
+                    "404": _problem("No such delivery"),
+                    **_ERRORS,
+                },
+            },
         },
         "/admin/v1/memberships": {
             method: {

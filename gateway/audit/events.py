@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.audit.outbox import EVENT_TYPES, enqueue
 from gateway.database import Conn
 from gateway.timestamps import parse_time
 
@@ -24,6 +25,9 @@ ACTIONS = (
     "key.refilled",
     "membership.added",
     "membership.removed",
+    "webhook.created",
+    "webhook.deleted",
+    "webhook.secret_rotated",
 )
 MAX_PAGE = 1000
 
@@ -47,7 +51,8 @@ async def record(
     key_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Append one event; call inside the change's transaction."""
+    """Append one event, and offer it to webhook endpoints; call inside the change's
+    transaction."""
     await conn.execute(
         "INSERT INTO audit_events (actor, action, user_id, key_id, details, request_id, ip)"
         " VALUES ($1, $2, $3, $4::uuid, $5::jsonb, $6, $7)",
@@ -59,6 +64,10 @@ async def record(
         actor.request_id,
         actor.ip,
     )
+    if action in EVENT_TYPES:
+        data = {"user_id": user_id, "key_id": key_id, **(details or {}),
+                "actor": actor.name, "request_id": actor.request_id}  # fmt: skip
+        await enqueue(conn, action, data, key_id)
 
 
 Errors = list[tuple[str, str]]

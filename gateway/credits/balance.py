@@ -37,7 +37,8 @@ WITH due AS (
 ), refilled AS (
     UPDATE api_keys AS a
        SET credits_remaining = greatest(0, (a.credits_refill ->> 'amount')::bigint - {HELD.format("a.id")}),
-           credits_refilled_at = due.at
+           credits_refilled_at = due.at,
+           credits_basis = (a.credits_refill ->> 'amount')::bigint, credits_alerted = 0
       FROM due
      WHERE a.id = due.id AND coalesce(a.credits_refilled_at, '-infinity') < due.at
     RETURNING a.id, a.user_id, a.name, a.credits_refill, due.at
@@ -103,7 +104,13 @@ async def change(
             f" ELSE greatest(0, $3::bigint - {HELD.format('$1::uuid')}) END"
             " WHEN 'increment' THEN credits_remaining + $3"
             " ELSE greatest(0, credits_remaining - $3) END,"
-            " credits_refilled_at = coalesce(credits_refilled_at, now())"
+            " credits_refilled_at = coalesce(credits_refilled_at, now()),"
+            # A set starts a new period for the low-credit alerts; so does topping up
+            # past its threshold.
+            " credits_basis = CASE $2::text WHEN 'set' THEN $3::bigint ELSE credits_basis END,"
+            " credits_alerted = CASE WHEN $2::text = 'set' THEN 0"
+            " WHEN $2::text = 'increment' AND credits_remaining + $3 > coalesce(credits_basis, 0) / 10"
+            " THEN 0 ELSE credits_alerted END"
             f" WHERE id = $1 RETURNING {BALANCE} AS balance, credits_refill",
             old["id"],
             operation,

@@ -24,6 +24,7 @@ from gateway.forward import websocket
 from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.http1.messages import Reply
+from gateway.leaks.reports import LeakReports
 from gateway.problems import Problem
 from gateway.selfservice.service import SelfService
 from gateway.tokens.endpoint import TokenEndpoint
@@ -48,8 +49,10 @@ class Pipeline:
         websockets: WebSocketDoor,
         clients: ClientAddresses,
         self_service: SelfService | None = None,
+        leak_reports: LeakReports | None = None,
     ) -> None:
         self._clients = clients
+        self._leaks = leak_reports
         self._decider = decider
         self._identity_tokens = identity_tokens
         self._authn = authenticator
@@ -110,6 +113,9 @@ class Pipeline:
         if self._self_service is not None and self._self_service.owns(path):
             outcome.route = "self-service"
             return await self._self_service.handle(request, path, outcome, rid)
+        if self._leaks is not None and path == self._leaks.path:
+            outcome.route = "leak-reports"
+            return await self._leaks.handle(request)
         if path not in (MINT_PATH, JWKS_PATH):
             return None
         outcome.route = path

@@ -36,6 +36,7 @@ def apply(
     payload: str,
     metrics: Metrics,
     credits_changed: Callable[[str], None] | None = None,
+    webhooks_due: Callable[[], None] | None = None,
 ) -> None:
     kind, _, rest = payload.partition(":")
     if kind == "key":
@@ -46,6 +47,10 @@ def apply(
     elif kind == "credits":
         if credits_changed is not None:
             credits_changed(rest)
+    elif kind == "webhooks":
+        if webhooks_due is not None:
+            webhooks_due()
+        return
     else:
         return
     metrics.invalidations.labels(kind).inc()
@@ -66,9 +71,10 @@ class Listener:
         self.reconnects = 0
         # Told a key's credits changed (its id); told None when messages may have been missed.
         self.credits_changed: Callable[[str | None], None] | None = None
+        self.webhooks_due: Callable[[], None] | None = None  # a new event is in the outbox
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        apply(self._store, str(payload), self._metrics, self.credits_changed)
+        apply(self._store, str(payload), self._metrics, self.credits_changed, self.webhooks_due)
 
     def _on_lost(self, _conn: Any) -> None:
         self._lost.set()

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from gateway.audit import events as audit
+from gateway.audit import outbox
 from gateway.audit.events import Actor
 from gateway.credits import balance
 from gateway.credits.refill import normal_credits
@@ -84,9 +85,9 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     row = await conn.fetchrow(
         "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
         " expires_at, description, enabled, allowed_cidrs, rate_limits,"
-        " credits_remaining, credits_refill, credits_refilled_at)"
+        " credits_remaining, credits_refill, credits_refilled_at, credits_basis)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[], $11::jsonb, $12, $13::jsonb,"
-        " CASE WHEN $12::bigint IS NULL THEN NULL ELSE now() END)"
+        " CASE WHEN $12::bigint IS NULL THEN NULL ELSE now() END, $12)"
         f" RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
         key_format.digest(secret),
@@ -225,7 +226,9 @@ async def update_key(
             " WHEN $9::bigint IS NULL THEN NULL"
             f" ELSE greatest(0, $9::bigint - {HELD.format('$1::uuid')}) END,"
             " credits_refill = CASE WHEN $8 THEN $10::jsonb ELSE credits_refill END,"
-            " credits_refilled_at = CASE WHEN $8 THEN now() ELSE credits_refilled_at END"
+            " credits_refilled_at = CASE WHEN $8 THEN now() ELSE credits_refilled_at END,"
+            " credits_basis = CASE WHEN $8 THEN $9::bigint ELSE credits_basis END,"
+            " credits_alerted = CASE WHEN $8 THEN 0 ELSE credits_alerted END"
             f" WHERE id = $1 RETURNING {_KEY_FIELDS}",
             old["id"],
             changes.get("name"),
@@ -276,6 +279,33 @@ async def revoke_key(conn: Conn, key_id: str, owner: str | None = None, *, actor
             details={"name": old["name"]},
         )  # fmt: skip
         await notify_key(conn, str(old["id"]), bytes(old["key_hash"]))
+
+
+LEAK_ACTOR = Actor("leak:github")
+
+
+async def revoke_leaked(conn: Conn, digest: bytes, url: str, source: str) -> bool:
+    """Revoke the key with this hash, reported leaked (§17); whether it is one of ours
+    (a key already revoked is, and is reported again as leaked)."""
+    async with conn.transaction():
+        old = await conn.fetchrow(
+            "SELECT id, key_hash, user_id, name, revoked_at FROM api_keys WHERE key_hash = $1"
+            " FOR UPDATE",
+            digest,
+        )
+        if old is None:
+            return False
+        key_id, where = str(old["id"]), {"url": url, "source": source}
+        if old["revoked_at"] is None or old["revoked_at"] > datetime.now(UTC):
+            await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", old["id"])
+            await audit.record(
+                conn, LEAK_ACTOR, "key.revoked", user_id=old["user_id"], key_id=key_id,
+                details={"name": old["name"], **where},
+            )  # fmt: skip
+            await notify_key(conn, key_id, bytes(old["key_hash"]))
+        data = {"user_id": old["user_id"], **where, "actor": LEAK_ACTOR.name}
+        await outbox.enqueue(conn, "key.leaked", data, key_id)
+    return True
 
 
 _SAME_EXPIRY = object()
@@ -365,7 +395,8 @@ async def _move_credits(conn: Conn, old: uuid.UUID, new: uuid.UUID) -> dict[str,
     to the new one (`rotated_to`)."""
     row = await conn.fetchrow(
         "UPDATE api_keys AS n SET credits_remaining = o.credits_remaining,"
-        " credits_refill = o.credits_refill, credits_refilled_at = o.credits_refilled_at"
+        " credits_refill = o.credits_refill, credits_refilled_at = o.credits_refilled_at,"
+        " credits_basis = o.credits_basis, credits_alerted = o.credits_alerted"
         " FROM api_keys AS o WHERE n.id = $2 AND o.id = $1"
         f" RETURNING n.credits_remaining + {HELD.format('n.id')} AS credits_balance,"
         " n.credits_refill",

@@ -55,6 +55,17 @@ class Metrics:
             "Failed calls to the shared rate limit backend (Redis)",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_oldest_pending = Gauge(
+            "gateway_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not yet delivered or failed",
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, int, float, str | None, str]] = []
         # Series people alert on exist from the start, at 0: "no data" is not "no failures".
@@ -62,6 +73,8 @@ class Metrics:
             self.policy_reloads.labels(result)
         for kind in ("key", "member", "flush"):
             self.invalidations.labels(kind)
+        for outcome in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(outcome)
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
             for event in ("hit", "miss", "eviction"):

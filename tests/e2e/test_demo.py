@@ -3,6 +3,8 @@ the demo upstream signs a person in to the API keys page."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 
 from gateway.testing import environment, free_port
@@ -99,3 +102,75 @@ async def _sign_in_and_create_a_key(http: aiohttp.ClientSession, page: str) -> N
         created = await response.json()
     async with http.get(origin + "/v1/me", headers={"X-API-Key": created["key"]}) as response:
         assert response.status == 200
+
+
+def _start_demo(config: Path) -> subprocess.Popen[str]:
+    env = environment(GATEWAY_DATABASE_URL=None, GATEWAY_ADMIN_TOKEN=None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+async def test_demo_stops_its_embedded_database_on_sigterm_and_replaces_its_key(
+    tmp_path: Path,
+) -> None:
+    """`kill PID` stops the demo as Ctrl-C does, embedded PostgreSQL included, even
+    after a demo that was killed outright left its handle behind; the next demo's key
+    replaces the last one's."""
+    pytest.importorskip("pgserver", reason="the embedded PostgreSQL (pgserver) is not installed")
+    proxy, admin, upstream = free_port(), free_port(), free_port()
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "listen": {"host": "127.0.0.1", "port": proxy},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "policies": {"dir": str(ROOT / "policies")},
+        "upstreams": {"core": {"url": f"http://127.0.0.1:{upstream}"}},
+    }))  # fmt: skip
+    pgdata = tmp_path / "state" / "pgdata"
+    keys = []
+    for round_ in range(2):
+        process = _start_demo(config)
+        try:
+            text = _read_until(process, "admin API token for this demo", within=120)
+        except BaseException:
+            process.kill()
+            raise
+        found = re.search(r"^  (gwk_\w+)$", text, re.M)
+        assert found, text
+        keys.append(found[1])
+        if round_ == 0:
+            # A killed process's handle, as a `kill -9` of an earlier demo leaves it.
+            handles = pgdata / ".handle_pids.json"
+            handles.write_text(json.dumps([*json.loads(handles.read_text()), 2**22 + 7]))
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0 and "stopped" in out
+        # (The first left it running for the dead handle; the second recovered.)
+        assert _postmaster_running(pgdata) == (round_ == 0)
+    url = f"http://127.0.0.1:{proxy}/v1/me"
+    process = _start_demo(config)
+    try:
+        _read_until(process, "admin API token for this demo", within=120)
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for key in keys:
+                async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+                    statuses.append(response.status)
+        # The third demo revoked the second's key, the second the first's.
+        assert statuses == [401, 401]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)

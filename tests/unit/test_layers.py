@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 FOUNDATION = frozenset(
-    {"config", "problems", "database", "jsonbody", "timestamps", "timers", "http1"}
+    {"config", "problems", "database", "jsonbody", "timestamps", "timers", "http1", "readiness"}
 )
 BELOW_EDGE = FOUNDATION | {
     "observability",
@@ -23,6 +23,8 @@ BELOW_EDGE = FOUNDATION | {
     "keys",
     "credits",
     "usage",
+    "webhooks",
+    "leaks",
     "tokens",
     "forward",
     "selfservice",
@@ -37,12 +39,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "jsonbody": frozenset({"problems", "http1"}),
     "timestamps": frozenset(),
     "timers": frozenset(),
+    "readiness": frozenset(),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
     "audit": FOUNDATION,
     "credits": FOUNDATION | {"audit"},
     "usage": FOUNDATION,
+    "webhooks": FOUNDATION | {"observability", "audit", "credits"},
+    "leaks": FOUNDATION | {"observability", "policy", "audit", "credits", "usage", "keys"},
     "keys": FOUNDATION | {"observability", "policy", "audit", "credits", "usage"},
     "tokens": FOUNDATION | {"observability", "policy", "keys"},
     "forward": FOUNDATION | {"observability", "policy", "keys"},
