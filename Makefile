@@ -5,7 +5,7 @@ STAMP = $(VENV)/.installed
 
 FUZZ_RUNS ?= 1000000
 
-.PHONY: install test lint demo bench microbench soak fuzz clean
+.PHONY: install test lint demo bench microbench soak fuzz cluster clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ microbench: $(STAMP)
 # upstream requests, 100,000 random keys, 500 + 500 slow clients).
 soak: $(STAMP)
 	GATEWAY_SOAK=1 $(BIN)/pytest tests/hardening -s
+
+# Several hosts as network namespaces (root): the loads of tests/cluster at full length.
+cluster: $(STAMP)
+	GATEWAY_CLUSTER_FULL=1 $(BIN)/pytest tests/cluster -s
 
 # Coverage-guided fuzzing (atheris) of the key parser, the path canonicaliser and the
 # policy loader, FUZZ_RUNS executions each.

@@ -89,7 +89,6 @@ class CreditLedger:
         self._clock = clock
         self.holder = holder or f"{uuid.uuid4()}"
         self.shares: dict[str, Share] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def try_spend(self, account: str, cost: int) -> int | None:
         """The balance after spending `cost` from what is claimed, or None when the

@@ -1,0 +1,322 @@
+"""Several hosts (§18), each a network namespace with its own address and real process:
+an nginx balancer, three gateways, PostgreSQL, Redis and an upstream. Every figure of
+§18 is measured and printed; `make cluster` runs the loads at full length, `make test`
+a short version. Every load is bounded and stops by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.cluster.topology import (
+    ADMIN_TOKEN,
+    BALANCER,
+    GATEWAYS,
+    REDIS,
+    Cluster,
+    reason,
+)
+
+FULL = bool(os.environ.get("GATEWAY_CLUSTER_FULL"))
+LOAD_SECONDS = 10.0 if FULL else 4.0
+HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FRONT = f"http://{BALANCER}"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    why = reason()
+    if why is not None:
+        pytest.skip(why)
+    built = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        built.up()
+        yield built
+    finally:
+        built.down()
+
+
+def _admin(name: str) -> str:
+    return f"http://{GATEWAYS[name]}:8081"
+
+
+async def _key(http: aiohttp.ClientSession, **extra: Any) -> dict[str, Any]:
+    body = {"user_id": f"cl-{time.monotonic_ns()}", "name": "k", "scopes": ["me:read"], **extra}
+    async with http.post(_admin("g1") + "/admin/v1/keys", json=body, headers=HEADERS) as r:
+        assert r.status == 201, await r.text()
+        return dict(await r.json())
+
+
+async def _status(http: aiohttp.ClientSession, url: str, key: str) -> int:
+    async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+        await response.read()
+        return response.status
+
+
+async def _load(
+    url: str, key: str, seconds: float, connections: int = 16, pause: float = 0.0
+) -> list[tuple[float, int]]:
+    """(time since start, status) of every request made through `url` for `seconds`;
+    a connection error counts as status 0."""
+    seen: list[tuple[float, int]] = []
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+
+        async def client() -> None:
+            while (now := time.monotonic() - started) < seconds:
+                try:
+                    status = await _status(http, url, key)
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0
+                seen.append((now, status))
+                if pause:
+                    await asyncio.sleep(pause)
+
+        await asyncio.gather(*(client() for _ in range(connections)))
+    return seen
+
+
+async def test_revoke_and_disable_through_one_host_reach_all_three_within_a_second(
+    net: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        for change in ("revoke", "disable"):
+            key = await _key(http)
+            for address in GATEWAYS.values():  # cached on every host
+                assert await _status(http, f"http://{address}:8080/v1/me", key["key"]) == 200
+            if change == "revoke":
+                request = http.delete(_admin("g1") + f"/admin/v1/keys/{key['id']}", headers=HEADERS)
+            else:
+                request = http.patch(_admin("g1") + f"/admin/v1/keys/{key['id']}",
+                                     json={"enabled": False}, headers=HEADERS)  # fmt: skip
+            started = time.monotonic()
+            async with request as r:
+                assert r.status in (200, 204)
+            took = {}
+            for name, address in GATEWAYS.items():
+                while await _status(http, f"http://{address}:8080/v1/me", key["key"]) != 401:
+                    assert time.monotonic() - started < 1.0, f"{change} not on {name} within 1 s"
+                    await asyncio.sleep(0.01)
+                took[name] = time.monotonic() - started
+            print(
+                f"\n{change} through g1 refused by all three after {max(took.values()) * 1000:.0f} ms"
+            )
+
+
+async def test_a_by_key_limit_is_shared_by_the_three_hosts(net: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http)
+    seen = await _load(f"{FRONT}/limited/1", key["key"], LOAD_SECONDS, connections=16)
+    statuses = Counter(status for _, status in seen)
+    allowed = 20 * LOAD_SECONDS * 1.1 + 20  # limit x 1.1 + burst
+    print(f"\nlimit 20/s burst 20 through three hosts for {LOAD_SECONDS:g} s: {dict(statuses)}"
+          f" (at most {allowed:.0f} admitted)")  # fmt: skip
+    assert set(statuses) <= {200, 429}
+    assert 20 * LOAD_SECONDS * 0.8 <= statuses[200] <= allowed
+
+
+async def test_credits_spent_through_three_hosts_are_never_overspent(net: Cluster) -> None:
+    granted = 3000 if FULL else 1000
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http, credits={"remaining": granted})
+    admitted = 0
+    quiet_since = time.monotonic()
+    deadline = time.monotonic() + 60
+    connector = aiohttp.TCPConnector(limit=24)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client() -> None:
+            nonlocal admitted, quiet_since
+            while time.monotonic() - quiet_since < 2.0 and time.monotonic() < deadline:
+                status = await _status(http, f"{FRONT}/v1/me", key["key"])
+                if status == 200:
+                    admitted += 1
+                    quiet_since = time.monotonic()
+                else:
+                    assert status == 429
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(client() for _ in range(24)))
+    print(
+        f"\n{granted} credits through three hosts: {admitted} admitted ({admitted / granted:.1%})"
+    )
+    assert admitted <= granted
+    assert admitted >= granted * 0.97
+
+
+async def test_a_host_killed_under_load_fails_only_its_requests_in_flight(net: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http)
+    victim = net.hosts["g3"]
+
+    async def kill_later() -> float:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(victim.kill)
+        return 1.5
+
+    seen, killed_at = await asyncio.gather(
+        _load(f"{FRONT}/v1/me", key["key"], LOAD_SECONDS + 1.5, connections=16), kill_later()
+    )
+    failed = [(at, status) for at, status in seen if status != 200]
+    late = [at for at, _ in failed if at > killed_at + 2]
+    print(f"\ng3 killed under load: {len(seen)} requests, {len(failed)} failed"
+          f" (all within {max((at - killed_at for at, _ in failed), default=0):.2f} s of the kill)")  # fmt: skip
+    assert not late, f"failures 2 s after the kill: {late[:5]}"
+    victim.start()
+    net.wait_ready("g3")
+
+
+async def test_a_rolling_sigterm_restart_under_load_fails_nothing(net: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http)
+    seconds = 3 * 4.0 + 2
+
+    async def roll() -> float:
+        started = time.monotonic()
+        await asyncio.sleep(0.5)
+        for name in GATEWAYS:
+            host = net.hosts[name]
+            host.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(host.process.wait, 30) == 0  # type: ignore[union-attr]
+            host.start()
+            await asyncio.to_thread(net.wait_ready, name)
+        return time.monotonic() - started
+
+    seen, took = await asyncio.gather(
+        _load(f"{FRONT}/v1/me", key["key"], seconds, connections=16), roll()
+    )
+    statuses = Counter(status for _, status in seen)
+    print(f"\nrolling SIGTERM restart of all three in {took:.1f} s under load: {dict(statuses)}")
+    assert took < seconds, "the load ended before the restart did"
+    assert set(statuses) == {200}
+
+
+async def test_redis_cut_from_one_host_gives_no_5xx_and_it_rejoins(net: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http)
+    g2 = net.hosts["g2"]
+    url = f"http://{GATEWAYS['g2']}:8080/limited/1"
+    assert g2.run("ip", "route", "add", "blackhole", f"{REDIS}/32").returncode == 0
+    try:
+        seen = await _load(url, key["key"], 2.0, connections=4, pause=0.02)
+    finally:
+        g2.run("ip", "route", "del", "blackhole", f"{REDIS}/32")
+    restored = time.monotonic()
+    statuses = Counter(status for _, status in seen)
+    assert g2.log is not None
+    while "is back" not in g2.log.read_text():
+        assert time.monotonic() - restored < 5, "g2 did not rejoin Redis within 5 s"
+        await asyncio.sleep(0.05)
+    rejoined = time.monotonic() - restored
+    print(f"\nredis cut from g2 for 2 s: {dict(statuses)}; rejoined {rejoined:.2f} s after")
+    assert set(statuses) <= {200, 429} and statuses[200] > 0
+
+
+async def test_cached_keys_are_served_while_postgresql_restarts(net: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        key = await _key(http)
+        for address in GATEWAYS.values():
+            assert await _status(http, f"http://{address}:8080/v1/me", key["key"]) == 200
+    pg = net.hosts["pg"]
+
+    async def restart() -> float:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(net.stop_postgres)
+        await asyncio.sleep(1.0)
+        pg.start()
+        return time.monotonic()
+
+    seen, back = await asyncio.gather(
+        _load(f"{FRONT}/v1/me", key["key"], 3.0, connections=8, pause=0.01), restart()
+    )
+    statuses = Counter(status for _, status in seen)
+    async with aiohttp.ClientSession() as http:
+        while True:  # recovery: a key no host has seen, served again
+            try:
+                fresh = await _key(http)
+                if await _status(http, f"{FRONT}/v1/me", fresh["key"]) == 200:
+                    break
+            except (aiohttp.ClientError, AssertionError):
+                pass
+            assert time.monotonic() - back < 5, "not recovered within 5 s"
+            await asyncio.sleep(0.1)
+    recovered = time.monotonic() - back
+    print(f"\nPostgreSQL restarted under load on a cached key: {dict(statuses)};"
+          f" new keys served {recovered:.2f} s after it was back")  # fmt: skip
+    assert set(statuses) == {200}
+
+
+async def test_the_balancer_is_trusted_and_the_client_is_seen(net: Cluster) -> None:
+    """`trusted_proxies` names the balancer: `by: ip` limits and `allowed_cidrs` see
+    the client (the test process, on the bridge), not the balancer."""
+    async with aiohttp.ClientSession() as http:
+        statuses = [await _status(http, f"{FRONT}/guarded/{n}", "") for n in range(7)]
+        assert statuses == [200] * 5 + [429] * 2  # per-ip: 5 a minute, counted for us
+        here = await _key(http, allowed_cidrs=[f"{BALANCER.rsplit('.', 1)[0]}.1/32"])
+        balancer_only = await _key(http, allowed_cidrs=[f"{BALANCER}/32"])
+        assert await _status(http, f"{FRONT}/v1/me", here["key"]) == 200
+        assert await _status(http, f"{FRONT}/v1/me", balancer_only["key"]) == 403
+
+
+async def test_the_host_delivering_a_webhook_dies_and_every_event_arrives(net: Cluster) -> None:
+    seen: list[tuple[str, str]] = []  # (webhook-id, the delivering host)
+    first = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append((request.headers["webhook-id"], str(request.remote)))
+        if not first.is_set():
+            first.set()
+            await asyncio.sleep(30)  # held until its host is killed
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    bridge = f"{BALANCER.rsplit('.', 1)[0]}.1"
+    site = web.TCPSite(runner, bridge, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"url": f"http://{bridge}:{port}/hook", "events": ["key.created"]}
+            async with http.post(
+                _admin("g1") + "/admin/v1/webhooks", json=body, headers=HEADERS
+            ) as r:
+                endpoint = await r.json()
+            made = [await _key(http) for _ in range(5)]
+            await asyncio.wait_for(first.wait(), 10)
+            holder = next(n for n, a in GATEWAYS.items() if a == seen[0][1])
+            await asyncio.to_thread(net.hosts[holder].kill)
+            killed = time.monotonic()
+            held = seen[0][0]
+            while (
+                len({event for event, _ in seen}) < len(made)
+                or [event for event, _ in seen].count(held) < 2
+            ):
+                assert time.monotonic() - killed < 20, f"delivered {len(seen)} of {len(made)}"
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - killed
+            async with http.delete(_admin("g1" if holder != "g1" else "g2")
+                                   + f"/admin/v1/webhooks/{endpoint['id']}", headers=HEADERS):  # fmt: skip
+                pass
+    finally:
+        await runner.cleanup()
+    again = [host for event, host in seen[1:] if event == held]
+    print(f"\nthe host delivering a webhook ({holder}) killed: all {len(made)} events delivered,"
+          f" the held one again by another host after {took:.1f} s")  # fmt: skip
+    assert again and all(host != GATEWAYS[holder] for host in again)
+    net.hosts[holder].start()
+    await asyncio.to_thread(net.wait_ready, holder)
