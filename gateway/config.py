@@ -27,14 +27,24 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+class ListenerTLS(_Strict, frozen=True, forbid_unknown_fields=True):
+    """TLS on a listener (contract §19): TLS 1.2 and 1.3, ALPN http/1.1."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate it signed
+
+
 class Listen(_Strict, frozen=True, forbid_unknown_fields=True):
     host: str = "0.0.0.0"
     port: int = 8080
+    tls: ListenerTLS | None = None
 
 
 class AdminListen(_Strict, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8081
+    tls: ListenerTLS | None = None
 
 
 class Database(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -56,10 +66,21 @@ class Policies(_Strict, frozen=True, forbid_unknown_fields=True):
     reload: bool = True
 
 
+class UpstreamTLS(_Strict, frozen=True, forbid_unknown_fields=True):
+    """For an https:// upstream: whom to trust, what name to check, what to present."""
+
+    ca_file: str | None = None  # else the system's trust store
+    server_name: str | None = None  # else the URL's host
+    cert_file: str | None = None  # with key_file: mutual TLS to the backend
+    key_file: str | None = None
+    insecure_skip_verify: bool = False  # warned about at start
+
+
 class Upstream(_Strict, frozen=True, forbid_unknown_fields=True):
     url: str
     connect_timeout_seconds: float = 2.0
     timeout_seconds: float = 30.0
+    tls: UpstreamTLS | None = None
 
 
 class Keys(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -171,6 +192,7 @@ def _default_upstreams() -> dict[str, Upstream]:
 class DecisionListen(_Strict, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8082
+    tls: ListenerTLS | None = None
 
 
 class Decisions(_Strict, frozen=True, forbid_unknown_fields=True):

@@ -214,6 +214,7 @@ async def open_policies(gw: Gateway) -> AsyncIterator[None]:
     pending: set[asyncio.Task[bool]] = set()
 
     def on_sighup() -> None:
+        gw.reload_tls()  # new certificate files too
         task = asyncio.create_task(policies.reload_off_loop())
         pending.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(pending.discard)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 import aiohttp
 import asyncpg
+import watchfiles
 from aiohttp import web
 
 from gateway import resources
@@ -49,6 +51,7 @@ from gateway.policy.scopes import Catalogue
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.readiness import Readiness
 from gateway.selfservice import service as self_service
+from gateway.tls.contexts import ServerTLS
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens
 from gateway.usage.counter import UsageCounter
@@ -103,6 +106,7 @@ class Gateway:
         self.scopes = Catalogue({name: d.implies for name, d in config.scopes.items()})
         self.metrics = Metrics()
         self.readiness = Readiness()
+        self.server_tls: list[ServerTLS] = []
         self.proxy_address: Address | None = None
         self.decisions_address: Address | None = None
         self.admin_address: Address | None = None
@@ -144,7 +148,9 @@ class Gateway:
         self.identity_tokens = IdentityTokens(signer, config.tokens.issuer)
         authenticator = Authenticator(self.store, signer, config.keys.prefix)
         decider = Decider(self.policies, authenticator, self.store, self.limiter, self.ledger)
-        self.upstreams = {name: UpstreamTarget.of(name, u) for name, u in config.upstreams.items()}
+        self.upstreams = {
+            name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()
+        }
         websockets = WebSocketDoor(self.http, recorder, config.limits)
         pipeline = Pipeline(
             decider=decider,
@@ -185,19 +191,26 @@ class Gateway:
             max_header_bytes=config.limits.max_header_bytes,
             max_body_bytes=config.limits.max_body_bytes,
         )
+        self.server_tls = self._server_tls()
+        tls = {tls.where: tls.context for tls in self.server_tls}
         lanes = [Lane(pipeline.serve, limits, recorder.ids.new)]
-        servers = [await _listen(lanes[0], config.listen.host, config.listen.port, reuse_port)]
+        listen = config.listen
+        servers = [
+            await _listen(lanes[0], listen.host, listen.port, reuse_port, tls.get("listen.tls"))
+        ]
         self.proxy_address = _address(servers[0])
         admin: web.AppRunner | None = None
+        watching = asyncio.create_task(self._watch_tls())
         try:
             if config.decisions.enabled:
                 lanes.append(Lane(decisions.serve, limits, recorder.ids.new))
                 where = config.decisions.listen
-                servers.append(await _listen(lanes[1], where.host, where.port, reuse_port))
+                context = tls.get("decisions.listen.tls")
+                servers.append(await _listen(lanes[1], where.host, where.port, reuse_port, context))
                 self.decisions_address = _address(servers[1])
                 log.info("decision endpoints listening on %s:%s", *self.decisions_address)
             if self.options.admin:
-                admin = await self._start_admin()
+                admin = await self._start_admin(tls.get("admin.tls"))
             if self.options.freeze_gc:
                 # Everything alive now lives as long as the process; leaving it to the
                 # collector made each full collection a 15-30 ms stall (the p99 under load).
@@ -206,6 +219,7 @@ class Gateway:
             log.info("proxy listening on %s:%s", *self.proxy_address)
             yield
         finally:
+            watching.cancel()
             for listening in servers:
                 listening.close()
             websockets.server.pre_shutdown()  # idle connections close now, as aiohttp's runner does
@@ -217,7 +231,29 @@ class Gateway:
             for upstream in self.upstreams.values():
                 upstream.pool.close()
 
-    async def _start_admin(self) -> web.AppRunner:
+    def _server_tls(self) -> list[ServerTLS]:
+        """The listeners' TLS contexts; a file that does not load stops the start."""
+        config = self.config
+        wanted = (
+            ("listen.tls", config.listen.tls),
+            ("admin.tls", config.admin.tls),
+            ("decisions.listen.tls", config.decisions.listen.tls),
+        )
+        return [ServerTLS(where, tls, config.resolve) for where, tls in wanted if tls is not None]
+
+    def reload_tls(self) -> None:
+        """New certificate files for new handshakes (SIGHUP, or the files changed)."""
+        for tls in self.server_tls:
+            tls.reload()
+
+    async def _watch_tls(self) -> None:
+        files = [str(path) for tls in self.server_tls for path in tls.files]
+        if not files:
+            return
+        async for _ in watchfiles.awatch(*files, debounce=200, recursive=False):
+            self.reload_tls()
+
+    async def _start_admin(self, context: ssl.SSLContext | None) -> web.AppRunner:
         where = self.config.admin
         self.admin_app = create_admin_app(self)
         runner = web.AppRunner(
@@ -234,6 +270,7 @@ class Gateway:
             where.port,
             reuse_port=self.options.reuse_port or None,
             backlog=_BACKLOG,
+            ssl_context=context,
         )
         await site.start()
         host, port = runner.addresses[0][:2]
@@ -242,9 +279,11 @@ class Gateway:
         return runner
 
 
-async def _listen(lane: Lane, host: str, port: int, reuse_port: bool) -> asyncio.Server:
+async def _listen(
+    lane: Lane, host: str, port: int, reuse_port: bool, context: ssl.SSLContext | None
+) -> asyncio.Server:
     return await asyncio.get_running_loop().create_server(
-        lane.protocol, host, port, reuse_port=reuse_port or None, backlog=_BACKLOG
+        lane.protocol, host, port, reuse_port=reuse_port or None, backlog=_BACKLOG, ssl=context
     )
 
 

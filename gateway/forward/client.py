@@ -38,6 +38,9 @@ class UpstreamTimeout(UpstreamError):
     """No response headers, or no next body chunk, within the timeout: 504."""
 
 
+SSLContext = ssl.SSLContext  # (inside `Origin`, `ssl` is the field)
+
+
 class _Retry(Exception):
     """A reused connection was closed before any byte of the answer."""
 
@@ -51,17 +54,29 @@ class Origin:
     ssl: ssl.SSLContext | None
     host_header: bytes
     path_prefix: str
+    server_name: str | None = None  # checked in the upstream's certificate (https)
 
     @classmethod
-    def of(cls, url: str) -> Origin:
+    def of(
+        cls, url: str, context: SSLContext | None = None, server_name: str | None = None
+    ) -> Origin:
+        """`context`: for an https URL (the system's trust store when not given)."""
         parts = urlsplit(url)
         secure = parts.scheme == "https"
         port = parts.port or (443 if secure else 80)
         host = parts.hostname or "127.0.0.1"
         default = port == (443 if secure else 80)
         netloc = host if default else f"{host}:{port}"
-        context = ssl.create_default_context() if secure else None
-        return cls(host, port, context, netloc.encode("idna"), parts.path.rstrip("/"))
+        if secure and context is None:
+            context = ssl.create_default_context()
+        return cls(
+            host,
+            port,
+            context if secure else None,
+            netloc.encode("idna"),
+            parts.path.rstrip("/"),
+            (server_name or host) if secure else None,
+        )
 
 
 class Answer:
@@ -359,7 +374,7 @@ class Pool:
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,
-                    server_hostname=origin.host if origin.ssl else None,
+                    server_hostname=origin.server_name,
                 ),
                 self._connect_timeout,
             )

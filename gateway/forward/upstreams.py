@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from gateway.config import Upstream
 from gateway.forward.client import Origin, Pool
+from gateway.tls.contexts import Resolver, upstream_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +22,17 @@ class UpstreamTarget:
     pool: Pool
 
     @classmethod
-    def of(cls, name: str, upstream: Upstream) -> UpstreamTarget:
+    def of(cls, name: str, upstream: Upstream, resolve: Resolver | None = None) -> UpstreamTarget:
+        """`resolve` makes the TLS files' paths absolute (`Config.resolve`)."""
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=upstream.connect_timeout_seconds,
             sock_read=upstream.timeout_seconds,
         )
-        origin = Origin.of(upstream.url)
+        context = None
+        if upstream.url.startswith("https://"):
+            context = upstream_context(f"upstreams.{name}.tls", upstream.tls, resolve or Path)
+        server_name = upstream.tls.server_name if upstream.tls is not None else None
+        origin = Origin.of(upstream.url, context, server_name)
         pool = Pool(origin, upstream.connect_timeout_seconds)
         return cls(name, upstream.url.rstrip("/"), timeout, upstream.timeout_seconds, origin, pool)

@@ -308,7 +308,7 @@ async def revoke_leaked(conn: Conn, digest: bytes, url: str, source: str) -> boo
     return True
 
 
-_SAME_EXPIRY = object()
+SAME_EXPIRY = object()  # rotate_key: the new key expires when the old one would have
 
 
 async def rotate_key(
@@ -319,7 +319,7 @@ async def rotate_key(
     *,
     actor: Actor,
     owner: str | None = None,
-    expires_at: datetime | object | None = _SAME_EXPIRY,
+    expires_at: datetime | object | None = SAME_EXPIRY,
 ) -> dict[str, Any]:
     """A new key with the same name, description, user and scopes (and, unless
     `expires_at` is given, expiry); the old one ends after the grace."""
@@ -337,7 +337,7 @@ async def rotate_key(
             old["expires_at"] is not None and old["expires_at"] <= now
         ):
             raise Conflict("only an active key can be rotated")
-        expiry = old["expires_at"] if expires_at is _SAME_EXPIRY else expires_at
+        expiry = old["expires_at"] if expires_at is SAME_EXPIRY else expires_at
         assert expiry is None or isinstance(expiry, datetime)
         spec = KeySpec(old["user_id"], old["name"], list(old["scopes"]), expiry, old["description"])
         created = await _insert_key(conn, spec, prefix)

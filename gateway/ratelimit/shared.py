@@ -150,9 +150,12 @@ class SharedBackend:
             if now - lease.last_used > IDLE_LEASE_SECONDS:
                 del self._leases[key]  # its unspent tokens were charged: a small, bounded waste
                 continue
+            # Only a busy subject gets tokens ahead of need: a slow one asks when it
+            # needs one, rather than holding tokens other hosts then lack.
+            busy = lease.used >= 2
             target = min(lease.limit.burst, max(1, 2 * lease.used))
             lease.used = 0
-            if lease.tokens < target / 2 or (lease.tokens == 0 and target):
+            if busy and lease.tokens < target / 2:
                 wanted.append((lease.limit, key[1], target - lease.tokens))
         if wanted:
             await self._lease(wanted)

@@ -209,7 +209,7 @@ class KeysApi:
             return None, [("expires_in_days", f"must be a whole number from 1 to {days.max}")]
         return now + timedelta(days=count), []
 
-    def _rotation(self, body: dict[str, Any], now: datetime) -> tuple[int, datetime | None]:
+    def _rotation(self, body: dict[str, Any], now: datetime) -> tuple[int, datetime | object]:
         errors: Errors = [
             (f, "unknown field") for f in sorted(set(body) - {"grace_seconds", "expires_in_days"})
         ]
@@ -218,12 +218,13 @@ class KeysApi:
             errors.append(
                 ("grace_seconds", f"must be a whole number from 0 to {MAX_GRACE_SECONDS}")
             )
-        # The new key gets a fresh period: the one asked for, else the default.
+        # The new key keeps the old one's expiry, as with the admin API and the CLI,
+        # unless a fresh period is asked for.
         days = body.get("expires_in_days")
-        expires_at, expiry_errors = self._expiry(
-            {} if days is None else {"expires_in_days": days}, now
-        )
-        errors += expiry_errors
+        expires_at: datetime | object = management.SAME_EXPIRY
+        if days is not None:
+            expires_at, expiry_errors = self._expiry({"expires_in_days": days}, now)
+            errors += expiry_errors
         if errors:
             raise invalid_fields(errors)
         assert grace is not None

@@ -269,6 +269,9 @@ async def test_rotate(alice: Person, gateway: RunningGateway, http: aiohttp.Clie
         assert r.status == 401
     status, data, _ = await alice.call("POST", f"/keys/{old['id']}/rotate", {})
     assert status == 409 and data["type"].endswith("key-not-active")
+    # Without a period asked for, the new key keeps the old one's expiry (as the CLI does).
+    status, again, _ = await alice.call("POST", f"/keys/{new['id']}/rotate", {})
+    assert status == 201 and again["expires_at"] == new["expires_at"]
 
 
 async def test_a_key_or_an_actor_token_is_never_a_session(

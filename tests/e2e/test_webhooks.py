@@ -5,6 +5,7 @@ outbox written with its cause, the time-driven scan once across processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -196,44 +197,61 @@ async def test_bad_endpoints_are_refused_naming_the_field(
 
 
 async def test_time_driven_events_come_once_whoever_scans(
-    gateway: RunningGateway, receiver: Receiver, http: aiohttp.ClientSession
+    tmp_path: Path,
+    database_url: str,
+    upstream: Any,
+    gateway: RunningGateway,
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
 ) -> None:
-    hook = await _endpoint(http, gateway, receiver.url, ["key.expiring", "key.expired",
-                                                         "key.credits_low", "key.credits_exhausted"])  # fmt: skip
-    soon = await gateway.create_key(unique("wh"), ["me:read"], expires_in_days=3)
-    paid = await gateway.create_key(unique("wh"), ["me:read"], credits={"remaining": 100})
+    stack = contextlib.AsyncExitStack()
+    try:
+        hook = await _endpoint(http, gateway, receiver.url, ["key.expiring", "key.expired",
+                                                             "key.credits_low", "key.credits_exhausted"])  # fmt: skip
+        soon = await gateway.create_key(unique("wh"), ["me:read"], expires_in_days=3)
+        paid = await gateway.create_key(unique("wh"), ["me:read"], credits={"remaining": 100})
 
-    async def scan_from_many() -> int:
-        async def one() -> int:
-            async with gateway.pool.acquire() as conn:
-                return await scan(conn)
+        (tmp_path / "other").mkdir()
+        other_config = make_config(tmp_path / "other", database_url, upstream.url, webhooks=FAST)
+        other = await stack.enter_async_context(running_gateway(other_config))
 
-        return sum(await asyncio.gather(*(one() for _ in range(4))))
+        async def scan_from_many() -> int:
+            """Both gateways (two processes' worth) scanning at once, twice each."""
 
-    async with gateway.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE api_keys SET credits_remaining = 9 WHERE id = $1::uuid", paid["id"]
+            async def one(running: RunningGateway) -> int:
+                async with running.pool.acquire() as conn:
+                    return await scan(conn)
+
+            rounds = [one(running) for running in (gateway, other, gateway, other)]
+            return sum(await asyncio.gather(*rounds))
+
+        async with gateway.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET credits_remaining = 9 WHERE id = $1::uuid", paid["id"]
+            )
+        await scan_from_many()
+        assert await scan_from_many() == 0  # each once
+        await _until(lambda: len(receiver.seen) == 2)
+        events = {e["type"]: e["data"] for e in receiver.events(hook["secret"])}
+        assert (
+            events["key.expiring"]["days_left"] == 7
+            and events["key.expiring"]["key_id"] == soon["id"]
         )
-    await scan_from_many()
-    assert await scan_from_many() == 0  # each once
-    await _until(lambda: len(receiver.seen) == 2)
-    events = {e["type"]: e["data"] for e in receiver.events(hook["secret"])}
-    assert (
-        events["key.expiring"]["days_left"] == 7 and events["key.expiring"]["key_id"] == soon["id"]
-    )
-    assert events["key.credits_low"]["remaining"] == 9
-    async with gateway.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid",
-            soon["id"],
-        )
-        await conn.execute(
-            "UPDATE api_keys SET credits_remaining = 0 WHERE id = $1::uuid", paid["id"]
-        )
-    await scan_from_many()
-    await _until(lambda: len(receiver.seen) == 4)
-    assert [e["type"] for e in receiver.events(hook["secret"])][2:] == [
-        "key.expired", "key.credits_exhausted"]  # fmt: skip
+        assert events["key.credits_low"]["remaining"] == 9
+        async with gateway.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid",
+                soon["id"],
+            )
+            await conn.execute(
+                "UPDATE api_keys SET credits_remaining = 0 WHERE id = $1::uuid", paid["id"]
+            )
+        await scan_from_many()
+        await _until(lambda: len(receiver.seen) == 4)
+        assert [e["type"] for e in receiver.events(hook["secret"])][2:] == [
+            "key.expired", "key.credits_exhausted"]  # fmt: skip
+    finally:
+        await stack.aclose()
 
 
 async def test_events_wait_in_the_outbox_while_no_gateway_runs(

@@ -14,7 +14,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 FOUNDATION = frozenset(
-    {"config", "problems", "database", "jsonbody", "timestamps", "timers", "http1", "readiness"}
+    {
+        "config",
+        "problems",
+        "database",
+        "jsonbody",
+        "timestamps",
+        "timers",
+        "http1",
+        "readiness",
+        "tls",
+    }
 )
 BELOW_EDGE = FOUNDATION | {
     "observability",
@@ -40,6 +50,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "timestamps": frozenset(),
     "timers": frozenset(),
     "readiness": frozenset(),
+    "tls": frozenset({"config"}),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},

@@ -566,7 +566,7 @@ async function toggleKey(key, button) {
 async function rotateKey(key, button) {
   const confirmed = await confirmDialog({
     title: `Rotate “${key.name}”?`,
-    text: `A new key with the same name and scopes is created and shown once; like a new key it expires ${state.expiry ? `in ${state.expiry.default} days` : "after the default period"}. The old key ${key.display_prefix}… stops working after the grace period you choose.`,
+    text: `A new key with the same name, scopes and expiry (${key.expires_at ? formatDate(key.expires_at) : "never"}) is created and shown once. The old key ${key.display_prefix}… stops working after the grace period you choose.`,
     ok: `Rotate ${key.name}`,
     grace: true,
   });
