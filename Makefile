@@ -38,7 +38,7 @@ microbench: $(STAMP)
 # The hardening battery at the issue's full sizes (30 s database cut, 10,000 faulty
 # upstream requests, 100,000 random keys, 500 + 500 slow clients).
 soak: $(STAMP)
-	GATEWAY_SOAK=1 $(BIN)/pytest tests/hardening -s
+	GATEWAY_SOAK=1 $(BIN)/pytest tests/hardening tests/e2e/test_demo.py -s
 
 # Several hosts as network namespaces (root): the loads of tests/cluster at full length.
 cluster: $(STAMP)
