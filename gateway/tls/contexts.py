@@ -47,16 +47,8 @@ class ServerTLS:
 
     def _load_into(self, context: ssl.SSLContext) -> None:
         settings = self._settings
-        cert, key = self._resolve(settings.cert_file), self._resolve(settings.key_file)
-        _readable(f"{self.where}.cert_file", cert)
-        _readable(f"{self.where}.key_file", key)
-        try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"{self.where}.cert_file / key_file: {cert} and {key} do not make a"
-                f" certificate and its key ({exc.reason or exc})"
-            ) from None
+        _load_pair(context, self.where, self._resolve(settings.cert_file),
+                   self._resolve(settings.key_file))  # fmt: skip
         if settings.client_ca_file is not None:
             _load_ca(
                 context, f"{self.where}.client_ca_file", self._resolve(settings.client_ca_file)
@@ -85,15 +77,7 @@ def upstream_context(where: str, settings: UpstreamTLS | None, resolve: Resolver
     if (settings.cert_file is None) != (settings.key_file is None):
         raise ConfigError(f"{where}: cert_file and key_file go together")
     if settings.cert_file is not None and settings.key_file is not None:
-        cert, key = resolve(settings.cert_file), resolve(settings.key_file)
-        _readable(f"{where}.cert_file", cert)
-        _readable(f"{where}.key_file", key)
-        try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"{where}.cert_file / key_file: do not match ({exc.reason})"
-            ) from None
+        _load_pair(context, where, resolve(settings.cert_file), resolve(settings.key_file))
     if settings.insecure_skip_verify:
         log.warning(
             "TLS: %s.insecure_skip_verify: the upstream's certificate is NOT checked", where
@@ -101,6 +85,19 @@ def upstream_context(where: str, settings: UpstreamTLS | None, resolve: Resolver
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load_pair(context: ssl.SSLContext, where: str, cert: Path, key: Path) -> None:
+    """A certificate and its key, or a ConfigError naming `where`'s fields."""
+    _readable(f"{where}.cert_file", cert)
+    _readable(f"{where}.key_file", key)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{where}.cert_file / key_file: {cert} and {key} do not make a"
+            f" certificate and its key ({exc.reason or exc})"
+        ) from None
 
 
 def _readable(field: str, path: Path) -> None:
