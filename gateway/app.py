@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.admin.api import add_routes as add_admin_routes
-from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
+from gateway.appkeys import CAUGHT_UP, CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -24,5 +24,6 @@ def create_admin_app(gateway: Gateway) -> web.Application:
     app[POOL] = gateway.pool
     app[POLICIES] = gateway.policies
     app[READINESS] = gateway.readiness
+    app[CAUGHT_UP] = gateway.caught_up
     add_admin_routes(app)
     return app

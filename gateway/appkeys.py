@@ -3,6 +3,8 @@ the resources the composition root opened."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import asyncpg
 from aiohttp import web
 
@@ -18,3 +20,5 @@ METRICS = web.AppKey("metrics", Metrics)
 POOL = web.AppKey("pool", asyncpg.Pool)
 POLICIES = web.AppKey("policies", ActivePolicies)
 READINESS = web.AppKey("readiness", Readiness)
+# Awaited after a change: returns once this process's caches reflect it.
+CAUGHT_UP = web.AppKey[Callable[[], Awaitable[None]]]("caught_up")

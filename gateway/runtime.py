@@ -141,6 +141,13 @@ class Gateway:
     ) -> None:
         await self._stack.aclose()
 
+    async def caught_up(self) -> None:
+        """Wait until this process's caches reflect every change committed so far: the
+        admin API and the page answer a change only then, so the caller's next request
+        through this process sees it (other processes within the NOTIFY delay)."""
+        async with self.pool.acquire() as conn:
+            await self.listener.caught_up(conn)
+
     def _doors(self, recorder: Recorder) -> tuple[Pipeline, DecisionEndpoints, WebSocketDoor]:
         """The request path: the proxy pipeline, the decision endpoints, WebSockets."""
         config = self.config
@@ -163,7 +170,7 @@ class Gateway:
             identity_tokens=self.identity_tokens,
             websockets=websockets,
             clients=ClientAddresses(config.trusted_proxies),
-            self_service=self_service.from_config(config, self.pool, self.http),
+            self_service=self_service.from_config(config, self.pool, self.http, self.caught_up),
             leak_reports=self._leak_reports(),
         )
         return pipeline, DecisionEndpoints(decider, recorder), websockets

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.admin.openapi import DOCUMENT
-from gateway.appkeys import CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
+from gateway.appkeys import CAUGHT_UP, CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.credits import balance
@@ -73,6 +73,19 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
             headers={"WWW-Authenticate": "Bearer"},
         )
     return await handler(request)
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@web.middleware
+async def read_your_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A change is answered once this process's caches reflect it: a key revoked here
+    is refused by this process's very next request."""
+    response = await handler(request)
+    if request.method not in _READS and response.status < 400:
+        await request.app[CAUGHT_UP]()
+    return response
 
 
 def _actor(request: web.Request) -> Actor:
@@ -294,7 +307,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.middlewares.extend([problems, admin_auth])
+    app.middlewares.extend([problems, admin_auth, read_your_writes])
     app.router.add_post("/admin/v1/keys", create_key)
     app.router.add_get("/admin/v1/keys", list_keys)
     app.router.add_get("/admin/v1/keys/{id}", get_key)

@@ -4,12 +4,19 @@ Writers call `notify()` inside their transaction, so the message goes out on
 commit. Each gateway process listens on a dedicated connection; NOTIFY is not
 replayed, so when that connection is lost and comes back the whole cache is
 flushed.
+
+NOTIFY reaches the writer's own listener a moment after the commit, so a client
+that changed a key and at once used it could still be served from the cache the
+change invalidated. `Listener.caught_up` closes that gap: the writer sends an echo
+of its own and waits for it — PostgreSQL delivers notifications in commit order, so
+once the echo is back every earlier change has been applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +28,7 @@ from gateway.observability.metrics import Metrics
 
 CHANNEL = INVALIDATION_CHANNEL
 log = logging.getLogger("gateway.invalidation")
+_ECHO_SECONDS = 1.0
 
 
 async def notify_key(conn: Conn, key_id: str, key_hash: bytes) -> None:
@@ -72,8 +80,31 @@ class Listener:
         # Told a key's credits changed (its id); told None when messages may have been missed.
         self.credits_changed: Callable[[str | None], None] | None = None
         self.webhooks_due: Callable[[], None] | None = None  # a new event is in the outbox
+        self._echoes: dict[str, asyncio.Future[None]] = {}
+
+    async def caught_up(self, conn: Conn) -> None:
+        """Return once this process has applied every change committed before the
+        call (within `_ECHO_SECONDS`: a listener that lost messages flushes anyway)."""
+        if not self.connected.is_set():
+            return
+        token = secrets.token_hex(8)
+        echo = asyncio.get_running_loop().create_future()
+        self._echoes[token] = echo
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"echo:{token}")
+            await asyncio.wait_for(echo, _ECHO_SECONDS)
+        except TimeoutError:
+            log.warning("invalidation listener did not echo within %s s", _ECHO_SECONDS)
+        finally:
+            del self._echoes[token]
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, token = str(payload).partition(":")
+        if kind == "echo":
+            echo = self._echoes.get(token)  # another process's echo is not ours to wait for
+            if echo is not None and not echo.done():
+                echo.set_result(None)
+            return
         apply(self._store, str(payload), self._metrics, self.credits_changed, self.webhooks_due)
 
     def _on_lost(self, _conn: Any) -> None:

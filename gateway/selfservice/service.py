@@ -71,8 +71,10 @@ class SelfService:
         api: KeysApi,
         verifier: SessionVerifier,
         trusted_origins: Collection[str],
+        caught_up: Callable[[], Awaitable[None]],
     ) -> None:
         self.base = settings.path
+        self._caught_up = caught_up
         self._session = settings.session
         self._page = page
         self._verifier = verifier
@@ -122,7 +124,11 @@ class SelfService:
             self._check_forgery(request)
         try:
             actor = Actor(f"user:{user.id}", request_id, request.client or None)
-            return await self._routes[shape, request.method](request, user, key_id, actor)
+            reply = await self._routes[shape, request.method](request, user, key_id, actor)
+            if request.method != "GET":
+                # The owner's next request through this process must see the change.
+                await self._caught_up()
+            return reply
         except DATABASE_DOWN:
             raise Problem(
                 503,
@@ -191,7 +197,10 @@ def _allow(request: OwnedRequest, methods: Collection[str]) -> None:
 
 
 def from_config(
-    config: Config, pool: asyncpg.Pool, http: aiohttp.ClientSession
+    config: Config,
+    pool: asyncpg.Pool,
+    http: aiohttp.ClientSession,
+    caught_up: Callable[[], Awaitable[None]],
 ) -> SelfService | None:
     """The API keys page as configured, or None when `self_service.enabled` is false."""
     settings = config.self_service
@@ -214,4 +223,5 @@ def from_config(
         KeysApi(settings, config.scopes, pool, config.keys.prefix),
         SessionVerifier(session, Jwks(load)),
         config.cors.allow_origins,
+        caught_up,
     )

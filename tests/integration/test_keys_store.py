@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -13,7 +14,9 @@ from gateway.audit.events import Actor
 from gateway.config import Cache, Config
 from gateway.keys import format as key_format
 from gateway.keys import management, validation
-from gateway.keys.store import KeyStore
+from gateway.keys.invalidation import Listener
+from gateway.keys.store import MISSING, KeyStore
+from gateway.observability.metrics import Metrics
 from gateway.policy.scopes import Catalogue
 
 CATALOGUE = Catalogue({name: d.implies for name, d in Config().scopes.items()})
@@ -124,3 +127,27 @@ async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
     for key in created:
         await store.by_hash(key_format.digest(str(key["key"])))
     assert events.count(("key", "eviction")) == 1
+
+
+async def test_a_writer_waits_until_its_own_process_has_applied_the_change(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """NOTIFY reaches this process's listener a moment after the commit; `caught_up`
+    returns only once it has, so the writer's next lookup cannot hit the dropped entry."""
+    store = KeyStore(pool, CATALOGUE, Cache())
+    listener = Listener(database_url, store, Metrics())
+    listening = asyncio.create_task(listener.run())
+    await asyncio.wait_for(listener.connected.wait(), 10)
+    try:
+        for _ in range(20):
+            created = await _create(pool, ["projects:read"])
+            digest = key_format.digest(str(created["key"]))
+            assert await store.by_hash(digest) is not None
+            async with pool.acquire() as conn:
+                await management.revoke_key(conn, str(created["id"]), actor=Actor("cli"))
+                await listener.caught_up(conn)
+                assert store.cached_by_hash(digest) is MISSING  # before the pool's reset query
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
