@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -77,10 +78,26 @@ def redis_server() -> Iterator[str | None]:
         yield f"redis://127.0.0.1:{port}/0"
 
 
-def nginx_conf(upstream_port: int, proxy_port: int) -> Path:
-    """The upstream and the plain `proxy_pass` row (core 0, with wrk)."""
+def certificates() -> dict[str, Path]:
+    """A CA and a certificate for 127.0.0.1 (trustme), for the TLS rows."""
+    import trustme
+
+    where = OUT / "tls"
+    where.mkdir(exist_ok=True)
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"ca": where / "ca.pem", "cert": where / "cert.pem", "key": where / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    files["cert"].write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    return files
+
+
+def nginx_conf(upstream_port: int, proxy_port: int, tls_port: int, tls: dict[str, Path]) -> Path:
+    """The upstream (plain, and with TLS for the https-upstream row) and the plain
+    `proxy_pass` row (core 0, with wrk)."""
     docroot = OUT / "www"
-    for prefix in ("", "api/", "public/", "limited/", "jwt/"):
+    for prefix in ("", "api/", "public/", "limited/", "jwt/", "secure/"):
         (docroot / prefix).mkdir(parents=True, exist_ok=True)
         for name, size in BODIES.items():
             (docroot / prefix / name).write_bytes(b"x" * size)
@@ -96,6 +113,11 @@ http {{
   keepalive_requests 1000000;
   upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   server {{ listen 127.0.0.1:{upstream_port}; root {docroot}; }}
+  server {{
+    listen 127.0.0.1:{tls_port} ssl;
+    ssl_certificate {tls["cert"]}; ssl_certificate_key {tls["key"]};
+    root {docroot};
+  }}
   server {{
     listen 127.0.0.1:{proxy_port};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
@@ -300,6 +322,10 @@ def gateway_config(
     name: str,
     decisions_port: int | None = None,
     redis_url: str | None = None,
+    *,
+    https_upstream: tuple[int, Path],
+    tls_listener: dict[str, Path] | None = None,
+    traces_to: str | None = None,
 ) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
@@ -312,18 +338,31 @@ def gateway_config(
         " rate_limit: [roomy]}\n"
         "  - {name: signed, methods: [GET], path: '/jwt/{rest...}', scopes: [me:read],"
         " identity: jwt}\n"
+        "  - {name: secure, methods: [GET], path: '/secure/{rest...}', scopes: [me:read],"
+        " upstream: origin-tls}\n"
         "rate_limits:\n"
         "  roomy: {limit: 1000000, per_seconds: 1, by: key}\n"
     )
-    config = {
+    config: dict[str, Any] = {
         "state_dir": str(OUT / "state"),
         "listen": {"host": "127.0.0.1", "port": proxy_port},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "database": {"url": database_url},
         "policies": {"dir": str(policies), "reload": False},
-        "upstreams": {"origin": {"url": f"http://127.0.0.1:{upstream_port}"}},
+        "upstreams": {
+            "origin": {"url": f"http://127.0.0.1:{upstream_port}"},
+            "origin-tls": {
+                "url": f"https://127.0.0.1:{https_upstream[0]}",
+                "tls": {"ca_file": str(https_upstream[1])},
+            },
+        },
         "cache": {"ttl_seconds": 600},
     }
+    if tls_listener is not None:
+        files = {"cert_file": str(tls_listener["cert"]), "key_file": str(tls_listener["key"])}
+        config["listen"] = {**config["listen"], "tls": files}
+    if traces_to is not None:
+        config["tracing"] = {"enabled": True, "otlp_endpoint": traces_to, "sample_ratio": 0.01}
     if decisions_port is not None:
         config["decisions"] = {"enabled": True, "listen": {"port": decisions_port}}
     if redis_url is not None:
@@ -379,7 +418,11 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     uv_port, uv_admin_port = free_port(), free_port()
     auth_port, decisions_port, naive_uv_port = free_port(), free_port(), free_port()
     reference_port, minimal_auth_port = free_port(), free_port()
-    conf = nginx_conf(upstream_port, nginx_proxy_port)
+    tls_upstream_port, tls_port, tls_admin_port = free_port(), free_port(), free_port()
+    traced_port, traced_admin_port, collector_port = free_port(), free_port(), free_port()
+    tls = certificates()
+    conf = nginx_conf(upstream_port, nginx_proxy_port, tls_upstream_port, tls)
+    https_upstream = (tls_upstream_port, tls["ca"])
     front = front_conf(
         upstream_port,
         {
@@ -387,10 +430,21 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             reference_port: f"127.0.0.1:{minimal_auth_port}",
         },
     )
-    config = gateway_config(database_url, upstream_port, gw_port, admin_port, "gateway")
-    uv_config = gateway_config(
-        database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop", decisions_port
+    config = gateway_config(
+        database_url, upstream_port, gw_port, admin_port, "gateway", https_upstream=https_upstream
     )
+    uv_config = gateway_config(
+        database_url, upstream_port, uv_port, uv_admin_port, "gateway-uvloop", decisions_port,
+        https_upstream=https_upstream,
+    )  # fmt: skip
+    tls_config = gateway_config(
+        database_url, upstream_port, tls_port, tls_admin_port, "gateway-tls",
+        https_upstream=https_upstream, tls_listener=tls,
+    )  # fmt: skip
+    traced_config = gateway_config(
+        database_url, upstream_port, traced_port, traced_admin_port, "gateway-traced",
+        https_upstream=https_upstream, traces_to=f"http://127.0.0.1:{collector_port}/v1/traces",
+    )  # fmt: skip
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
     env["GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
@@ -445,6 +499,27 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             env=env,
             prefix=pin(1),
         ) as gateway_uv,
+        serving(
+            tls_config,
+            OUT / "gateway-tls.log",
+            f"http://127.0.0.1:{tls_admin_port}",
+            args=["--loop", "uvloop"],
+            env=env,
+            prefix=pin(1),
+        ) as gateway_tls,
+        # The collector runs beside wrk (core 0), as it would on another host.
+        process(
+            [*pin(0), PY, str(ROOT / "tests" / "otlpreceiver.py"), str(collector_port)],
+            "otlp-collector.log",
+        ),
+        serving(
+            traced_config,
+            OUT / "gateway-traced.log",
+            f"http://127.0.0.1:{traced_admin_port}",
+            args=["--loop", "uvloop"],
+            env=env,
+            prefix=pin(1),
+        ) as gateway_traced,
         contextlib.ExitStack() as extras,
     ):
         for port in (upstream_port, naive_port, naive_uv_port, reference_port):
@@ -473,6 +548,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 None,
             ),
             "gateway cached key + identity jwt, uvloop": (uv_port, "/jwt/", auth, None),
+            TLS_LISTENER: (tls_port, "/api/", auth, None),
+            HTTPS_UPSTREAM: (uv_port, "/secure/", auth, None),
+            TRACED: (traced_port, "/api/", auth, None),
             # nginx on the gateway's core in front of each decider, same configuration.
             "nginx auth_request + gateway decision, uvloop": (auth_port, "/api/", auth, None),
             "nginx auth_request + minimal auth service, uvloop (reference)": (
@@ -495,7 +573,11 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "naive aiohttp proxy, uvloop": naive_uv.pid,
             "gateway cached API key, uvloop (default)": gateway_uv.pid,
         }
+        pids[TLS_LISTENER] = gateway_tls.pid
+        pids[TRACED] = gateway_traced.pid
         for name in targets:
+            if name in pids:
+                continue
             if name.startswith("gateway") and "uvloop" not in name:
                 pids[name] = gateway.pid
             elif name.startswith("gateway") or "gateway decision" in name:
@@ -504,8 +586,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         if redis_url is not None:
             rd_port, rd_admin = free_port(), free_port()
             rd_config = gateway_config(
-                database_url, upstream_port, rd_port, rd_admin, "gateway-redis", redis_url=redis_url
-            )
+                database_url, upstream_port, rd_port, rd_admin, "gateway-redis",
+                redis_url=redis_url, https_upstream=https_upstream,
+            )  # fmt: skip
             rd = extras.enter_context(
                 serving(
                     rd_config,
@@ -529,7 +612,8 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         def measure(name: str, connections: int, body: str) -> None:
             port, prefix, headers, script = targets[name]
             fixed = prefix.startswith("/decisions/")
-            url = f"http://127.0.0.1:{port}{prefix}{'' if fixed else body}"
+            scheme = "https" if name == TLS_LISTENER else "http"
+            url = f"{scheme}://127.0.0.1:{port}{prefix}{'' if fixed else body}"
             cpu_before = cpu_seconds(pids.get(name))
             measured = wrk(url, connections, args.seconds, headers, script)
             used = cpu_seconds(pids.get(name)) - cpu_before
@@ -570,7 +654,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         soak = rss_soak(gateway_uv.pid, uv_port, auth, args.soak_seconds)
     report(results, args, soak)
     if args.workers:
-        workers_scaling(args, database_url, cached, env, conf, upstream_port)
+        workers_scaling(args, database_url, cached, env, conf, upstream_port, https_upstream)
 
 
 def workers_scaling(
@@ -580,13 +664,17 @@ def workers_scaling(
     env: dict[str, str],
     conf: Path,
     upstream_port: int,
+    https_upstream: tuple[int, Path],
 ) -> None:
     """`serve --workers N` on both cores against one worker; wrk unpinned, noted as such."""
     rates = {}
     with process(["nginx", "-c", str(conf)], "nginx-workers.log"):
         for workers in (1, args.workers):
             port, admin = free_port(), free_port()
-            config = gateway_config(database_url, upstream_port, port, admin, f"workers{workers}")
+            config = gateway_config(
+                database_url, upstream_port, port, admin, f"workers{workers}",
+                https_upstream=https_upstream,
+            )  # fmt: skip
             with serving(
                 config,
                 OUT / f"workers{workers}.log",
@@ -641,6 +729,10 @@ def rss_soak(pid: int, port: int, headers: dict[str, str], seconds: int) -> str:
 
 
 GATEWAY_DECISION = "nginx auth_request + gateway decision, uvloop"
+CACHED_UVLOOP = "gateway cached API key, uvloop (default)"
+TLS_LISTENER = "gateway cached API key, TLS listener, uvloop"
+HTTPS_UPSTREAM = "gateway cached API key, https upstream, uvloop"
+TRACED = "gateway cached API key, tracing at 0.01, uvloop"
 REFERENCE = "nginx auth_request + minimal auth service, uvloop (reference)"
 
 
@@ -661,6 +753,9 @@ COMPARED = (
         "gateway cached API key, uvloop (default)",
         "a by-key limit vs the same route unlimited",
     ),
+    (TLS_LISTENER, CACHED_UVLOOP, "TLS on the proxy listener vs plain"),
+    (HTTPS_UPSTREAM, CACHED_UVLOOP, "an https upstream vs plain"),
+    (TRACED, CACHED_UVLOOP, "tracing at ratio 0.01 vs tracing off"),
 )
 
 

@@ -257,6 +257,21 @@ class Usage(_Strict, frozen=True, forbid_unknown_fields=True):
     retention_days: int = 90
 
 
+class Tracing(_Strict, frozen=True, forbid_unknown_fields=True):
+    """OpenTelemetry traces exported over OTLP/HTTP (contract §19)."""
+
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # New traces started at this ratio; a client's `traceparent` decides for its own.
+    sample_ratio: float = 0.01
+    service_name: str = "gateway"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # e.g. the collector's auth
+    # Ended spans waiting for export; beyond this they are dropped (and counted), so a
+    # collector that is down or slow never holds a request up or grows the process.
+    max_queue_size: int = 2048
+    export_timeout_seconds: float = 5.0  # each batch, retries included
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -278,6 +293,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
     leak_reports: LeakReports = msgspec.field(default_factory=LeakReports)
     shutdown: Shutdown = msgspec.field(default_factory=Shutdown)
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
     # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Where relative paths (policies.dir, signing key files) resolve; set by load().
@@ -442,6 +458,8 @@ def _check_values(config: Config) -> list[str]:
         "webhooks.scan_interval_seconds": config.webhooks.scan_interval_seconds,
         "webhooks.poll_seconds": config.webhooks.poll_seconds,
         "shutdown.timeout_seconds": config.shutdown.timeout_seconds,
+        "tracing.max_queue_size": config.tracing.max_queue_size,
+        "tracing.export_timeout_seconds": config.tracing.export_timeout_seconds,
     }
     out += [f"{key}: must be positive" for key, value in positive.items() if value <= 0]
     if config.tokens.default_ttl_seconds > config.tokens.max_ttl_seconds:
@@ -457,6 +475,12 @@ def _check_values(config: Config) -> list[str]:
         out.append("leak_reports.path: must be a path on the proxy listener, e.g. /leaks/github")
     if leaks.enabled and not leaks.github_public_keys_url.startswith(("https://", "http://")):
         out.append("leak_reports.github_public_keys_url: must be an http(s) URL")
+    if not 0 <= config.tracing.sample_ratio <= 1:
+        out.append("tracing.sample_ratio: must be between 0 and 1")
+    if not config.tracing.otlp_endpoint.startswith(("http://", "https://")):
+        out.append(
+            "tracing.otlp_endpoint: must be an http(s) URL, e.g. http://collector:4318/v1/traces"
+        )
     if config.credits.sync_interval_seconds * 3 > config.credits.lease_seconds:
         out.append("credits.lease_seconds: must be at least 3 x credits.sync_interval_seconds")
     if not config.keys.prefix.isalnum() or not config.keys.prefix.isascii():

@@ -34,6 +34,7 @@ from gateway.ratelimit.local import LocalBackend
 from gateway.ratelimit.shared import SharedBackend
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
+from gateway.tracing.spans import Tracing
 from gateway.usage.counter import UsageCounter, prune
 from gateway.webhooks.delivery import Deliverer
 from gateway.webhooks.scan import scan
@@ -72,9 +73,34 @@ async def open_database(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
+async def open_tracing(gw: Gateway) -> AsyncIterator[None]:
+    """Traces (§19) when `tracing.enabled`; what is queued is sent when the process
+    stops (after the listeners: the last requests' spans are in)."""
+    settings = gw.config.tracing
+    if not settings.enabled:
+        gw.tracing = None
+        yield
+        return
+    metrics = gw.metrics
+    gw.tracing = Tracing(settings, metrics.spans_dropped, metrics.spans_exported)
+    log.info("tracing: %s of new traces to %s", settings.sample_ratio, settings.otlp_endpoint)
+    try:
+        yield
+    finally:
+        await gw.tracing.close()
+
+
+@contextlib.asynccontextmanager
 async def open_store(gw: Gateway) -> AsyncIterator[None]:
     options = gw.options
-    store = KeyStore(gw.pool, gw.scopes, gw.config.cache, clock=options.clock, observer=gw.metrics)
+    store = KeyStore(
+        gw.pool,
+        gw.scopes,
+        gw.config.cache,
+        clock=options.clock,
+        observer=gw.metrics,
+        tracing=gw.tracing,
+    )
     gw.store = store
 
     async def flush_periodically() -> None:

@@ -54,6 +54,7 @@ from gateway.selfservice import service as self_service
 from gateway.tls.contexts import ServerTLS
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens
+from gateway.tracing.spans import Tracing
 from gateway.usage.counter import UsageCounter
 
 log = logging.getLogger("gateway")
@@ -89,6 +90,7 @@ class Gateway:
     database_url: str
     pool: asyncpg.Pool
     store: KeyStore
+    tracing: Tracing | None
     listener: Listener
     policies: ActivePolicies
     limiter: RateLimiter
@@ -115,6 +117,7 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         try:
             for opener in (
+                resources.open_tracing,
                 resources.open_database,
                 resources.open_store,
                 resources.open_invalidation,
@@ -190,7 +193,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _listeners(self) -> AsyncIterator[None]:
         config, reuse_port = self.config, self.options.reuse_port
-        recorder = Recorder(self.metrics, self.access_log, self.usage)
+        recorder = Recorder(self.metrics, self.access_log, self.usage, self.tracing)
         pipeline, decisions, websockets = self._doors(recorder)
         limits = Limits(
             header_timeout=config.limits.header_timeout_seconds,

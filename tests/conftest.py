@@ -16,8 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
 from gateway import database
+from tests.otlpreceiver import PATH, OtlpReceiver, application
 from tests.support import RecordingUpstream, recording_upstream
 
 
@@ -98,3 +100,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def otlp() -> AsyncIterator[OtlpReceiver]:
+    """A real OTLP/HTTP trace receiver on loopback."""
+    receiver = OtlpReceiver()
+    runner = web.AppRunner(application(receiver), access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    receiver.url = f"http://{host}:{port}{PATH}"
+    yield receiver
+    await runner.cleanup()

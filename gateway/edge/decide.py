@@ -22,6 +22,7 @@ from gateway.policy.reloader import ActivePolicies
 from gateway.policy.routing import Match, Route
 from gateway.problems import Problem, database_unavailable
 from gateway.ratelimit.limiter import LimitState, RateLimiter
+from gateway.tracing.spans import RequestTrace
 
 
 @dataclass(slots=True)
@@ -40,6 +41,8 @@ class Outcome:
     credits_left: int | None = None  # after this request, for a key with credits
     credits_spent: int = 0
     refused_key: str | None = None  # a known key refused with 401 (for its usage counts)
+    template: str | None = None  # the matched route's path template (`http.route`)
+    trace: RequestTrace | None = None  # when tracing is on
 
     def limit_headers(self) -> dict[str, str]:
         """RateLimit-* and X-Credits-Remaining, for answers allowed and refused alike."""
@@ -98,6 +101,7 @@ class Decider:
             raise Problem(404, "no-route", "no route allows this method and path")
         route = match.route
         outcome.route = route.name
+        outcome.template = route.template
         limited = bool(route.rate_limits)
         if limited:
             outcome.limits = LimitState()

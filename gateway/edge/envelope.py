@@ -38,6 +38,10 @@ class Envelope:
         started = time.perf_counter()
         rid = self._recorder.ids.for_request(exchange.headers)
         outcome = Outcome(endpoint=self._endpoint, client=exchange.peer)
+        tracing = self._recorder.tracing
+        if tracing is not None:
+            path = exchange.raw_path.partition("?")[0]
+            outcome.trace = tracing.begin(exchange.headers, exchange.method, path)
         timing: dict[str, float] = {}
         try:
             await self._work(exchange, rid, outcome, timing)
@@ -51,6 +55,8 @@ class Envelope:
             outcome.reason = "internal-error"
             failure = Problem(500, "internal-error", "the gateway failed to handle the request")
             self._answer(exchange, failure, rid, outcome)
+        if outcome.trace is not None:
+            outcome.trace.end(exchange.status, span_attributes(outcome, exchange.method, rid))
         if exchange.switched:
             return  # recorded by whoever took the connection, when it is done
         method, target = outcome.asked or (exchange.method, exchange.raw_path)
@@ -65,3 +71,24 @@ class Envelope:
             exchange.abort()
         else:
             self._refuse(exchange, problem, rid, outcome)
+
+
+def span_attributes(outcome: Outcome, method: str, rid: str) -> dict[str, str | None]:
+    """What the request's span says besides its method, path and status (§19)."""
+    principal = outcome.principal
+    asked = outcome.asked
+    return {
+        "http.request.method": method,
+        "http.route": outcome.template,
+        "gateway.route": outcome.route,
+        "gateway.endpoint": outcome.endpoint,
+        "gateway.key_id": principal.key_id if principal else None,
+        "gateway.user_id": principal.user_id if principal else outcome.user_id,
+        "gateway.reason": outcome.reason,
+        "gateway.request_id": rid,
+        "gateway.upstream": outcome.upstream,
+        "client.address": outcome.client or None,
+        # A decision endpoint's span is about the request the front proxy asked about.
+        "gateway.asked.method": asked[0] if asked else None,
+        "gateway.asked.path": asked[1].partition("?")[0] if asked else None,
+    }

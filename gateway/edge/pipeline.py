@@ -92,7 +92,9 @@ class Pipeline:
         if websocket.is_upgrade(exchange.method, exchange.headers):
             self._websockets.switch(exchange, target.raw, upstream, identity, rid, extra, outcome)
             return
-        await self._forwarder.relay(exchange, target.raw, upstream, identity, rid, extra, timing)
+        await self._forwarder.relay(
+            exchange, target.raw, upstream, identity, rid, extra, timing, outcome.trace
+        )
 
     def _refuse(self, exchange: Exchange, problem: Problem, rid: str, outcome: Outcome) -> None:
         exchange.problem(problem, rid, {**self._cors.headers(exchange), **outcome.limit_headers()})

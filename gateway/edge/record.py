@@ -12,6 +12,7 @@ from multidict import CIMultiDictProxy
 from gateway.edge.decide import Outcome
 from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
+from gateway.tracing.spans import Tracing
 from gateway.usage.counter import (
     ALLOWED,
     CREDITS_EXHAUSTED,
@@ -45,12 +46,17 @@ class RequestIds:
 
 class Recorder:
     def __init__(
-        self, metrics: Metrics, access_log: AccessLog | None, usage: UsageCounter | None = None
+        self,
+        metrics: Metrics,
+        access_log: AccessLog | None,
+        usage: UsageCounter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
         self._access_log = access_log
         self._usage = usage
         self.ids = RequestIds()
+        self.tracing = tracing
 
     def record(
         self,
@@ -88,6 +94,7 @@ class Recorder:
                 outcome.reason,
                 outcome.endpoint,
                 outcome.client,
+                outcome.trace.trace_id if outcome.trace is not None else None,
             )
         )
 

@@ -82,7 +82,9 @@ class WebSocketDoor:
             response.force_close()
             return response
         exchange = ticket.exchange
-        headers = request_headers(exchange, ticket.identity, ticket.request_id)
+        trace = ticket.outcome.trace
+        propagated = trace.upstream_headers() if trace is not None else ()
+        headers = request_headers(exchange, ticket.identity, ticket.request_id, propagated)
         try:
             response = await websocket.relay(
                 self._session,

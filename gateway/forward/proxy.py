@@ -30,6 +30,7 @@ from gateway.http1.wire import (
 )
 from gateway.keys.principal import Principal
 from gateway.problems import Problem
+from gateway.tracing.spans import PROPAGATED, RequestTrace
 
 # Never forwarded: the credential, method overrides (the policy checked the real
 # method), and forwarding headers a client could forge; we set our own.
@@ -117,31 +118,42 @@ def request_head(
     upstream: UpstreamTarget,
     raw_target: str,
     framing: bytes,
+    propagated: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """The request line and headers sent upstream, as bytes, ready for one write."""
+    """The request line and headers sent upstream, as bytes, ready for one write.
+    `propagated`: the trace context (§19), in place of the client's."""
     origin = upstream.origin
     target = (origin.path_prefix + raw_target).encode("ascii")
     parts = [
         b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
     ]
     named = _connection_tokens(request.headers)
+    if propagated:
+        named |= PROPAGATED
     for name, value in request.raw_headers:  # inline: this runs for every header of every request
         if not _never_forwarded(name) and not (named and folded(name) in named):
             parts += (name, b": ", value, b"\r\n")
-    for added, text in _added_headers(request.client, request.headers, identity, request_id):
-        parts.append(b"%b: %b\r\n" % (added.encode(), text.encode("utf-8", "surrogateescape")))
+    added = _added_headers(request.client, request.headers, identity, request_id)
+    for name_text, text in [*added, *propagated]:
+        parts.append(b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
-def request_headers(request: Incoming, identity: Identity, request_id: str) -> CIMultiDict[str]:
+def request_headers(
+    request: Incoming,
+    identity: Identity,
+    request_id: str,
+    propagated: Sequence[tuple[str, str]] = (),
+) -> CIMultiDict[str]:
     """The same headers as `request_head`, for a WebSocket handshake (aiohttp's client)."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in _kept_request_headers(request):
         out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-    for added, text in _added_headers(request.client, request.headers, identity, request_id):
-        out[added] = text
+    added = _added_headers(request.client, request.headers, identity, request_id)
+    for header, text in [*added, *propagated]:
+        out[header] = text  # replaces the client's own, trace context included
     return out
 
 
@@ -205,20 +217,46 @@ class Forwarder:
         request_id: str,
         extra: dict[str, str],
         timing: dict[str, float],
+        trace: RequestTrace | None = None,
     ) -> None:
-        """Forward a request and answer it."""
+        """Forward a request and answer it (under a span of its own when `trace` is
+        sampled; with the trace context sent upstream whenever tracing is on)."""
         length = exchange.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
         if _expects_continue(exchange.headers, exchange.version):
             exchange.send_continue()
         body, stream, framing = await _body(exchange, length)
-        head = request_head(exchange, identity, request_id, upstream, raw_target, framing)
-        answer = await _send(upstream, head, exchange.method, body, stream, timing)
-        try:
-            await _relay_answer(exchange, answer, extra, upstream.timeout_seconds)
-        finally:
-            answer.release()
+        if trace is None:
+            head = request_head(exchange, identity, request_id, upstream, raw_target, framing)
+            await _exchange(exchange, upstream, head, body, stream, extra, timing)
+            return
+        with trace.upstream_span(exchange.method, upstream.base + raw_target) as span:
+            propagated = trace.upstream_headers(span)
+            head = request_head(
+                exchange, identity, request_id, upstream, raw_target, framing, propagated
+            )
+            status = await _exchange(exchange, upstream, head, body, stream, extra, timing)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+
+
+async def _exchange(
+    exchange: Downstream,
+    upstream: UpstreamTarget,
+    head: bytes,
+    body: bytes,
+    stream: Stream | None,
+    extra: dict[str, str],
+    timing: dict[str, float],
+) -> int:
+    """Send the request and relay the answer; the upstream's status."""
+    answer = await _send(upstream, head, exchange.method, body, stream, timing)
+    try:
+        await _relay_answer(exchange, answer, extra, upstream.timeout_seconds)
+    finally:
+        answer.release()
+    return answer.status
 
 
 async def _send(

@@ -24,6 +24,7 @@ from gateway.credits.refill import Refill
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue
+from gateway.tracing.spans import Tracing
 
 Clock = Callable[[], float]
 Status = Literal["active", "expired", "revoked", "disabled"]
@@ -32,6 +33,7 @@ T = TypeVar("T")
 # After a failed query, answer 503 at once for this long instead of queueing
 # every request behind a connect timeout.
 _BACKOFF_SECONDS = 0.5
+_TABLES = {"key": "api_keys", "membership": "memberships"}  # what each lookup reads
 _SELECT_KEY = (
     "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
     " coalesce(rotated_to, id)::text AS credit_account, credits_remaining IS NOT NULL AS limited,"
@@ -204,8 +206,10 @@ class KeyStore:
         *,
         clock: Clock = time.time,
         observer: Observer | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
+        self._tracing = tracing
         self._catalogue = catalogue
         self._clock = clock
         self._observer = observer or _Quiet()
@@ -309,6 +313,18 @@ class KeyStore:
     async def _query(self, name: str, run: Callable[[Any], Awaitable[T]]) -> T:
         if self._clock() < self._down_until:
             raise StoreUnavailable(name)
+        table = _TABLES.get(name)
+        if self._tracing is None or table is None:
+            return await self._run(name, run)
+        attributes = {
+            "db.system.name": "postgresql",
+            "db.operation.name": "SELECT",
+            "db.collection.name": table,
+        }
+        with self._tracing.client_span(f"SELECT {table}", attributes):
+            return await self._run(name, run)  # a failure marks the span as an error
+
+    async def _run(self, name: str, run: Callable[[Any], Awaitable[T]]) -> T:
         started = time.perf_counter()
         self.queries += 1
         try:

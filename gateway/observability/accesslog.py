@@ -38,6 +38,7 @@ class _Line(msgspec.Struct):
     reason: str | None
     endpoint: str  # proxy, or the decision endpoint asked (auth-request, forward-auth, ext-authz)
     client: str  # the client address (trusted_proxies applied; a decision's: as reported)
+    trace_id: str | None  # when tracing is on (sampled or not: the id went upstream)
 
 
 FIELDS: tuple[str, ...] = _Line.__struct_fields__

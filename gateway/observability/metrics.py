@@ -66,6 +66,15 @@ class Metrics:
             "Age of the oldest webhook delivery not yet delivered or failed",
             registry=r,
         )
+        self.trace_spans_exported = Counter(
+            "gateway_trace_spans_exported", "Spans delivered to the OTLP collector", registry=r
+        )
+        self.trace_spans_dropped = Counter(
+            "gateway_trace_spans_dropped",
+            "Spans not delivered: queue_full (the collector fell behind) or export_failed",
+            ["reason"],
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, int, float, str | None, str]] = []
         # Series people alert on exist from the start, at 0: "no data" is not "no failures".
@@ -75,11 +84,20 @@ class Metrics:
             self.invalidations.labels(kind)
         for outcome in ("delivered", "retry", "failed"):
             self.webhook_deliveries.labels(outcome)
+        for reason in ("queue_full", "export_failed"):
+            self.trace_spans_dropped.labels(reason)
         self._cache_children = {}
         for cache in ("key", "key_id", "unknown_key", "membership"):
             for event in ("hit", "miss", "eviction"):
                 self._cache_children[cache, event] = self.cache.labels(cache, event)
         self._cache_counts: dict[tuple[str, str], int] = dict.fromkeys(self._cache_children, 0)
+
+    # Called from the SDK's export thread as well: prometheus counters take their lock.
+    def spans_dropped(self, count: int, reason: str) -> None:
+        self.trace_spans_dropped.labels(reason).inc(count)
+
+    def spans_exported(self, count: int) -> None:
+        self.trace_spans_exported.inc(count)
 
     # The keystore's Observer protocol: counted here, applied by `drain()` — a
     # prometheus counter takes a lock per increment, once per request on a hit.

@@ -48,6 +48,9 @@ def test_shipped_file_matches_the_contract_defaults() -> None:
         ("listen: [1, 2]", "listen: expected `object`, got `array`"),
         ("trusted_proxies: [10.0.0.0/8, lb]", "trusted_proxies[1]: 'lb' does not appear"),
         ("limits: {body_timeout_seconds: 0}", "limits.body_timeout_seconds: must be positive"),
+        ("tracing: {sample_ratio: 1.5}", "tracing.sample_ratio: must be between 0 and 1"),
+        ("tracing: {otlp_endpoint: collector:4318}", "tracing.otlp_endpoint: must be an http(s)"),
+        ("tracing: {max_queue_size: 0}", "tracing.max_queue_size: must be positive"),
         ("listen: {port: 1", "invalid YAML"),
         ("- a\n- b", "the top level must be a mapping"),
         (

@@ -24,6 +24,7 @@ FOUNDATION = frozenset(
         "http1",
         "readiness",
         "tls",
+        "tracing",
     }
 )
 BELOW_EDGE = FOUNDATION | {
@@ -51,6 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "timers": frozenset(),
     "readiness": frozenset(),
     "tls": frozenset({"config"}),
+    "tracing": frozenset({"config"}),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
