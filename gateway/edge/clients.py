@@ -3,7 +3,8 @@
 trusted — every hop left of it could have been written by the client.
 
 One answer per request, used alike by `allowed_cidrs`, `by: ip` rate limits, the
-access log and the `X-Forwarded-For` sent upstream.
+access log and the `X-Forwarded-For` sent upstream; the scheme for
+`X-Forwarded-Proto` is believed from the same proxies.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class ClientAddresses:
             if not self._is_trusted(hop):
                 break
         return client
+
+    def scheme(self, peer: str, headers: CIMultiDictProxy[str], own: str) -> str:
+        """`http` or `https` as the client spoke it: a trusted proxy's
+        `X-Forwarded-Proto` (it ended the client's TLS), else this listener's."""
+        if not self.enabled or not self._is_trusted(peer):
+            return own
+        told = headers.get("X-Forwarded-Proto", "").strip().lower()
+        return told if told in ("http", "https") else own
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per process, few peers
     def _is_trusted(self, address: str) -> bool:

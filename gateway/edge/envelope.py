@@ -55,7 +55,7 @@ class Envelope:
             outcome.reason = "internal-error"
             failure = Problem(500, "internal-error", "the gateway failed to handle the request")
             self._answer(exchange, failure, rid, outcome)
-        if outcome.trace is not None:
+        if outcome.trace is not None and outcome.trace.recording:
             outcome.trace.end(exchange.status, span_attributes(outcome, exchange.method, rid))
         if exchange.switched:
             return  # recorded by whoever took the connection, when it is done

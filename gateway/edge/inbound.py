@@ -53,6 +53,7 @@ class Exchange:
         "peer",
         "raw_headers",
         "raw_path",
+        "scheme",
         "started",
         "status",
         "switched",
@@ -68,6 +69,7 @@ class Exchange:
         self.head_bytes = head.raw  # kept only for an upgrade
         self.peer = connection.peer
         self.client = self.peer  # the client address, once `trusted_proxies` are applied
+        self.scheme = connection.scheme  # as the client spoke it, likewise
         self.content_length = head.content_length
         self._headers: CIMultiDictProxy[str] | None = None
         self.close_after = not head.keep_alive
@@ -261,6 +263,7 @@ class InboundConnection(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self.peer = ""
+        self.scheme = "http"
         self._exchange: Exchange | None = None  # the request being served
         self._next: Exchange | None = None  # for the connection's task to serve next
         self._task: asyncio.Task[None] | None = None
@@ -281,6 +284,8 @@ class InboundConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         self.lane.connections.add(self)
         self._header_deadline.set(self.lane.header_timeout)
 

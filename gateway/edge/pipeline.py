@@ -75,6 +75,7 @@ class Pipeline:
         cors = self._cors.headers(exchange)
         if self._clients.enabled:
             exchange.client = self._clients.of(exchange.peer, exchange.headers)
+            exchange.scheme = self._clients.scheme(exchange.peer, exchange.headers, exchange.scheme)
         owned = await self._gateway_owned(exchange, target.path, outcome, rid)
         if owned is not None:
             exchange.reply(owned, {"X-Request-Id": rid, **cors})

@@ -79,16 +79,15 @@ class Incoming(Protocol):
     def headers(self) -> CIMultiDictProxy[str]: ...
     @property
     def client(self) -> str: ...  # the client address, sent as X-Forwarded-For
+    @property
+    def scheme(self) -> str: ...  # http or https as the client spoke it: X-Forwarded-Proto
 
 
-def _added_headers(
-    client: str, headers: CIMultiDictProxy[str], identity: Identity, request_id: str
-) -> list[tuple[str, str]]:
-    # The listener speaks plain HTTP: TLS, when any, ends in front of the gateway.
+def _added_headers(request: Incoming, identity: Identity, request_id: str) -> list[tuple[str, str]]:
     added = [
-        ("X-Forwarded-For", client or "unknown"),
-        ("X-Forwarded-Proto", "http"),
-        ("X-Forwarded-Host", headers.get("Host", "")),
+        ("X-Forwarded-For", request.client or "unknown"),
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", request.headers.get("Host", "")),
         ("X-Request-Id", request_id),
     ]
     principal = identity.principal
@@ -128,13 +127,15 @@ def request_head(
         b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
     ]
     named = _connection_tokens(request.headers)
-    if propagated:
-        named |= PROPAGATED
+    if propagated and "traceparent" in request.headers:
+        named |= PROPAGATED  # the client's context is replaced by ours
     for name, value in request.raw_headers:  # inline: this runs for every header of every request
         if not _never_forwarded(name) and not (named and folded(name) in named):
             parts += (name, b": ", value, b"\r\n")
-    added = _added_headers(request.client, request.headers, identity, request_id)
-    for name_text, text in [*added, *propagated]:
+    added = _added_headers(request, identity, request_id)
+    if propagated:
+        added += propagated
+    for name_text, text in added:
         parts.append(b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape")))
     parts.append(framing)
     parts.append(b"\r\n")
@@ -151,8 +152,9 @@ def request_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in _kept_request_headers(request):
         out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-    added = _added_headers(request.client, request.headers, identity, request_id)
-    for header, text in [*added, *propagated]:
+    added = _added_headers(request, identity, request_id)
+    added += propagated
+    for header, text in added:
         out[header] = text  # replaces the client's own, trace context included
     return out
 
@@ -227,8 +229,11 @@ class Forwarder:
         if _expects_continue(exchange.headers, exchange.version):
             exchange.send_continue()
         body, stream, framing = await _body(exchange, length)
-        if trace is None:
-            head = request_head(exchange, identity, request_id, upstream, raw_target, framing)
+        if trace is None or not trace.recording:
+            propagated = trace.upstream_headers() if trace is not None else ()
+            head = request_head(
+                exchange, identity, request_id, upstream, raw_target, framing, propagated
+            )
             await _exchange(exchange, upstream, head, body, stream, extra, timing)
             return
         with trace.upstream_span(exchange.method, upstream.base + raw_target) as span:
@@ -237,8 +242,7 @@ class Forwarder:
                 exchange, identity, request_id, upstream, raw_target, framing, propagated
             )
             status = await _exchange(exchange, upstream, head, body, stream, extra, timing)
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
+            span.set_attribute("http.response.status_code", status)
 
 
 async def _exchange(

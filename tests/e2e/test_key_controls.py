@@ -128,8 +128,10 @@ async def test_allowed_networks_use_the_client_address_behind_a_trusted_proxy(
     status, body, _ = await _get(http, url, outside)
     assert status == 403 and body["type"].endswith("address-not-allowed")
     assert upstream.received == []
-    assert (await _get(http, url, inside))[0] == 200
+    assert (await _get(http, url, {**inside, "X-Forwarded-Proto": "https"}))[0] == 200
     assert upstream.received[0].headers["X-Forwarded-For"] == "203.0.113.9"
+    # The trusted proxy ended the client's TLS: the upstream is told so.
+    assert upstream.received[0].headers.getall("X-Forwarded-Proto") == ["https"]
     async with http.post(gateway.proxy + "/auth/actor-tokens", headers=outside) as response:
         assert response.status == 403  # minting is refused from elsewhere too
     await asyncio.sleep(0.15)  # the access log is written in batches every 50 ms

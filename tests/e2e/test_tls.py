@@ -69,6 +69,7 @@ async def test_the_proxy_listener_speaks_tls_12_and_13_only_with_alpn(
         async with aiohttp.ClientSession(connector=connector) as http:
             async with http.get(https + "/v1/me", headers=bearer(made["key"])) as response:
                 assert response.status == 200
+        assert upstream.received[-1].headers["X-Forwarded-Proto"] == "https"
         port = int(gateway.proxy.rsplit(":", 1)[1])
         version, alpn = await asyncio.to_thread(_handshake, ca, port)
         assert version in ("TLSv1.2", "TLSv1.3") and alpn == "http/1.1"

@@ -39,6 +39,23 @@ def test_without_trusted_proxies_the_header_is_ignored() -> None:
     assert addresses.of("192.0.2.1", headers("203.0.113.9")) == "192.0.2.1"
 
 
+@pytest.mark.parametrize(
+    ("peer", "told", "own", "scheme"),
+    [
+        ("10.0.0.5", "https", "http", "https"),  # the trusted proxy ended the client's TLS
+        ("10.0.0.5", "HTTPS ", "http", "https"),
+        ("10.0.0.5", "gopher", "http", "http"),  # not a scheme we pass on
+        ("10.0.0.5", None, "https", "https"),
+        ("192.0.2.1", "https", "http", "http"),  # the client's own word is not taken
+    ],
+)
+def test_the_scheme_is_believed_from_trusted_proxies_only(
+    peer: str, told: str | None, own: str, scheme: str
+) -> None:
+    sent = CIMultiDictProxy(CIMultiDict({"X-Forwarded-Proto": told} if told else {}))
+    assert ClientAddresses(["10.0.0.0/8"]).scheme(peer, sent, own) == scheme
+
+
 def test_allowed_networks_match_v4_v6_and_v4_mapped_addresses() -> None:
     from ipaddress import ip_network
 
