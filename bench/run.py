@@ -192,6 +192,20 @@ http {{
     return conf
 
 
+def serve_on_core_1(
+    config: Path, log: str, admin_port: int, env: dict[str, str], loop: str = "uvloop"
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A `gateway serve` under test: alone on core 1, with its log in `OUT`."""
+    return serving(
+        config,
+        OUT / log,
+        f"http://127.0.0.1:{admin_port}",
+        args=["--loop", loop],
+        env=env,
+        prefix=pin(1),
+    )
+
+
 def wait_http(url: str, within: float = 30) -> None:
     async def probe() -> None:
         deadline = time.monotonic() + within
@@ -483,42 +497,16 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             ],
             "naive-uvloop.log",
         ) as naive_uv,
-        serving(
-            config,
-            OUT / "gateway.log",
-            f"http://127.0.0.1:{admin_port}",
-            args=["--loop", "asyncio"],
-            env=env,
-            prefix=pin(1),
-        ) as gateway,
-        serving(
-            uv_config,
-            OUT / "gateway-uvloop.log",
-            f"http://127.0.0.1:{uv_admin_port}",
-            args=["--loop", "uvloop"],
-            env=env,
-            prefix=pin(1),
-        ) as gateway_uv,
-        serving(
-            tls_config,
-            OUT / "gateway-tls.log",
-            f"http://127.0.0.1:{tls_admin_port}",
-            args=["--loop", "uvloop"],
-            env=env,
-            prefix=pin(1),
-        ) as gateway_tls,
+        serve_on_core_1(config, "gateway.log", admin_port, env, "asyncio") as gateway,
+        serve_on_core_1(uv_config, "gateway-uvloop.log", uv_admin_port, env) as gateway_uv,
+        serve_on_core_1(tls_config, "gateway-tls.log", tls_admin_port, env) as gateway_tls,
         # The collector runs beside wrk (core 0), as it would on another host.
         process(
             [*pin(0), PY, str(ROOT / "tests" / "otlpreceiver.py"), str(collector_port)],
             "otlp-collector.log",
         ),
-        serving(
-            traced_config,
-            OUT / "gateway-traced.log",
-            f"http://127.0.0.1:{traced_admin_port}",
-            args=["--loop", "uvloop"],
-            env=env,
-            prefix=pin(1),
+        serve_on_core_1(
+            traced_config, "gateway-traced.log", traced_admin_port, env
         ) as gateway_traced,
         contextlib.ExitStack() as extras,
     ):
@@ -590,14 +578,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 redis_url=redis_url, https_upstream=https_upstream,
             )  # fmt: skip
             rd = extras.enter_context(
-                serving(
-                    rd_config,
-                    OUT / "gateway-redis.log",
-                    f"http://127.0.0.1:{rd_admin}",
-                    args=["--loop", "uvloop"],
-                    env=env,
-                    prefix=pin(1),
-                )
+                serve_on_core_1(rd_config, "gateway-redis.log", rd_admin, env)
             )
             name = "gateway cached key + by-key limit (redis), uvloop"
             targets[name] = (rd_port, "/limited/", auth, None)

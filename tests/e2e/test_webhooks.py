@@ -248,8 +248,9 @@ async def test_time_driven_events_come_once_whoever_scans(
             )
         await scan_from_many()
         await _until(lambda: len(receiver.seen) == 4)
-        assert [e["type"] for e in receiver.events(hook["secret"])][2:] == [
-            "key.expired", "key.credits_exhausted"]  # fmt: skip
+        # Two gateways deliver side by side: events arrive in no promised order.
+        later = sorted(e["type"] for e in receiver.events(hook["secret"])[2:])
+        assert later == ["key.credits_exhausted", "key.expired"]
     finally:
         await stack.aclose()
 
