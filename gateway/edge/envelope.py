@@ -56,7 +56,9 @@ class Envelope:
             failure = Problem(500, "internal-error", "the gateway failed to handle the request")
             self._answer(exchange, failure, rid, outcome)
         if outcome.trace is not None and outcome.trace.recording:
-            outcome.trace.end(exchange.status, span_attributes(outcome, exchange.method, rid))
+            # An upgrade's span ends at the hand-over; the relay's outcome is logged.
+            status = 101 if exchange.switched else exchange.status
+            outcome.trace.end(status, span_attributes(outcome, exchange.method, rid))
         if exchange.switched:
             return  # recorded by whoever took the connection, when it is done
         method, target = outcome.asked or (exchange.method, exchange.raw_path)

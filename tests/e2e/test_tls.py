@@ -18,7 +18,14 @@ import trustme
 from aiohttp import web
 
 from gateway.config import ConfigError
-from tests.support import RecordingUpstream, bearer, make_config, running_gateway, unique
+from tests.support import (
+    RecordingUpstream,
+    bearer,
+    make_config,
+    routes_dir,
+    running_gateway,
+    unique,
+)
 
 
 @pytest.fixture
@@ -249,3 +256,37 @@ async def test_https_upstreams_are_verified_and_may_get_a_client_certificate(
         assert len(ports) == 6 and len(set(ports[:3])) == 1  # one TLS connection, reused
     finally:
         await runner.cleanup()
+
+
+async def test_websockets_and_pipelined_requests_over_the_tls_listener(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream, ca: trustme.CA
+) -> None:
+    cert, key = _files(tmp_path, ca)
+    policies = routes_dir(
+        tmp_path,
+        "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, scopes: [me:read]}\n"
+        "  - {methods: [GET], path: '/v1/public/{rest...}', public: true}\n",
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies,
+                         listen={"tls": {"cert_file": str(cert), "key_file": str(key)}})  # fmt: skip
+    async with running_gateway(config) as gateway:
+        made = await gateway.create_key(unique("tls"), ["me:read"])
+        https = gateway.proxy.replace("http://", "https://")
+        connector = aiohttp.TCPConnector(ssl=_client_context(ca))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.ws_connect(https + "/ws", headers=bearer(made["key"])) as ws:
+                await ws.send_str("over tls")
+                assert await ws.receive_str(timeout=2) == "echo:over tls"
+        assert upstream.received[-1].headers["X-Forwarded-Proto"] == "https"
+        # Two requests in one TLS write: both answered, in order, on the own server.
+        port = int(gateway.proxy.rsplit(":", 1)[1])
+        pipelined = (b"GET /v1/public/a HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /v1/public/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # fmt: skip
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_client_context(ca), server_hostname="127.0.0.1"
+        )
+        writer.write(pipelined)
+        answers = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answers.count(b"HTTP/1.1 200 ") == 2
+        assert [r.raw_path for r in upstream.received[-2:]] == ["/v1/public/a", "/v1/public/b"]

@@ -19,6 +19,7 @@ from tests.support import (
     RunningGateway,
     bearer,
     make_config,
+    routes_dir,
     running_gateway,
 )
 
@@ -209,3 +210,25 @@ async def test_tracing_off_leaves_the_client_trace_context_alone(
         assert "traceparent" not in upstream.received[-1].headers
         await asyncio.sleep(0.1)
         assert gateway.log_lines()[-1]["trace_id"] is None
+
+
+async def test_a_websocket_handshake_carries_the_trace_and_its_span_ends_at_the_hand_over(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    otlp: OtlpReceiver,
+    http: aiohttp.ClientSession,
+) -> None:
+    policies = routes_dir(
+        tmp_path, "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, public: true}\n"
+    )
+    settings = {"enabled": True, "otlp_endpoint": otlp.url, "sample_ratio": 1.0}
+    config = make_config(tmp_path, database_url, upstream.url, policies, tracing=settings)
+    async with running_gateway(config) as gateway:
+        async with http.ws_connect(gateway.proxy + "/ws") as ws:
+            await ws.send_str("hello")
+            assert await ws.receive_str(timeout=2) == "echo:hello"
+        (server,) = await otlp.wait_for(1)
+        assert server.name == "GET /ws" and server.attributes["http.response.status_code"] == 101
+        trace_id, parent_id, sampled = sent_upstream(upstream)
+        assert (trace_id, parent_id, sampled) == (server.trace_id, server.span_id, True)
