@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,30 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 
-def traced(tmp_path: Path, database_url: str, upstream: str, otlp: str, **tracing: Any) -> Any:
-    settings = {"enabled": True, "otlp_endpoint": otlp, "sample_ratio": 1.0, **tracing}
-    decisions = {"enabled": True, "listen": {"host": "127.0.0.1", "port": 0}}
-    return make_config(tmp_path, database_url, upstream, tracing=settings, decisions=decisions)
+Start = Callable[..., AbstractAsyncContextManager[RunningGateway]]
 
 
 @pytest.fixture
-async def gateway(
+def traced(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream, otlp: OtlpReceiver
-) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(traced(tmp_path, database_url, upstream.url, otlp.url)) as running:
+) -> Start:
+    """Starts a gateway tracing to `otlp` (every new trace sampled unless told),
+    with the decision endpoints on; `policies` for a policy directory of one's own."""
+
+    def start(policies: Path | None = None, **tracing: Any) -> Any:
+        settings = {"enabled": True, "otlp_endpoint": otlp.url, "sample_ratio": 1.0, **tracing}
+        decisions = {"enabled": True, "listen": {"host": "127.0.0.1", "port": 0}}
+        config = make_config(
+            tmp_path, database_url, upstream.url, policies, tracing=settings, decisions=decisions
+        )
+        return running_gateway(config)
+
+    return start
+
+
+@pytest.fixture
+async def gateway(traced: Start) -> AsyncIterator[RunningGateway]:
+    async with traced() as running:
         yield running
 
 
@@ -99,14 +113,9 @@ async def test_a_cached_key_makes_no_lookup_span_and_a_refusal_says_why(
 
 
 async def test_a_client_traceparent_is_continued_with_its_sampling_decision(
-    tmp_path: Path,
-    database_url: str,
-    upstream: RecordingUpstream,
-    otlp: OtlpReceiver,
-    http: aiohttp.ClientSession,
+    traced: Start, upstream: RecordingUpstream, otlp: OtlpReceiver, http: aiohttp.ClientSession
 ) -> None:
-    config = traced(tmp_path, database_url, upstream.url, otlp.url, sample_ratio=0.0)
-    async with running_gateway(config) as gateway:
+    async with traced(sample_ratio=0.0) as gateway:
         # Sampled by the client: recorded though the gateway's own ratio is 0.
         parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
         headers = {"traceparent": parent, "tracestate": "vendor=1"}
@@ -157,18 +166,10 @@ async def test_the_decision_endpoints_trace_the_request_they_were_asked_about(
 
 
 async def test_a_collector_that_is_down_or_slow_never_holds_a_request_and_drops_are_counted(
-    tmp_path: Path,
-    database_url: str,
-    upstream: RecordingUpstream,
-    otlp: OtlpReceiver,
-    http: aiohttp.ClientSession,
+    traced: Start, otlp: OtlpReceiver, http: aiohttp.ClientSession
 ) -> None:
     otlp.delay = 30  # a collector that takes the batch and never answers in time
-    config = traced(
-        tmp_path, database_url, upstream.url, otlp.url,
-        max_queue_size=8, export_timeout_seconds=1,
-    )  # fmt: skip
-    async with running_gateway(config) as gateway:
+    async with traced(max_queue_size=8, export_timeout_seconds=1) as gateway:
         slowest = 0.0
         for _ in range(200):
             started = time.perf_counter()
@@ -214,7 +215,7 @@ async def test_tracing_off_leaves_the_client_trace_context_alone(
 
 async def test_a_websocket_handshake_carries_the_trace_and_its_span_ends_at_the_hand_over(
     tmp_path: Path,
-    database_url: str,
+    traced: Start,
     upstream: RecordingUpstream,
     otlp: OtlpReceiver,
     http: aiohttp.ClientSession,
@@ -222,9 +223,7 @@ async def test_a_websocket_handshake_carries_the_trace_and_its_span_ends_at_the_
     policies = routes_dir(
         tmp_path, "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, public: true}\n"
     )
-    settings = {"enabled": True, "otlp_endpoint": otlp.url, "sample_ratio": 1.0}
-    config = make_config(tmp_path, database_url, upstream.url, policies, tracing=settings)
-    async with running_gateway(config) as gateway:
+    async with traced(policies) as gateway:
         async with http.ws_connect(gateway.proxy + "/ws") as ws:
             await ws.send_str("hello")
             assert await ws.receive_str(timeout=2) == "echo:hello"
