@@ -48,21 +48,30 @@ class Authenticator:
         self._signer = signer
         self._prefix = prefix
 
-    async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal | Awaitable[Principal]:
+        """The principal at once for a cached API key (no coroutine on the hot path),
+        else an awaitable of it; raises the 401 at once when it can tell."""
         token = credential(headers)
         if token is None:
             raise unauthorized("missing-credential", "missing credential")
         if token.count(".") == 2:
-            return await self._actor_token(token)
-        return await self._api_key(token)
-
-    async def _api_key(self, token: str) -> Principal:
+            return self._actor_token(token)
         if not key_format.is_well_formed(token, self._prefix):
             raise unauthorized("malformed-credential", "malformed credential")
         digest = key_format.digest(token)
         record = self._store.cached_by_hash(digest)
         if record is MISSING:
-            record = await self._lookup(self._store.by_hash(digest))
+            return self._looked_up(digest)
+        return self._accepted(record)
+
+    async def principal(self, headers: CIMultiDictProxy[str]) -> Principal:
+        found = self.authenticate(headers)
+        return found if isinstance(found, Principal) else await found
+
+    async def _looked_up(self, digest: bytes) -> Principal:
+        return self._accepted(await self._lookup(self._store.by_hash(digest)))
+
+    def _accepted(self, record: KeyRecord | None) -> Principal:
         if record is None:
             raise unauthorized("unknown-credential", "unknown credential")
         self._check_status(record, "")

@@ -5,6 +5,7 @@ other check passed, so a refused request spends nothing."""
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from gateway.credits.ledger import UNLIMITED, CreditLedger, CreditsExhausted, CreditsUnavailable
@@ -12,15 +13,24 @@ from gateway.keys.principal import CreditAccount
 from gateway.problems import Problem, database_unavailable
 
 
-async def charge(ledger: CreditLedger, account: CreditAccount, cost: int) -> int | None:
+def charge(
+    ledger: CreditLedger, account: CreditAccount, cost: int
+) -> int | Awaitable[int | None] | None:
     """Spend `cost` credits; the balance after (for X-Credits-Remaining), or None when
     there is nothing to say (a free route before the key's first paid request, or a key
-    that turned out to be unlimited)."""
+    that turned out to be unlimited). From the share this process holds at once;
+    an awaitable only when the share must be fetched first."""
     if cost == 0:
         return ledger.balance(account.key_id)
     left = ledger.try_spend(account.key_id, cost)
     if left is not None:
         return left
+    return _charge_after_fetch(ledger, account, cost)
+
+
+async def _charge_after_fetch(
+    ledger: CreditLedger, account: CreditAccount, cost: int
+) -> int | None:
     try:
         left = await ledger.spend(account.key_id, cost)
     except CreditsExhausted:

@@ -24,6 +24,8 @@ from gateway.problems import Problem, database_unavailable
 from gateway.ratelimit.limiter import LimitState, RateLimiter
 from gateway.tracing.spans import RequestTrace
 
+_NO_MEMBERSHIPS: frozenset[tuple[str, str]] = frozenset()
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -102,28 +104,36 @@ class Decider:
         route = match.route
         outcome.route = route.name
         outcome.template = route.template
-        limited = bool(route.rate_limits)
-        if limited:
-            outcome.limits = LimitState()
-            await self._limiter.before_authentication(route, client, outcome.limits)
+        limits = LimitState(route.rate_limit_policy) if route.rate_limits else None
+        if limits is not None:
+            outcome.limits = limits
+            pending = self._limiter.before_authentication(route, client, limits)
+            if pending is not None:
+                await pending
         if route.public:
             return Decision(route, None)
-        principal = await self._authn.authenticate(headers)
+        found = self._authn.authenticate(headers)
+        principal = found if isinstance(found, Principal) else await found
         outcome.principal = principal
         check_address(principal, client)
-        await self._authorize(principal, match)
-        if limited:
-            assert outcome.limits is not None
-            await self._limiter.after_authorization(route, principal, outcome.limits)
+        if route.member_of:
+            await self._authorize_member(principal, match)
+        else:
+            authorize(principal.scopes, match, _NO_MEMBERSHIPS)
+        if limits is not None:
+            pending = self._limiter.after_authorization(route, principal, limits)
+            if pending is not None:
+                await pending
         if principal.credits is not None:
-            outcome.credits_left = await charge(self._ledger, principal.credits, route.cost)
+            left = charge(self._ledger, principal.credits, route.cost)
+            outcome.credits_left = left if left is None or isinstance(left, int) else await left
             if outcome.credits_left is not None:
                 outcome.credits_spent = route.cost
         return Decision(route, principal)
 
-    async def _authorize(self, principal: Principal, match: Match) -> None:
-        memberships: frozenset[tuple[str, str]] = frozenset()
-        if match.route.member_of and match.route.scopes <= principal.scopes:
+    async def _authorize_member(self, principal: Principal, match: Match) -> None:
+        memberships = _NO_MEMBERSHIPS
+        if match.route.scopes <= principal.scopes:
             try:
                 memberships = await self._store.memberships(principal.user_id)
             except StoreUnavailable:

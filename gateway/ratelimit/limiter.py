@@ -5,8 +5,7 @@ limited route. `by: ip` limits run before authentication, the others after autho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from gateway.keys.principal import Principal
@@ -23,31 +22,37 @@ class Backend(Protocol):
     async def take(self, asks: Sequence[Ask]) -> list[Verdict]: ...
 
 
-@dataclass(slots=True)
 class LimitState:
     """What a request's limits said so far: the headers every response of it carries."""
 
-    headers: dict[str, str] = field(default_factory=dict)
-    closest: Verdict | None = None
+    __slots__ = ("closest", "headers")
+
+    def __init__(self, policy: str) -> None:
+        self.headers = {"RateLimit-Policy": policy}
+        self.closest: Verdict | None = None
 
 
 class RateLimiter:
+    """Each check returns None once decided, or an awaitable to await for the verdict:
+    the local backend decides at once, so a limited route costs it no coroutine."""
+
     def __init__(self, backend: Backend, metrics: Metrics) -> None:
         self.backend = backend
         self._metrics = metrics
-        # The local backend answers at once: no coroutine per request for it.
         self._local = backend if isinstance(backend, LocalBackend) else None
 
-    async def before_authentication(self, route: Route, client: str, state: LimitState) -> None:
-        state.headers["RateLimit-Policy"] = route.rate_limit_policy
-        if route.address_limits:
-            await self._admit([(limit, client) for limit in route.address_limits], state)
+    def before_authentication(
+        self, route: Route, client: str, state: LimitState
+    ) -> Awaitable[None] | None:
+        if not route.address_limits:
+            return None
+        return self._admit([(limit, client) for limit in route.address_limits], state)
 
-    async def after_authorization(
+    def after_authorization(
         self, route: Route, principal: Principal | None, state: LimitState
-    ) -> None:
+    ) -> Awaitable[None] | None:
         if principal is None or not route.identity_limits:
-            return
+            return None
         limits = route.identity_limits
         own = principal.limits
         if own is not None and any(limit.name in own for limit in limits):
@@ -60,14 +65,17 @@ class RateLimiter:
             (limit, principal.key_id if limit.by == "key" else principal.user_id)
             for limit in limits
         ]
-        await self._admit(asks, state)
+        return self._admit(asks, state)
 
-    async def _admit(self, asks: list[Ask], state: LimitState) -> None:
+    def _admit(self, asks: list[Ask], state: LimitState) -> Awaitable[None] | None:
+        if self._local is not None:
+            self._settle(self._local.take_now(asks), state)
+            return None
+        return self._admit_shared(asks, state)
+
+    async def _admit_shared(self, asks: list[Ask], state: LimitState) -> None:
         try:
-            if self._local is not None:
-                verdicts = self._local.take_now(asks)
-            else:
-                verdicts = await self.backend.take(asks)
+            verdicts = await self.backend.take(asks)
         except BackendUnavailable:
             raise Problem(
                 503,
@@ -75,6 +83,10 @@ class RateLimiter:
                 "rate limits cannot be checked right now; retry shortly",
                 headers={"Retry-After": "1"},
             ) from None
+        self._settle(verdicts, state)
+
+    def _settle(self, verdicts: list[Verdict], state: LimitState) -> None:
+        """The headers of the limit closest to refusing; the 429 when one refused."""
         refused = [verdict for verdict in verdicts if not verdict.allowed]
         if refused:
             closest = refused[0]
