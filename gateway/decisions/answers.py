@@ -4,32 +4,25 @@ from __future__ import annotations
 
 from gateway.edge.decide import Decision
 from gateway.http1.messages import Reply
+from gateway.http1.wire import encode_headers
 from gateway.problems import Problem
 
 NO_STORE = {"Cache-Control": "no-store"}
-IDENTITY_HEADERS = (
-    "X-Gateway-User-Id",
-    "X-Gateway-Key-Id",
-    "X-Gateway-Scopes",
-    "X-Gateway-Auth",
-    "X-Gateway-Route",
-)
+IDENTITY_HEADERS = ("X-Gateway-User-Id", "X-Gateway-Key-Id", "X-Gateway-Scopes", "X-Gateway-Auth")
+_NOBODY = encode_headers(dict.fromkeys(IDENTITY_HEADERS, ""))
 
 
 def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> Reply:
     """200, empty; every identity header present (empty on a public route), so the
     front proxy overwrites whatever copy a client sent."""
     principal = decision.principal
-    values = (
-        (principal.user_id, principal.key_id, principal.scope_header, principal.auth)
-        if principal is not None
-        else ("", "", "", "")
-    )
-    headers = dict(zip(IDENTITY_HEADERS, (*values, decision.route.name), strict=True))
-    headers.update(limits)
+    headers = {"X-Gateway-Route": decision.route.name, **limits}
     if principal is not None and principal.expires_header is not None:
         headers["X-Key-Expires-At"] = principal.expires_header
-    return Reply(200, {**headers, "X-Request-Id": request_id, **NO_STORE})
+    headers["X-Request-Id"] = request_id
+    headers.update(NO_STORE)
+    identity = principal.identity_lines if principal is not None else _NOBODY
+    return Reply(200, headers, header_lines=identity)
 
 
 def refuse(endpoint: str, problem: Problem, request_id: str, limits: dict[str, str]) -> Reply:

@@ -185,7 +185,7 @@ class Exchange:
         self.write(self.head(status, reason, header_lines, framing) + send)
 
     def reply(self, reply: Reply, extra: dict[str, str]) -> None:
-        lines = encode_headers({**reply.headers, **extra})
+        lines = reply.header_lines + encode_headers({**reply.headers, **extra})
         self.respond(reply.status, reason_phrase(reply.status), lines, reply.body)
 
     def problem(self, problem: Problem, request_id: str, headers: dict[str, str]) -> None:

@@ -83,13 +83,17 @@ class Incoming(Protocol):
     def scheme(self) -> str: ...  # http or https as the client spoke it: X-Forwarded-Proto
 
 
-def _added_headers(request: Incoming, identity: Identity, request_id: str) -> list[tuple[str, str]]:
-    added = [
+def _forwarding_headers(request: Incoming, request_id: str) -> list[tuple[str, str]]:
+    return [
         ("X-Forwarded-For", request.client or "unknown"),
         ("X-Forwarded-Proto", request.scheme),
         ("X-Forwarded-Host", request.headers.get("Host", "")),
         ("X-Request-Id", request_id),
     ]
+
+
+def _added_headers(request: Incoming, identity: Identity, request_id: str) -> list[tuple[str, str]]:
+    added = _forwarding_headers(request, request_id)
     principal = identity.principal
     if principal is not None and identity.headers:
         added += [
@@ -132,11 +136,15 @@ def request_head(
     for name, value in request.raw_headers:  # inline: this runs for every header of every request
         if not _never_forwarded(name) and not (named and folded(name) in named):
             parts += (name, b": ", value, b"\r\n")
-    added = _added_headers(request, identity, request_id)
+    added = _forwarding_headers(request, request_id)
+    if identity.token is not None:
+        added.append(("X-Gateway-Identity", identity.token))
     if propagated:
         added += propagated
     for name_text, text in added:
         parts.append(b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape")))
+    if identity.principal is not None and identity.headers:
+        parts.append(identity.principal.identity_lines)
     parts.append(framing)
     parts.append(b"\r\n")
     return b"".join(parts)

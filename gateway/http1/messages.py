@@ -17,6 +17,7 @@ class Reply:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    header_lines: bytes = b""  # header lines already encoded, each ending in CRLF
 
     @classmethod
     def of(

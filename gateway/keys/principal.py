@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
@@ -34,6 +34,16 @@ class Principal:
     # This key's own numbers for named `by: key` limits, by name (the key's rate_limits).
     limits: dict[str, RateLimit] | None = None
     credits: CreditAccount | None = None  # None: unlimited
+    # The X-Gateway-User-Id, -Key-Id, -Scopes and -Auth header lines, as bytes: built
+    # once per credential (a key's principal lives in the cache), not per request.
+    identity_lines: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lines = (
+            f"X-Gateway-User-Id: {self.user_id}\r\nX-Gateway-Key-Id: {self.key_id}\r\n"
+            f"X-Gateway-Scopes: {self.scope_header}\r\nX-Gateway-Auth: {self.auth}\r\n"
+        )
+        object.__setattr__(self, "identity_lines", lines.encode("utf-8", "surrogateescape"))
 
     def allows_address(self, client: str) -> bool:
         """Whether the client address is in the key's allowed networks (any, when none)."""

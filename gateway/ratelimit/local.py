@@ -28,16 +28,9 @@ class LocalBackend:
 
     def take_now(self, asks: Sequence[Ask]) -> list[Verdict]:
         """Admit (charging every limit) only if every limit admits; else charge nothing."""
-        now = self._clock()
         if len(asks) == 1:  # the common case, without the bookkeeping for several
-            limit, subject = asks[0]
-            key = (limit.identity, subject)
-            new_tat, verdict = decide(limit, self._tat.get(key), now)
-            if verdict.allowed:
-                self._tat[key] = new_tat
-                if len(self._tat) > self._max:
-                    self._make_room(now)
-            return [verdict]
+            return [self.take_one(*asks[0])]
+        now = self._clock()
         decided = []
         for limit, subject in asks:
             key = (limit.identity, subject)
@@ -49,6 +42,17 @@ class LocalBackend:
             if len(self._tat) > self._max:
                 self._make_room(now)
         return [verdict for _, _, verdict in decided]
+
+    def take_one(self, limit: RateLimit, subject: str) -> Verdict:
+        """One limit: admit (and charge) or not."""
+        now = self._clock()
+        key = (limit.identity, subject)
+        new_tat, verdict = decide(limit, self._tat.get(key), now)
+        if verdict.allowed:
+            self._tat[key] = new_tat
+            if len(self._tat) > self._max:
+                self._make_room(now)
+        return verdict
 
     def sweep(self) -> int:
         """Drop subjects whose quota is whole again; returns how many remain."""
