@@ -5,10 +5,10 @@ from __future__ import annotations
 from gateway.edge.decide import Decision
 from gateway.http1.messages import Reply
 from gateway.http1.wire import encode_headers
+from gateway.keys.principal import IDENTITY_HEADERS
 from gateway.problems import Problem
 
 NO_STORE = {"Cache-Control": "no-store"}
-IDENTITY_HEADERS = ("X-Gateway-User-Id", "X-Gateway-Key-Id", "X-Gateway-Scopes", "X-Gateway-Auth")
 _NOBODY = encode_headers(dict.fromkeys(IDENTITY_HEADERS, ""))
 
 

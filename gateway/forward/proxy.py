@@ -96,12 +96,7 @@ def _added_headers(request: Incoming, identity: Identity, request_id: str) -> li
     added = _forwarding_headers(request, request_id)
     principal = identity.principal
     if principal is not None and identity.headers:
-        added += [
-            ("X-Gateway-User-Id", principal.user_id),
-            ("X-Gateway-Key-Id", principal.key_id),
-            ("X-Gateway-Scopes", principal.scope_header),
-            ("X-Gateway-Auth", principal.auth),
-        ]
+        added += principal.identity_headers()
     if identity.token is not None:
         added.append(("X-Gateway-Identity", identity.token))
     return added

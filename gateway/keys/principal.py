@@ -10,6 +10,8 @@ from gateway.credits.refill import Refill
 from gateway.policy.ratelimits import RateLimit
 
 AuthKind = Literal["api_key", "actor_token"]
+# What the upstream (or a front proxy) is told of who a request speaks for (§6).
+IDENTITY_HEADERS = ("X-Gateway-User-Id", "X-Gateway-Key-Id", "X-Gateway-Scopes", "X-Gateway-Auth")
 Network = IPv4Network | IPv6Network
 
 
@@ -39,11 +41,13 @@ class Principal:
     identity_lines: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        lines = (
-            f"X-Gateway-User-Id: {self.user_id}\r\nX-Gateway-Key-Id: {self.key_id}\r\n"
-            f"X-Gateway-Scopes: {self.scope_header}\r\nX-Gateway-Auth: {self.auth}\r\n"
-        )
+        lines = "".join(f"{name}: {value}\r\n" for name, value in self.identity_headers())
         object.__setattr__(self, "identity_lines", lines.encode("utf-8", "surrogateescape"))
+
+    def identity_headers(self) -> list[tuple[str, str]]:
+        """`IDENTITY_HEADERS` with this principal's values."""
+        values = (self.user_id, self.key_id, self.scope_header, self.auth)
+        return list(zip(IDENTITY_HEADERS, values, strict=True))
 
     def allows_address(self, client: str) -> bool:
         """Whether the client address is in the key's allowed networks (any, when none)."""

@@ -44,13 +44,9 @@ class RateLimiter:
     def before_authentication(
         self, route: Route, client: str, state: LimitState
     ) -> Awaitable[None] | None:
-        limits = route.address_limits
-        if not limits:
+        if not route.address_limits:
             return None
-        if len(limits) == 1 and self._local is not None:
-            self._settle_one(self._local.take_one(limits[0], client), state)
-            return None
-        return self._admit([(limit, client) for limit in limits], state)
+        return self._admit([(limit, client) for limit in route.address_limits], state)
 
     def after_authorization(
         self, route: Route, principal: Principal | None, state: LimitState
@@ -65,12 +61,6 @@ class RateLimiter:
             limits = tuple(own.get(limit.name, limit) for limit in limits)
             named = {limit.name: limit for limit in (*route.address_limits, *limits)}
             state.headers["RateLimit-Policy"] = policy_header(tuple(named.values()))
-        if len(limits) == 1 and self._local is not None:
-            # The common case, without the lists: a few µs count on every request.
-            limit = limits[0]
-            subject = principal.key_id if limit.by == "key" else principal.user_id
-            self._settle_one(self._local.take_one(limit, subject), state)
-            return None
         asks = [
             (limit, principal.key_id if limit.by == "key" else principal.user_id)
             for limit in limits
@@ -78,10 +68,13 @@ class RateLimiter:
         return self._admit(asks, state)
 
     def _admit(self, asks: list[Ask], state: LimitState) -> Awaitable[None] | None:
-        if self._local is not None:
+        if self._local is None:
+            return self._admit_shared(asks, state)
+        if len(asks) == 1:  # the common case, in short
+            self._settle_one(self._local.take_one(*asks[0]), state)
+        else:
             self._settle(self._local.take_now(asks), state)
-            return None
-        return self._admit_shared(asks, state)
+        return None
 
     async def _admit_shared(self, asks: list[Ask], state: LimitState) -> None:
         try:
