@@ -8,14 +8,15 @@ now. A refused request changes nothing.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from gateway.policy.ratelimits import RateLimit
 
 _EPSILON = 1e-9  # float slack, so exactly `burst` requests at one instant all fit
 
 
-class Verdict(NamedTuple):  # a tuple: cheap to make once per limit per request
+@dataclass(slots=True)  # made once per limit per request: a NamedTuple's __new__ costs twice this
+class Verdict:
     limit: RateLimit
     allowed: bool
     remaining: int  # requests still admitted right now
@@ -42,5 +43,7 @@ def whole_seconds(seconds: float) -> int:
 
 def state_header(verdict: Verdict) -> str:
     """`RateLimit`: the limit closest to refusing, its remaining quota and reset."""
-    seconds = verdict.retry_after if not verdict.allowed else verdict.reset
-    return f'"{verdict.limit.name}";r={verdict.remaining};t={whole_seconds(seconds)}'
+    seconds = verdict.reset if verdict.allowed else verdict.retry_after
+    # whole_seconds() inline (it runs on every response of a limited route): the
+    # seconds are never negative, so the ceiling needs no floor at 0.
+    return f'"{verdict.limit.name}";r={verdict.remaining};t={math.ceil(seconds - _EPSILON)}'

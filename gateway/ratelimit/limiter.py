@@ -44,9 +44,13 @@ class RateLimiter:
     def before_authentication(
         self, route: Route, client: str, state: LimitState
     ) -> Awaitable[None] | None:
-        if not route.address_limits:
+        limits = route.address_limits
+        if not limits:
             return None
-        return self._admit([(limit, client) for limit in route.address_limits], state)
+        if self._local is not None and len(limits) == 1:  # the common case, in short
+            self._settle_one(self._local.take_one(limits[0], client), state)
+            return None
+        return self._admit([(limit, client) for limit in limits], state)
 
     def after_authorization(
         self, route: Route, principal: Principal | None, state: LimitState
@@ -61,6 +65,11 @@ class RateLimiter:
             limits = tuple(own.get(limit.name, limit) for limit in limits)
             named = {limit.name: limit for limit in (*route.address_limits, *limits)}
             state.headers["RateLimit-Policy"] = policy_header(tuple(named.values()))
+        if self._local is not None and len(limits) == 1:  # the common case, in short
+            limit = limits[0]
+            subject = principal.key_id if limit.by == "key" else principal.user_id
+            self._settle_one(self._local.take_one(limit, subject), state)
+            return None
         asks = [
             (limit, principal.key_id if limit.by == "key" else principal.user_id)
             for limit in limits
@@ -70,10 +79,7 @@ class RateLimiter:
     def _admit(self, asks: list[Ask], state: LimitState) -> Awaitable[None] | None:
         if self._local is None:
             return self._admit_shared(asks, state)
-        if len(asks) == 1:  # the common case, in short
-            self._settle_one(self._local.take_one(*asks[0]), state)
-        else:
-            self._settle(self._local.take_now(asks), state)
+        self._settle(self._local.take_now(asks), state)
         return None
 
     async def _admit_shared(self, asks: list[Ask], state: LimitState) -> None:
