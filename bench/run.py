@@ -748,9 +748,12 @@ def _against_reference(results: dict[tuple[str, int, str], list[dict[str, float]
             reference = results.get((against, connections, body))
             if name != row or not reference:
                 continue
-            ours = statistics.median(r["rps"] for r in runs)
-            theirs = statistics.median(r["rps"] for r in reference)
-            out.append(f"{said}, {connections} connections, {body}: {ours / theirs:.2f}x")
+            # Paired by round (the two ran minutes apart at most, on the same machine
+            # state): the median of the rounds' ratios, and their spread.
+            ratios = sorted(r["rps"] / t["rps"] for r, t in zip(runs, reference, strict=False))
+            spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+            median = statistics.median(ratios)
+            out.append(f"{said}, {connections} connections, {body}: {median:.2f}x{spread}")
     return out
 
 
