@@ -26,7 +26,7 @@ class Asking(Protocol):
     def headers(self) -> CIMultiDictProxy[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see `http1.framing.Data`
 class Asked:
     """The original request a decision is asked about."""
 
@@ -37,15 +37,15 @@ class Asked:
     client: str
 
 
-def _one(request: Asking, name: str) -> str | None:
-    values = request.headers.getall(name, [])
+def _one(headers: CIMultiDictProxy[str], name: str) -> str | None:
+    values = headers.getall(name, ())
     if len(values) > 1:
         raise Problem(400, "ambiguous-original-request", f"{name} is repeated")
     return values[0] if values else None
 
 
-def _required(request: Asking, name: str) -> str:
-    value = _one(request, name)
+def _required(headers: CIMultiDictProxy[str], name: str) -> str:
+    value = _one(headers, name)
     if not value:
         raise Problem(400, "missing-original-request", f"{name} is missing")
     return value
@@ -58,23 +58,25 @@ def _last_hop(forwarded_for: str | None) -> str:
 
 def auth_request(request: Asking) -> Asked:
     """nginx `auth_request`, with the headers of the README's configuration."""
+    headers = request.headers
     return Asked(
-        method=_required(request, "X-Original-Method"),
-        uri=_required(request, "X-Original-URI"),
-        host=_one(request, "X-Original-Host") or "",
-        proto=_one(request, "X-Original-Proto") or "",
-        client=_one(request, "X-Original-IP") or "",
+        method=_required(headers, "X-Original-Method"),
+        uri=_required(headers, "X-Original-URI"),
+        host=_one(headers, "X-Original-Host") or "",
+        proto=_one(headers, "X-Original-Proto") or "",
+        client=_one(headers, "X-Original-IP") or "",
     )
 
 
 def forward_auth(request: Asking) -> Asked:
     """Traefik ForwardAuth and Caddy `forward_auth`."""
+    headers = request.headers
     return Asked(
-        method=_required(request, "X-Forwarded-Method"),
-        uri=_required(request, "X-Forwarded-Uri"),
-        host=_one(request, "X-Forwarded-Host") or "",
-        proto=_one(request, "X-Forwarded-Proto") or "",
-        client=_last_hop(_one(request, "X-Forwarded-For")),
+        method=_required(headers, "X-Forwarded-Method"),
+        uri=_required(headers, "X-Forwarded-Uri"),
+        host=_one(headers, "X-Forwarded-Host") or "",
+        proto=_one(headers, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(headers, "X-Forwarded-For")),
     )
 
 
@@ -84,12 +86,13 @@ def ext_authz(request: Asking) -> Asked:
     uri = request.raw_path[len(EXT_AUTHZ_PREFIX) :]
     if not uri.startswith("/"):
         raise Problem(400, "missing-original-request", "no original path after the prefix")
+    headers = request.headers
     return Asked(
         method=request.method,
         uri=uri,
-        host=_one(request, "Host") or "",
-        proto=_one(request, "X-Forwarded-Proto") or "",
-        client=_last_hop(_one(request, "X-Forwarded-For")),
+        host=_one(headers, "Host") or "",
+        proto=_one(headers, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(headers, "X-Forwarded-For")),
     )
 
 

@@ -60,7 +60,7 @@ def check_address(principal: Principal, client: str) -> None:
         raise Problem(403, "address-not-allowed", "this key may not be used from this address")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see `http1.framing.Data`
 class Decision:
     """An allowed request: its route and, unless the route is public, who it is."""
 

@@ -419,7 +419,8 @@ class InboundConnection(asyncio.Protocol):
         self._reader.next_request()
         self.resume_reading()
         self._header_deadline.set(self.lane.header_timeout)
-        self._read_events()
+        if self._reader.buffered:
+            self._read_events()  # a pipelined request (else the next bytes bring it)
 
     def switch(self, protocol: asyncio.Protocol, head: bytes) -> None:
         transport = self._transport

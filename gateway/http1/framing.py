@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like every value made per request or per read (`Head`, `Target`, `Match`,
+# `Decision`, `Asked`): a frozen dataclass sets each field through object.__setattr__,
+# five times the cost of a plain slotted __init__ (1.07 against 0.21 µs for nine fields).
+@dataclass(slots=True)
 class Data:
     """A piece of the request body."""
 

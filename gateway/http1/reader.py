@@ -58,7 +58,7 @@ class State(Enum):
     ERROR = "error"  # the bytes are not HTTP/1.1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see `framing.Data`
 class Head:
     """A request line and its header fields, as received."""
 

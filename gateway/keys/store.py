@@ -160,7 +160,12 @@ class _Cache:
         self.observer = observer
 
     def get(self, key: Hashable) -> Any:
-        value = self.entries.get(key, _MISSING)
+        try:
+            # Indexing, not TTLCache.get(): half the Python calls inside cachetools on a
+            # hit (get() wraps the same lookup in its timer's context manager).
+            value = self.entries[key]
+        except KeyError:  # absent or expired
+            value = _MISSING
         self.observer.cache_event(self.name, "miss" if value is _MISSING else "hit")
         return value
 

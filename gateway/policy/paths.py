@@ -50,7 +50,7 @@ _QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
 _SERVED = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see `http1.framing.Data`
 class Target:
     raw: str  # path and query exactly as received, forwarded byte for byte
     path: str  # the raw path, without the query

@@ -41,7 +41,7 @@ class Route:
         return method in self.methods or ANY_METHOD in self.methods
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: see `http1.framing.Data`
 class Match:
     route: Route
     params: dict[str, str]
