@@ -76,8 +76,8 @@ class Pipeline:
         if self._clients.enabled:
             exchange.client = self._clients.of(exchange.peer, exchange.headers)
             exchange.scheme = self._clients.scheme(exchange.peer, exchange.headers, exchange.scheme)
-        owned = await self._gateway_owned(exchange, target.path, outcome, rid)
-        if owned is not None:
+        if self._owns(target.path):
+            owned = await self._gateway_owned(exchange, target.path, outcome, rid)
             exchange.reply(owned, {"X-Request-Id": rid, **cors})
             return
         decision = await self._decider.decide(
@@ -109,18 +109,25 @@ class Pipeline:
         token = self._identity_tokens.token(principal, upstream)
         return Identity(principal, headers=mode == "both", token=token)
 
+    def _owns(self, path: str) -> bool:
+        """A path the gateway answers itself, before any policy route (checked without
+        a coroutine: nearly every request is not one)."""
+        return (
+            path in (MINT_PATH, JWKS_PATH)
+            or (self._leaks is not None and path == self._leaks.path)
+            or (self._self_service is not None and self._self_service.owns(path))
+        )
+
     async def _gateway_owned(
         self, request: Exchange, path: str, outcome: Outcome, rid: str
-    ) -> Reply | None:
-        """The paths the gateway answers itself, before any policy route."""
+    ) -> Reply:
+        """The answer to a path `_owns`."""
         if self._self_service is not None and self._self_service.owns(path):
             outcome.route = "self-service"
             return await self._self_service.handle(request, path, outcome, rid)
         if self._leaks is not None and path == self._leaks.path:
             outcome.route = "leak-reports"
             return await self._leaks.handle(request)
-        if path not in (MINT_PATH, JWKS_PATH):
-            return None
         outcome.route = path
         expected = "POST" if path == MINT_PATH else "GET"
         if request.method != expected:

@@ -123,6 +123,7 @@ class Metrics:
                 self._cache_children[event].inc(count)
                 self._cache_counts[event] = 0
         pending, self._pending = self._pending, []
+        counted: dict[Any, int] = {}  # a counter's child → its requests in this batch
         for route, status, seconds, reason, endpoint in pending:
             children = self._request_children.get((route, status, endpoint))
             if children is None:
@@ -131,10 +132,12 @@ class Metrics:
                     self.latency.labels(route, endpoint),
                 )
                 self._request_children[route, status, endpoint] = children
-            children[0].inc()
-            children[1].observe(seconds)
+            counted[children[0]] = counted.get(children[0], 0) + 1
+            children[1].observe(seconds)  # a histogram has no observe-many
             if reason is not None:
                 self.denials.labels(reason).inc()
+        for child, count in counted.items():
+            child.inc(count)
 
     def render(self) -> bytes:
         self.drain()
