@@ -42,11 +42,11 @@ count: $(STAMP)
 # The hardening battery at the issue's full sizes (30 s database cut, 10,000 faulty
 # upstream requests, 100,000 random keys, 500 + 500 slow clients).
 soak: $(STAMP)
-	GATEWAY_SOAK=1 $(BIN)/pytest tests/hardening tests/e2e/test_demo.py -s
+	GATEWAY_SOAK=1 $(BIN)/pytest --timeout=3600 tests/hardening tests/e2e/test_demo.py -s
 
 # Several hosts as network namespaces (root): the loads of tests/cluster at full length.
 cluster: $(STAMP)
-	GATEWAY_CLUSTER_FULL=1 $(BIN)/pytest tests/cluster -s
+	GATEWAY_CLUSTER_FULL=1 $(BIN)/pytest --timeout=3600 tests/cluster -s
 
 # Coverage-guided fuzzing (atheris) of the key parser, the path canonicaliser and the
 # policy loader, FUZZ_RUNS executions each.

@@ -43,13 +43,20 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
+STOP_SECONDS = 5.0
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    """Stop background loops. Bounded: a loop whose library swallowed the cancellation
+    must not hold shutdown forever (it is logged and left to die with the process)."""
     for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    _, running = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+    for task in running:
+        log.error("background task %s did not stop within %s s", task.get_name(), STOP_SECONDS)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.result()  # a loop that failed says so, as awaiting it did
 
 
 @contextlib.asynccontextmanager
