@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,12 +32,11 @@ from run import (
     ADMIN_TOKEN,
     OUT,
     PY,
-    _admin,
-    _with_db,
     certificates,
     gateway_config,
     nginx_conf,
     process,
+    scratch_database,
     seed,
     wait_http,
 )
@@ -160,18 +158,9 @@ def main() -> None:
     if missing:
         sys.exit(f"bench: needs {' and '.join(missing)} (apt-get install valgrind nginx-light)")
     OUT.mkdir(exist_ok=True)
-    if not args.database_url:
-        from gateway.database import start_embedded
-
-        args.database_url = start_embedded(OUT / "pgdata", cleanup_mode="stop")
-    db_name = f"gw_count_{uuid.uuid4().hex[:6]}"
-    asyncio.run(_admin(args.database_url, f"CREATE DATABASE {db_name}"))
-    database_url = _with_db(args.database_url, db_name)
-    try:
+    with scratch_database(args.database_url, "count") as database_url:
         for row, per_request in measure(database_url, args.requests).items():
             print(f"{row:>9}: {per_request:,.0f} instructions per request")
-    finally:
-        asyncio.run(_admin(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
 
 
 if __name__ == "__main__":

@@ -401,17 +401,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    if not args.database_url:
+    with scratch_database(args.database_url, "bench") as database_url:
+        run(args, database_url)
+
+
+@contextmanager
+def scratch_database(server_url: str | None, tag: str) -> Iterator[str]:
+    """A database of the run's own on that server (the embedded one when none), dropped
+    afterwards."""
+    if not server_url:
         from gateway.database import start_embedded
 
-        args.database_url = start_embedded(OUT / "pgdata", cleanup_mode="stop")
-    db_name = f"gw_bench_{uuid.uuid4().hex[:6]}"
-    asyncio.run(_admin(args.database_url, f"CREATE DATABASE {db_name}"))
-    database_url = _with_db(args.database_url, db_name)
+        server_url = start_embedded(OUT / "pgdata", cleanup_mode="stop")
+    name = f"gw_{tag}_{uuid.uuid4().hex[:6]}"
+    asyncio.run(_admin(server_url, f"CREATE DATABASE {name}"))
     try:
-        run(args, database_url)
+        yield _with_db(server_url, name)
     finally:
-        asyncio.run(_admin(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+        asyncio.run(_admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def _admin(url: str, sql: str) -> None:
