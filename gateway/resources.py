@@ -46,14 +46,14 @@ log = logging.getLogger("gateway")
 STOP_SECONDS = 5.0
 
 
-async def _cancel(*tasks: asyncio.Task[None]) -> None:
+async def stop_background(*tasks: asyncio.Task[None], within: float = STOP_SECONDS) -> None:
     """Stop background loops. Bounded: a loop whose library swallowed the cancellation
     must not hold shutdown forever (it is logged and left to die with the process)."""
     for task in tasks:
         task.cancel()
-    _, running = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+    _, running = await asyncio.wait(tasks, timeout=within)
     for task in running:
-        log.error("background task %s did not stop within %s s", task.get_name(), STOP_SECONDS)
+        log.error("background task %s did not stop within %s s", task.get_name(), within)
     for task in tasks:
         if task.done() and not task.cancelled():
             task.result()  # a loop that failed says so, as awaiting it did
@@ -121,7 +121,7 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(*tasks)
+        await stop_background(*tasks)
         await store.flush_last_used()
 
 
@@ -155,7 +155,7 @@ async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(task)
+        await stop_background(task)
 
 
 @contextlib.asynccontextmanager
@@ -175,7 +175,7 @@ async def open_credits(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(task)
+        await stop_background(task)
         try:
             await ledger.give_back()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -206,7 +206,7 @@ async def open_usage(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(task)
+        await stop_background(task)
         await counter.flush(gw.pool)
 
 
@@ -231,7 +231,7 @@ async def open_webhooks(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(*tasks)
+        await stop_background(*tasks)
 
 
 @contextlib.asynccontextmanager
@@ -292,7 +292,7 @@ async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(*tasks)
+        await stop_background(*tasks)
         if client is not None:
             await client.aclose()
 
@@ -336,7 +336,7 @@ async def open_telemetry(gw: Gateway) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancel(task)
+        await stop_background(task)
         flush()
 
 
