@@ -10,7 +10,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,6 +96,14 @@ async def _until(check: Any, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _eventually(read: Callable[[], Awaitable[Any]], want: Any, seconds: float = 5.0) -> None:
+    """The receiver answers before the dispatcher records the outcome: poll the record."""
+    deadline = time.monotonic() + seconds
+    while (found := await read()) != want:
+        assert time.monotonic() < deadline, f"still {found!r}"
+        await asyncio.sleep(0.05)
+
+
 async def test_a_key_change_is_delivered_signed_and_without_secrets(
     gateway: RunningGateway, receiver: Receiver, http: aiohttp.ClientSession
 ) -> None:
@@ -119,12 +127,13 @@ async def test_a_key_change_is_delivered_signed_and_without_secrets(
     assert (
         headers["webhook-id"].startswith("msg_") and headers["content-type"] == "application/json"
     )
-    status, shown, _ = await admin(
-        http, gateway, "GET", f"/admin/v1/webhooks/{hook['id']}/deliveries"
-    )
-    assert [(d["type"], d["status"], d["attempts"]) for d in shown["deliveries"]] == [
-        ("key.created", "delivered", 1)
-    ]
+
+    async def deliveries() -> list[tuple[str, str, int]]:
+        path = f"/admin/v1/webhooks/{hook['id']}/deliveries"
+        shown = (await admin(http, gateway, "GET", path))[1]
+        return [(d["type"], d["status"], d["attempts"]) for d in shown["deliveries"]]
+
+    await _eventually(deliveries, [("key.created", "delivered", 1)])
 
 
 async def test_failures_are_retried_with_the_same_id_then_failed_then_retried_by_hand(
@@ -154,7 +163,11 @@ async def test_failures_are_retried_with_the_same_id_then_failed_then_retried_by
                                    f"/admin/v1/webhook-deliveries/{latest['id']}/retry")  # fmt: skip
     assert status == 202 and again["status"] == "pending"
     await _until(lambda: len(receiver.seen) == 7)
-    assert (await newest())["status"] == "delivered"
+
+    async def newest_status() -> str:
+        return str((await newest())["status"])
+
+    await _eventually(newest_status, "delivered")
     async with http.get(gateway.admin + "/metrics") as response:
         metrics = await response.text()
     assert 'gateway_webhook_deliveries_total{outcome="failed"} 1.0' in metrics
