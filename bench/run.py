@@ -482,7 +482,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         process(
             [*pin(1), PY, str(HERE / "minimal_auth.py"), str(minimal_auth_port), cached],
             "minimal-auth.log",
-        ),
+        ) as minimal_auth,
         process(
             [
                 *pin(1),
@@ -561,6 +561,12 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/200B"},
                 None,
             ),
+            MINIMAL_ALONE: (
+                minimal_auth_port,
+                "/decisions/auth-request",
+                {**auth, "X-Original-Method": "GET", "X-Original-URI": "/api/200B"},
+                None,
+            ),
         }
         # Whose CPU time a row measures (nginx's own rows: none).
         pids = {
@@ -569,6 +575,8 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             "gateway cached API key, uvloop (default)": gateway_uv.pid,
         }
         pids[TLS_LISTENER] = gateway_tls.pid
+        # The reference's CPU is its decider's (the front nginx's is in neither row).
+        pids[REFERENCE] = pids[MINIMAL_ALONE] = minimal_auth.pid
         pids[TRACED] = gateway_traced.pid
         for name in targets:
             if name in pids:
@@ -722,6 +730,7 @@ TLS_LISTENER = "gateway cached API key, TLS listener, uvloop"
 HTTPS_UPSTREAM = "gateway cached API key, https upstream, uvloop"
 TRACED = "gateway cached API key, tracing at 0.01, uvloop"
 REFERENCE = "nginx auth_request + minimal auth service, uvloop (reference)"
+MINIMAL_ALONE = "minimal auth service alone, uvloop"
 
 
 # Same-run ratios the issues set targets for: (row, against, what it says).
@@ -740,6 +749,11 @@ COMPARED = (
         "gateway cached key + by-key limit (local), uvloop",
         "gateway cached API key, uvloop (default)",
         "a by-key limit vs the same route unlimited",
+    ),
+    (
+        "gateway decisions alone (forward-auth), uvloop",
+        MINIMAL_ALONE,
+        "gateway decisions alone vs the minimal auth service alone",
     ),
     (TLS_LISTENER, CACHED_UVLOOP, "TLS on the proxy listener vs plain"),
     (HTTPS_UPSTREAM, CACHED_UVLOOP, "an https upstream vs plain"),
@@ -774,7 +788,8 @@ def report(
         "wrk + nginx on core 0, the proxy under test alone on core 1. "
         "Ratio = req/s against the naive aiohttp proxy on the same event loop (asyncio or "
         "uvloop) at the same connections and body. CPU = CPU time of the measured process "
-        "per request (from /proc), nginx's own rows excepted. The fresh-key row (40,000 "
+        "per request (from /proc): the decider's in the front-nginx rows (the front nginx's "
+        "is in neither), none in nginx's own rows. The fresh-key row (40,000 "
         "keys, each missing once) and the cached key after it run once, after the rounds.",
         "",
         "| contender | conns | body | req/s | p50 ms | p99 ms | vs naive | CPU µs/req | failed |",
