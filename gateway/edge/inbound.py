@@ -143,9 +143,9 @@ class Exchange:
                 deadline.clear()
         return body.take()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
-            yield chunk
+    def chunks(self, first: bytes = b"") -> AsyncIterator[bytes]:
+        """The rest of the body, piece by piece, after `first` (a piece already read)."""
+        return _BodyPieces(self, first)
 
     async def read_exactly(self, length: int) -> bytes:
         parts, seen = [], 0
@@ -212,6 +212,28 @@ class Exchange:
         """Hand the connection, from this request's head on, to `protocol` for good."""
         self.switched = self.started = True
         self._connection.switch(protocol, self.head_bytes)
+
+
+class _BodyPieces:
+    """`Exchange.chunks`: a class, not an async generator, which mypyc cannot compile."""
+
+    __slots__ = ("_exchange", "_first")
+
+    def __init__(self, exchange: Exchange, first: bytes) -> None:
+        self._exchange = exchange
+        self._first = first
+
+    def __aiter__(self) -> _BodyPieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first:
+            piece, self._first = self._first, b""
+            return piece
+        piece = await self._exchange.read()
+        if not piece:
+            raise StopAsyncIteration
+        return piece
 
 
 Serve = Callable[[Exchange], Awaitable[None]]

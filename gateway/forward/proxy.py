@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -195,7 +195,7 @@ class Downstream(Incoming, Protocol):
     def body_exists(self) -> bool: ...
     async def read(self) -> bytes: ...
     async def read_exactly(self, length: int) -> bytes: ...
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    def chunks(self, first: bytes = b"") -> AsyncIterator[bytes]: ...
     def send_continue(self) -> None: ...
     def head(
         self, status: int, reason: bytes, header_lines: bytes, framing: bytes = b""
@@ -309,21 +309,10 @@ async def _body(exchange: Downstream, length: int | None) -> tuple[bytes, Stream
         raise Problem(exc.status, exc.slug, exc.detail) from None
     if not first:
         raise Problem(400, "incomplete-body", "the request body ended early")
-    chunks = _prepend(first, exchange.chunks)
+    chunks = functools.partial(exchange.chunks, first)
     if length is not None:
         return b"", Stream(chunks, chunked=False), b"Content-Length: %d\r\n" % length
     return b"", Stream(chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
-
-
-def _prepend(
-    first: bytes, rest: Callable[[], AsyncIterator[bytes]]
-) -> Callable[[], AsyncIterator[bytes]]:
-    async def chunks() -> AsyncIterator[bytes]:
-        yield first
-        async for piece in rest():
-            yield piece
-
-    return chunks
 
 
 def _empty_framing(method: str) -> bytes:
