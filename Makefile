@@ -2,12 +2,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
+BUILT = $(VENV)/.compiled
+# The request path's modules, which setup.py compiles with mypyc (pyproject.toml).
+COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["gateway"]["compiled"])')
 
 FUZZ_RUNS ?= 1000000
 
-.PHONY: install test lint demo bench microbench count soak fuzz cluster clean
+.PHONY: install uncompile test lint demo bench microbench count soak fuzz cluster clean
 
-install: $(STAMP)
+install: $(BUILT)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,20 @@ $(STAMP): pyproject.toml
 		|| echo "note: pgserver did not install; set GATEWAY_DATABASE_URL or install PostgreSQL"
 	touch $(STAMP)
 
-lint: $(STAMP)
+# Rebuilt whenever one of the compiled modules changes: a compiled module is imported
+# before its source, so a stale build would run old code. Without a C compiler the
+# gateway runs as plain Python (and no old build is left behind).
+$(BUILT): $(STAMP) $(COMPILED) setup.py
+	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . \
+		|| { $(MAKE) -s uncompile; \
+		     echo "note: the request path was not compiled (needs a C compiler and Python's headers): it runs as plain Python"; }
+	touch $(BUILT)
+
+uncompile:
+	rm -rf build *__mypyc*.so
+	find gateway -name '*.so' -delete
+
+lint: $(BUILT)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -26,31 +42,31 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(BUILT)
 	$(BIN)/gateway demo
 
-bench: $(STAMP)
+bench: $(BUILT)
 	bash bench/run.sh
 
-microbench: $(STAMP)
+microbench: $(BUILT)
 	$(BIN)/python bench/micro.py
 
 # Instructions per request under callgrind: steady on a busy machine, unlike wrk.
-count: $(STAMP)
+count: $(BUILT)
 	$(BIN)/python bench/instructions.py
 
 # The hardening battery at the issue's full sizes (30 s database cut, 10,000 faulty
 # upstream requests, 100,000 random keys, 500 + 500 slow clients).
-soak: $(STAMP)
+soak: $(BUILT)
 	GATEWAY_SOAK=1 $(BIN)/pytest --timeout=3600 tests/hardening tests/e2e/test_demo.py -s
 
 # Several hosts as network namespaces (root): the loads of tests/cluster at full length.
-cluster: $(STAMP)
+cluster: $(BUILT)
 	GATEWAY_CLUSTER_FULL=1 $(BIN)/pytest --timeout=3600 tests/cluster -s
 
 # Coverage-guided fuzzing (atheris) of the key parser, the path canonicaliser and the
 # policy loader, FUZZ_RUNS executions each.
-fuzz: $(STAMP)
+fuzz: $(BUILT)
 	$(BIN)/pip install -q --disable-pip-version-check atheris==3.0.0
 	cd fuzz && for target in keys paths policy; do \
 		../$(BIN)/python fuzz_$$target.py -runs=$(FUZZ_RUNS) > $$target.log 2>&1 \
@@ -63,3 +79,4 @@ fuzz: $(STAMP)
 clean:
 	@# Also the demo's state: the shipped config keeps it beside itself (config/.gateway).
 	rm -rf $(VENV) .gateway config/.gateway .mypy_cache .pytest_cache .ruff_cache
+	$(MAKE) -s uncompile

@@ -20,7 +20,24 @@ from aiohttp import web
 
 from gateway import database
 from tests.otlpreceiver import PATH, OtlpReceiver, application
-from tests.support import RecordingUpstream, recording_upstream
+from tests.support import ROOT, RecordingUpstream, recording_upstream
+
+
+def _stale_builds() -> list[str]:
+    """Modules whose mypyc build is older than their source (`make install` compiles
+    the request path): Python imports the build first, so tests would run old code."""
+    stale = []
+    for built in (ROOT / "gateway").rglob("*.so"):
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+            stale.append(str(source.relative_to(ROOT)))
+    return stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = _stale_builds()
+    if stale:
+        pytest.exit(f"compiled before their last change: {', '.join(stale)}; run make install", 4)
 
 
 def _server_url(tmp_path_factory: pytest.TempPathFactory) -> str:

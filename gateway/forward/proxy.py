@@ -178,7 +178,7 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall("Connection", [])
     if not values:
         return frozenset()
-    return frozenset().union(*(listed(v.encode("latin-1", "replace")) for v in values))
+    return frozenset().union(*[listed(v.encode("latin-1", "replace")) for v in values])
 
 
 class Downstream(Incoming, Protocol):
@@ -283,12 +283,12 @@ async def _send(
             stream=stream,
             header_timeout=upstream.timeout_seconds,
         )
-    except UpstreamError as exc:
-        raise _failure(exc) from None
-    except BodyError as exc:
+    except UpstreamError as failed:
+        raise _failure(failed) from None
+    except BodyError as broken:  # (one name per type: mypyc types a name once)
         # The client's body will not arrive whole; the upstream connection that was
         # carrying it is closed, so the upstream never takes it for a complete request.
-        raise Problem(exc.status, exc.slug, exc.detail) from None
+        raise Problem(broken.status, broken.slug, broken.detail) from None
     except ConnectionError:
         raise Problem(400, "incomplete-body", "the request body ended early") from None
     finally:

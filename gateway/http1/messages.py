@@ -36,9 +36,18 @@ class Reply:
 class BodyError(Exception):
     """A request body that will not arrive whole; says what to answer."""
 
-    status = 400
-    slug = "incomplete-body"
-    detail = "the request body ended early"
+    # Set per instance: mypyc-compiled classes do not take class attributes overridden
+    # in a subclass.
+    def __init__(
+        self,
+        status: int = 400,
+        slug: str = "incomplete-body",
+        detail: str = "the request body ended early",
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
 
 
 class IncompleteBody(BodyError):
@@ -48,19 +57,12 @@ class IncompleteBody(BodyError):
 class BodyTimeout(BodyError):
     """The client paused longer than `limits.body_timeout_seconds` within its body."""
 
-    status = 408
-    slug = "body-timeout"
-    detail = "the request body did not arrive in time"
+    def __init__(self) -> None:
+        super().__init__(408, "body-timeout", "the request body did not arrive in time")
 
 
 class BrokenBody(BodyError):
     """The body's framing broke (a bad chunk) or crossed the size limit."""
-
-    def __init__(self, status: int, slug: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.slug = slug
-        self.detail = detail
 
 
 class OwnedRequest(Protocol):
