@@ -31,7 +31,7 @@ $(BUILT): $(STAMP) $(COMPILED) setup.py
 	touch $(BUILT)
 
 uncompile:
-	rm -rf build *__mypyc*.so
+	rm -rf build *__mypyc*.so $(BUILT)
 	find gateway -name '*.so' -delete
 
 lint: $(BUILT)
