@@ -33,7 +33,7 @@ def compiled_modules() -> list[Any]:
         return []
     with (HERE / "pyproject.toml").open("rb") as file:
         modules: list[str] = tomllib.load(file)["tool"]["gateway"]["compiled"]
-    return list(mypycify(modules, opt_level="3"))
+    return list(mypycify(modules, opt_level="3", debug_level="0"))
 
 
 setup(ext_modules=compiled_modules())

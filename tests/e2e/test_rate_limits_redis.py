@@ -275,3 +275,33 @@ async def _busy(backend: SharedBackend, limit: RateLimit, running: asyncio.Event
         await backend.take([(limit, "subject")])
         await backend.take([(limit, "subject")])
         await asyncio.sleep(0)
+
+
+async def test_a_slow_limit_admits_its_whole_quota_across_hosts(redis_server: RedisServer) -> None:
+    """5 a minute, requests alternating between two hosts (a round-robin balancer)
+    faster than the sync interval: the fifth is admitted. A token leased ahead to one
+    host at a top-up was refused on the other."""
+    limit = RateLimit("slow", 5, 60, 5, "ip")
+    clients = [aioredis.Redis.from_url(redis_server.url) for _ in range(2)]
+    hosts = [
+        SharedBackend(
+            client,
+            sync_interval=0.05,
+            on_error="closed",
+            fallback=LocalBackend(time.monotonic),
+            metrics=Metrics(),
+            clock=time.monotonic,
+        )
+        for client in clients
+    ]
+    subject = unique("10.0.0.")
+    admitted = []
+    for n, host in enumerate((0, 1, 0, 1, 1, 0, 1)):
+        if n == 4:  # two requests on each host since their last top-up
+            for backend in hosts:
+                await backend._top_up()
+        verdict = (await hosts[host].take([(limit, subject)]))[0]
+        admitted.append(verdict.allowed)
+    for client in clients:
+        await client.aclose()
+    assert admitted == [True] * 5 + [False] * 2

@@ -37,14 +37,17 @@ class Receiver:
     url: str = ""
     answers: list[int] = field(default_factory=list)
     seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    hang: asyncio.Event | None = None  # set: the next delivery hangs until it is cleared
+    hang: asyncio.Event | None = None  # given: the next delivery hangs, and it is set
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # a hang ends (teardown)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.seen.append(({k.lower(): v for k, v in request.headers.items()}, body))
         if self.hang is not None and not self.hang.is_set():
             self.hang.set()
-            await asyncio.sleep(60)
+            # Held for the test; released at teardown, which otherwise waits for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.released.wait(), 60)
         return web.Response(status=self.answers.pop(0) if self.answers else 204)
 
     def events(self, secret: str) -> list[dict[str, Any]]:
@@ -64,6 +67,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     host, port = runner.addresses[0][:2]
     found.url = f"http://{host}:{port}/hook"
     yield found
+    found.released.set()
     await runner.cleanup()
 
 
