@@ -159,11 +159,9 @@ class SharedBackend:
             if now - lease.last_used > IDLE_LEASE_SECONDS:
                 del self._leases[key]  # its unspent tokens were charged: a small, bounded waste
                 continue
-            # Only a busy subject of a fast limit gets tokens ahead of need. A slow one
-            # asks when it needs one, rather than holding tokens other hosts then lack;
-            # so does a limit slower than a token per sync interval, whatever the
-            # traffic: there a token leased ahead sat on one host while another refused
-            # (5 a minute behind a round-robin balancer: the fifth request refused).
+            # Tokens ahead of need only for a busy subject of a limit that allows a token
+            # per sync interval or more; else they sit on one host while another refuses
+            # (5 a minute behind a round-robin balancer refused the fifth request).
             busy = lease.used >= 2 and lease.limit.interval <= self._interval
             target = min(lease.limit.burst, max(1, 2 * lease.used))
             lease.used = 0

@@ -239,14 +239,7 @@ async def test_the_top_up_loop_stops_whenever_it_is_cancelled(redis_server: Redi
     stuck = 0
     for _ in range(100):
         client = aioredis.Redis.from_url(redis_server.url, socket_timeout=0.25)
-        backend = SharedBackend(
-            client,
-            sync_interval=0.001,
-            on_error="local",
-            fallback=LocalBackend(time.monotonic),
-            metrics=Metrics(),
-            clock=time.monotonic,
-        )
+        backend = _shared(client, sync_interval=0.001)
         await backend.take([(limit, "subject")])
         running = asyncio.Event()
         running.set()
@@ -270,6 +263,18 @@ async def test_the_top_up_loop_stops_whenever_it_is_cancelled(redis_server: Redi
     assert stuck == 0, f"{stuck} of 100 cancelled top-up loops ran on"
 
 
+def _shared(client: aioredis.Redis, sync_interval: float) -> SharedBackend:
+    """A process's Redis backend, its top-up loop not started (the test drives it)."""
+    return SharedBackend(
+        client,
+        sync_interval=sync_interval,
+        on_error="local",
+        fallback=LocalBackend(time.monotonic),
+        metrics=Metrics(),
+        clock=time.monotonic,
+    )
+
+
 async def _busy(backend: SharedBackend, limit: RateLimit, running: asyncio.Event) -> None:
     while running.is_set():
         await backend.take([(limit, "subject")])
@@ -283,17 +288,7 @@ async def test_a_slow_limit_admits_its_whole_quota_across_hosts(redis_server: Re
     host at a top-up was refused on the other."""
     limit = RateLimit("slow", 5, 60, 5, "ip")
     clients = [aioredis.Redis.from_url(redis_server.url) for _ in range(2)]
-    hosts = [
-        SharedBackend(
-            client,
-            sync_interval=0.05,
-            on_error="closed",
-            fallback=LocalBackend(time.monotonic),
-            metrics=Metrics(),
-            clock=time.monotonic,
-        )
-        for client in clients
-    ]
+    hosts = [_shared(client, sync_interval=0.05) for client in clients]
     subject = unique("10.0.0.")
     admitted = []
     for n, host in enumerate((0, 1, 0, 1, 1, 0, 1)):
