@@ -22,6 +22,7 @@ class _Replies:
 
     def __init__(self) -> None:
         self.replies: list[Reply] = []
+        self.complete = 0
         self._parser = httptools.HttpResponseParser(self)
 
     def on_message_begin(self) -> None:
@@ -36,12 +37,25 @@ class _Replies:
     def on_body(self, body: bytes) -> None:
         self.replies[-1].body += body
 
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
     def feed(self, data: bytes) -> None:
         self._parser.feed_data(data)
 
 
-async def exchange(port: int, data: bytes, *, seconds: float = 3.0) -> tuple[list[Reply], bool]:
-    """Send `data` at once; the replies, and whether the server closed the connection."""
+# How long to listen for a reply beyond the expected ones: a desync shows as an extra
+# reply written right behind the expected one.
+_SETTLE_SECONDS = 0.3
+
+
+async def exchange(
+    port: int, data: bytes, *, seconds: float = 3.0, expect: int | None = None
+) -> tuple[list[Reply], bool]:
+    """Send `data` at once; the replies, and whether the server closed the connection.
+
+    Reads until the server closes or stays silent for `seconds`; once `expect` whole
+    replies are in, for `_SETTLE_SECONDS` only."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     replies = _Replies()
     closed = False
@@ -50,7 +64,9 @@ async def exchange(port: int, data: bytes, *, seconds: float = 3.0) -> tuple[lis
         await writer.drain()
         while True:
             try:
-                chunk = await asyncio.wait_for(reader.read(65536), seconds)
+                done = expect is not None and replies.complete >= expect
+                wait = _SETTLE_SECONDS if done else seconds
+                chunk = await asyncio.wait_for(reader.read(65536), wait)
             except TimeoutError:
                 break
             if not chunk:

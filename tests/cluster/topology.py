@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from gateway.testing import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 NET = "10.77.0"
 BRIDGE = "gwc-br"
@@ -304,6 +306,9 @@ http {{
     # ---- tearing down ------------------------------------------------------------
 
     def down(self) -> None:
+        # The gateways drain side by side, then what they depend on stops.
+        gateways = [h.process for n, h in self.hosts.items() if n in GATEWAYS and h.process]
+        stop(*gateways, timeout=10)
         for host in reversed(list(self.hosts.values())):
             host.stop(timeout=10)
         self._teardown_network()

@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.testing import stop
 from tests.e2e.test_processes import _ready, _serve, _write_config, spawn  # noqa: F401
 from tests.support import RecordingUpstream, admin_headers, bearer, unique
 
@@ -77,9 +78,8 @@ async def test_two_processes_never_overspend_and_use_almost_all(
         *(_hammer(f"http://127.0.0.1:{port}/v1/me", key["key"], connections) for port in (p1, p2))
     )
     took = time.monotonic() - started
-    for process in spawn:
-        process.send_signal(signal.SIGTERM)  # each gives back what it holds
-        assert process.wait(15) == 0
+    stop(*spawn)  # each gives back what it holds
+    assert [process.returncode for process in spawn] == [0, 0]
     conn = await asyncpg.connect(database_url)
     try:
         left = await conn.fetchval(

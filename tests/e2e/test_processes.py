@@ -31,6 +31,7 @@ def _write_config(
         "database": {"url": database_url},
         "policies": {"dir": str(ROOT / "policies")},
         "upstreams": {"core": {"url": upstream_url}},
+        "shutdown": {"drain_seconds": 0},  # the drain has its own tests (test_shutdown)
         **extra,
     }
     path = tmp_path / f"{name}.yaml"
@@ -46,8 +47,7 @@ def _env() -> dict[str, str]:
 def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
-    for process in processes:
-        stop(process, timeout=10)
+    stop(*processes, timeout=10)
 
 
 def _serve(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:

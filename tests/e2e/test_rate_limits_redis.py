@@ -103,6 +103,7 @@ async def test_two_processes_share_one_keys_limit(
                     "policies": {"dir": str(directory)},
                     "upstreams": {"core": {"url": upstream.url}},
                     "rate_limiting": limiting(redis_server),
+                    "shutdown": {"drain_seconds": 0},
                 }
             )
         )
@@ -121,8 +122,7 @@ async def test_two_processes_share_one_keys_limit(
                 key = (await r.json())["key"]
             statuses = await _hammer(http, proxies, key, connections=64, seconds=5.0)
     finally:
-        for process in processes:
-            stop(process)
+        stop(*processes)
     admitted = statuses[200]
     print(f"\ntwo processes, limit 20/s burst 20, 64 connections, 5 s: {admitted} admitted, "
           f"{statuses[429]} refused (ideal 120, allowed 100-130)")  # fmt: skip

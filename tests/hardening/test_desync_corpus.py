@@ -158,7 +158,7 @@ async def test_compliant_cases_are_served(
     gateway: RunningGateway, upstream: RecordingUpstream, name: str, text: str, body: str
 ) -> None:
     replies, _closed = await exchange(
-        port_of(gateway.proxy), crlf(text.replace("\n", "\nHost: x\n", 1))
+        port_of(gateway.proxy), crlf(text.replace("\n", "\nHost: x\n", 1)), expect=1
     )
     assert [r.status for r in replies] == [200], name
     assert [r.body for r in upstream.received] == [body.encode()]
