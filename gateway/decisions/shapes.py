@@ -26,7 +26,7 @@ class Asking(Protocol):
     def headers(self) -> CIMultiDictProxy[str]: ...
 
 
-@dataclass(slots=True)  # one per request: see `http1.framing.Data`
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Asked:
     """The original request a decision is asked about."""
 
@@ -35,6 +35,11 @@ class Asked:
     host: str
     proto: str
     client: str
+
+    def __init__(self, *, method: str, uri: str, host: str, proto: str, client: str) -> None:
+        self.method, self.uri, self.host, self.proto, self.client = (
+            method, uri, host, proto, client
+        )  # fmt: skip
 
 
 def _one(headers: CIMultiDictProxy[str], name: str) -> str | None:

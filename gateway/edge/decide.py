@@ -27,24 +27,31 @@ from gateway.tracing.spans import RequestTrace
 _NO_MEMBERSHIPS: frozenset[tuple[str, str]] = frozenset()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Outcome:
-    """What the access log and metrics say about one request."""
+    """What the access log and metrics say about one request; filled in as it goes."""
 
-    endpoint: str = "proxy"  # or the decision endpoint that was asked
-    route: str = "-"
-    reason: str | None = None
-    principal: Principal | None = None
-    user_id: str | None = None  # signed in to the API keys page (no key involved)
-    upstream: str | None = None
-    limits: LimitState | None = None  # only on a route with rate limits
-    asked: tuple[str, str] | None = None  # the method and target a front proxy asked about
-    client: str = ""  # the client address
-    credits_left: int | None = None  # after this request, for a key with credits
-    credits_spent: int = 0
-    refused_key: str | None = None  # a known key refused with 401 (for its usage counts)
-    template: str | None = None  # the matched route's path template (`http.route`)
-    trace: RequestTrace | None = None  # when tracing is on
+    endpoint: str  # "proxy" or the decision endpoint that was asked
+    route: str
+    reason: str | None
+    principal: Principal | None
+    user_id: str | None  # signed in to the API keys page (no key involved)
+    upstream: str | None
+    limits: LimitState | None  # only on a route with rate limits
+    asked: tuple[str, str] | None  # the method and target a front proxy asked about
+    client: str  # the client address
+    credits_left: int | None  # after this request, for a key with credits
+    credits_spent: int
+    refused_key: str | None  # a known key refused with 401 (for its usage counts)
+    template: str | None  # the matched route's path template (`http.route`)
+    trace: RequestTrace | None  # when tracing is on
+
+    def __init__(self, endpoint: str = "proxy", client: str = "") -> None:
+        self.endpoint, self.client = endpoint, client
+        self.route = "-"
+        self.reason = self.user_id = self.upstream = self.refused_key = self.template = None
+        self.principal, self.limits, self.asked, self.trace = None, None, None, None
+        self.credits_left, self.credits_spent = None, 0
 
     def limit_headers(self) -> dict[str, str]:
         """RateLimit-* and X-Credits-Remaining, for answers allowed and refused alike."""
@@ -60,12 +67,15 @@ def check_address(principal: Principal, client: str) -> None:
         raise Problem(403, "address-not-allowed", "this key may not be used from this address")
 
 
-@dataclass(slots=True)  # one per request: see `http1.framing.Data`
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Decision:
     """An allowed request: its route and, unless the route is public, who it is."""
 
     route: Route
     principal: Principal | None
+
+    def __init__(self, route: Route, principal: Principal | None) -> None:
+        self.route, self.principal = route, principal
 
 
 class Decider:

@@ -22,6 +22,7 @@ from gateway.http1.messages import BodyError
 from gateway.http1.wire import (
     HOP_BY_HOP,
     LAST_CHUNK,
+    Memo,
     chunk,
     connection_named,
     encode_headers,
@@ -55,14 +56,19 @@ _BODILESS = frozenset({204, 304})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Identity:
     """What the upstream is told about the caller: the `X-Gateway-*` headers, a signed
     `X-Gateway-Identity` token (§15), or both; nothing on a public route."""
 
     principal: Principal | None
-    headers: bool = True
-    token: str | None = None
+    headers: bool
+    token: str | None
+
+    def __init__(
+        self, principal: Principal | None, headers: bool = True, token: str | None = None
+    ) -> None:
+        self.principal, self.headers, self.token = principal, headers, token
 
 
 ANONYMOUS = Identity(None)
@@ -105,7 +111,7 @@ def _added_headers(request: Incoming, identity: Identity, request_id: str) -> li
 def _kept_request_headers(request: Incoming) -> Iterator[tuple[bytes, bytes]]:
     named = _connection_tokens(request.headers)
     for name, value in request.raw_headers:
-        if not _never_forwarded(name) and not (named and folded(name) in named):
+        if not _NEVER_FORWARDED.get(name) and not (named and folded(name) in named):
             yield name, value
 
 
@@ -129,7 +135,7 @@ def request_head(
     if propagated and "traceparent" in request.headers:
         named |= PROPAGATED  # the client's context is replaced by ours
     for name, value in request.raw_headers:  # inline: this runs for every header of every request
-        if not _never_forwarded(name) and not (named and folded(name) in named):
+        if not _NEVER_FORWARDED.get(name) and not (named and folded(name) in named):
             parts += (name, b": ", value, b"\r\n")
     added = _forwarding_headers(request, request_id)
     if identity.token is not None:
@@ -162,16 +168,18 @@ def request_headers(
     return out
 
 
-# Cached per spelling: the same few names arrive on every request.
-@functools.lru_cache(maxsize=4096)
-def _never_forwarded(name: bytes) -> bool:
+def _request_drops(name: bytes) -> bool:
     name_ = folded(name)
     return name_ in _REQUEST_DROP or name_ == "content-length" or name_.startswith("x-gateway-")
 
 
-@functools.lru_cache(maxsize=4096)
-def _dropped_from_response(name: bytes) -> bool:
+def _response_drops(name: bytes) -> bool:
     return folded(name) in _RESPONSE_DROP
+
+
+# By spelling: the same few names arrive on every message.
+_NEVER_FORWARDED = Memo(_request_drops, 4096)
+_DROPPED_FROM_RESPONSE = Memo(_response_drops, 4096)
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -339,7 +347,7 @@ def _failure(exc: Exception) -> Problem:
 async def _relay_answer(
     exchange: Downstream, answer: Answer, extra: dict[str, str], seconds: float
 ) -> None:
-    lines = b"".join(_kept_response_lines(answer)) + encode_headers(extra)
+    lines = _kept_response_lines(answer) + encode_headers(extra)
     status, reason, length = answer.status, answer.reason.encode("latin-1"), answer.content_length
     if exchange.method == "HEAD" or status in _BODILESS:
         # No body follows, whatever Content-Length says (for HEAD it describes a GET).
@@ -381,10 +389,12 @@ async def _relay_answer(
         exchange.write(LAST_CHUNK)
 
 
-def _kept_response_lines(answer: Answer) -> Iterator[bytes]:
+def _kept_response_lines(answer: Answer) -> bytes:
     """The upstream's response header lines that travel on: no hop-by-hop header, none
     its `Connection` names, no framing (the gateway frames the body itself)."""
     named = connection_named(answer.headers)
-    for name, value in answer.headers:
-        if not _dropped_from_response(name) and not (named and folded(name) in named):
-            yield b"%b: %b\r\n" % (name, value)
+    parts: list[bytes] = []
+    for name, value in answer.headers:  # inline: this runs for every header of every response
+        if not _DROPPED_FROM_RESPONSE.get(name) and not (named and folded(name) in named):
+            parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)

@@ -58,7 +58,7 @@ class State(Enum):
     ERROR = "error"  # the bytes are not HTTP/1.1
 
 
-@dataclass(slots=True)  # one per request: see `framing.Data`
+@dataclass(slots=True, init=False)  # one per request: see `framing.Data`
 class Head:
     """A request line and its header fields, as received."""
 
@@ -71,6 +71,23 @@ class Head:
     chunked: bool
     upgrade: bool  # llhttp saw an upgrade (Connection: upgrade + Upgrade, or CONNECT)
     raw: bytes  # the head's bytes, for a hand-over after an accepted upgrade
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: tuple[int, int],
+        raw_headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bool,
+        raw: bytes,
+    ) -> None:
+        self.method, self.target, self.version = method, target, version
+        self.raw_headers, self.keep_alive = raw_headers, keep_alive
+        self.content_length, self.chunked = content_length, chunked
+        self.upgrade, self.raw = upgrade, raw
 
 
 Event = Head | Data | End | Failure | Wait

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # Connection-level headers (RFC 9110 §7.6.1): never passed on by a proxy.
 HOP_BY_HOP = frozenset(
@@ -47,22 +51,57 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
-@functools.lru_cache(maxsize=4096)
-def folded(name: bytes) -> str:
-    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"
-    (X_Gateway_User_Id would become the identity header on their side)."""
+class Memo(Generic[K, V]):
+    """What `functools.lru_cache` does for the helpers called for every header of every
+    message, at a quarter of its cost from compiled code: a native method call and one
+    dict lookup, in place of the cache wrapper's generic call (about 860 instructions).
+    The same few keys recur; past `size` of them (they come from the network) results
+    are computed and not kept."""
+
+    def __init__(self, compute: Callable[[K], V], size: int) -> None:
+        self._compute = compute
+        self._size = size
+        self._known: dict[K, V] = {}
+
+    def get(self, key: K) -> V:
+        try:
+            return self._known[key]
+        except KeyError:
+            pass
+        value = self._compute(key)
+        if len(self._known) < self._size:
+            self._known[key] = value
+        return value
+
+
+def _fold(name: bytes) -> str:
     return name.lower().replace(b"_", b"-").decode("latin-1")
 
 
-# Cached per value: the same one ("keep-alive", "close") arrives on nearly every message.
-@functools.lru_cache(maxsize=256)
-def listed(value: bytes) -> frozenset[str]:
-    """The header names a `Connection` header's value names (hop-by-hop by name)."""
+_FOLDED = Memo(_fold, 4096)
+
+
+def folded(name: bytes) -> str:
+    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"
+    (X_Gateway_User_Id would become the identity header on their side)."""
+    return _FOLDED.get(name)
+
+
+def _names(value: bytes) -> frozenset[str]:
     return frozenset(
         token.strip().lower().replace("_", "-")
         for token in value.decode("latin-1").split(",")
         if token.strip()
     )
+
+
+# By value: the same one ("keep-alive", "close") arrives on nearly every message.
+_LISTED = Memo(_names, 256)
+
+
+def listed(value: bytes) -> frozenset[str]:
+    """The header names a `Connection` header's value names (hop-by-hop by name)."""
+    return _LISTED.get(value)
 
 
 def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:

@@ -50,11 +50,14 @@ _QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
 _SERVED = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
-@dataclass(slots=True)  # one per request: see `http1.framing.Data`
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Target:
     raw: str  # path and query exactly as received, forwarded byte for byte
     path: str  # the raw path, without the query
     segments: list[str]  # decoded, what the routes are matched against
+
+    def __init__(self, raw: str, path: str, segments: list[str]) -> None:
+        self.raw, self.path, self.segments = raw, path, segments
 
 
 def check_target(method: str, raw: str) -> Target:

@@ -41,10 +41,13 @@ class Route:
         return method in self.methods or ANY_METHOD in self.methods
 
 
-@dataclass(slots=True)  # one per request: see `http1.framing.Data`
+@dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
 class Match:
     route: Route
     params: dict[str, str]
+
+    def __init__(self, route: Route, params: dict[str, str]) -> None:
+        self.route, self.params = route, params
 
 
 TAIL = "..."
