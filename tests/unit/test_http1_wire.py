@@ -1,0 +1,41 @@
+"""The per-header-name helpers: what they answer, and that their memory stays bounded
+whatever names the network sends."""
+
+from __future__ import annotations
+
+from gateway.http1.wire import Memo, connection_named, folded, listed
+
+
+def test_a_memo_answers_like_its_function_and_keeps_at_most_size_results() -> None:
+    calls: list[bytes] = []
+
+    def upper(value: bytes) -> bytes:
+        calls.append(value)
+        return value.upper()
+
+    memo = Memo(upper, 2)
+    assert [memo.get(b"a"), memo.get(b"a"), memo.get(b"b")] == [b"A", b"A", b"B"]
+    assert calls == [b"a", b"b"]  # the second b"a" was remembered
+    assert [memo.get(b"c"), memo.get(b"c")] == [b"C", b"C"]
+    assert calls == [b"a", b"b", b"c", b"c"]  # full: computed each time, not kept
+    assert memo.get(b"a") == b"A" and calls[-1] == b"c"
+
+
+def test_a_false_result_is_remembered_too() -> None:
+    calls: list[bytes] = []
+
+    def empty(value: bytes) -> bool:
+        calls.append(value)
+        return not value
+
+    memo = Memo(empty, 8)
+    assert [memo.get(b"x"), memo.get(b"x")] == [False, False]
+    assert calls == [b"x"]
+
+
+def test_header_names_fold_as_backends_read_them() -> None:
+    assert folded(b"X_Gateway_User_Id") == "x-gateway-user-id"
+    assert folded(b"Content-Length") == "content-length"
+    assert listed(b"Keep-Alive, X_Secret ,") == frozenset({"keep-alive", "x-secret"})
+    headers = [(b"Connection", b"close"), (b"CONNECTION", b"X-A"), (b"Connectio", b"X-B")]
+    assert connection_named(headers) == frozenset({"close", "x-a"})
