@@ -22,7 +22,7 @@ from enum import Enum
 # Every value made per request or per read (`Head`, `Target`, `Match`, `Decision`,
 # `Asked`, `Identity`, `Outcome`) is a dataclass for its repr and equality, with its own
 # `__init__`: mypyc compiles that one, while the dataclass decorator's is generated at
-# import and interpreted (3,000-5,000 instructions a call, a frozen one's most, as it
+# import and interpreted (1,000-5,000 instructions a call, a frozen one's most, as it
 # sets each field through object.__setattr__).
 @dataclass(slots=True, init=False)
 class Data:
