@@ -29,6 +29,7 @@ from gateway.tokens import signing
 from gateway.usage.counter import COUNTS
 from gateway.usage.report import parse_range
 from gateway.webhooks import endpoints as webhooks
+from gateway.webhooks.destinations import Destinations
 
 CLI = Actor("cli")
 
@@ -58,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     add(commands, "demo", help="everything embedded, with a demo key")
     add(commands, "migrate", help="apply database migrations")
 
-    key_cmds = add(commands, "keys").add_subparsers(dest="action", required=True)
-    create = add(key_cmds, "create")
+    keys_command = add(commands, "keys", help="create, list, change, rotate and revoke API keys")
+    key_cmds = keys_command.add_subparsers(dest="action", required=True)
+    create = add(key_cmds, "create", help="prints the key, once")
     create.add_argument("--user", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", required=True, dest="scopes")
@@ -70,9 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     _credit_flags(create)
     create.add_argument("--json", action="store_true")
     listing = add(key_cmds, "list", help="newest first; every user's keys unless --user")
-    listing.add_argument("--user")
-    listing.add_argument("--limit", type=int, default=100, help="keys per page (1-1000)")
-    listing.add_argument("--cursor", help="the next page, as the previous one printed it")
+    listing.add_argument("--user", help="this user's keys, all of them (the admin API's listing)")
+    listing.add_argument(
+        "--limit", type=int, default=100, help="without --user: keys per page (1-1000)"
+    )
+    listing.add_argument(
+        "--cursor", help="without --user: the next page, as the previous one printed it"
+    )
     listing.add_argument("--json", action="store_true")
     update = add(key_cmds, "update", help="switch a key off or on, pin it to networks, rename it")
     update.add_argument("id")
@@ -112,10 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--days", type=int, default=30, help="days back from today (default 30)")
     usage.add_argument("--hourly", action="store_true", help="hours instead of days")
     usage.add_argument("--json", action="store_true")
-    add(key_cmds, "revoke").add_argument("id")
-    rotate = add(key_cmds, "rotate")
+    add(key_cmds, "revoke", help="rejected everywhere within 1 s").add_argument("id")
+    rotate = add(key_cmds, "rotate", help="a new key with the same name, scopes and expiry")
     rotate.add_argument("id")
-    rotate.add_argument("--grace-seconds", type=int, default=0)
+    rotate.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="how long the old key keeps working, up to 604800 (default: 0, it stops at once)",
+    )
     rotate.add_argument("--json", action="store_true")
 
     hook_cmds = add(commands, "webhooks", help="endpoints that receive key events").add_subparsers(
@@ -138,20 +150,23 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true")
     add(hook_cmds, "retry", help="try a delivery again now").add_argument("id")
 
-    member_cmds = add(commands, "members").add_subparsers(dest="action", required=True)
+    members_command = add(commands, "members", help="who belongs to which organization or project")
+    member_cmds = members_command.add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
-        member = add(member_cmds, action)
+        member = add(member_cmds, action, help=f"{action} a membership (effective within 1 s)")
         member.add_argument("--user", required=True)
         target = member.add_mutually_exclusive_group(required=True)
         target.add_argument("--organization")
         target.add_argument("--project")
 
-    policy_cmds = add(commands, "policy").add_subparsers(dest="action", required=True)
-    add(policy_cmds, "check").add_argument("dir", nargs="?", type=Path)
-    explain_cmd = add(policy_cmds, "explain")
+    policy_command = add(commands, "policy", help="check policy files; explain a decision")
+    policy_cmds = policy_command.add_subparsers(dest="action", required=True)
+    check = add(policy_cmds, "check", help="load a policy directory as the gateway would")
+    check.add_argument("dir", nargs="?", type=Path, help="default: policies.dir of the config")
+    explain_cmd = add(policy_cmds, "explain", help="which route decides a request, and why")
     explain_cmd.add_argument("method")
-    explain_cmd.add_argument("path")
-    explain_cmd.add_argument("--scopes", default=None)
+    explain_cmd.add_argument("path", help="the request target as sent: /v1/me?x=1")
+    explain_cmd.add_argument("--scopes", default=None, help="comma-separated: would they pass?")
 
     audit_cmd = add(commands, "audit", help="key and membership changes, newest first")
     audit_cmd.add_argument("--user")
@@ -162,8 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     audit_cmd.add_argument("--json", action="store_true")
     audit_cmd.set_defaults(action="show")
 
-    signing = add(commands, "signing-keys").add_subparsers(dest="action", required=True)
-    generate = add(signing, "generate")
+    signing_command = add(commands, "signing-keys", help="keys that sign actor and identity tokens")
+    signing = signing_command.add_subparsers(dest="action", required=True)
+    generate = add(signing, "generate", help="a new private key as a PEM file (mode 0600)")
     generate.add_argument("--out", required=True, type=Path)
     generate.add_argument("--alg", choices=["EdDSA", "ES256", "RS256"], default="EdDSA")
     return parser
@@ -250,7 +266,9 @@ def _policy(args: argparse.Namespace, config: Config) -> int:
 
 async def _with_database(config: Config, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
-    url = await loop.run_in_executor(None, database.database_url, config)
+    # An embedded server the command started stops with it (unless a running gateway
+    # shares it): a short command must not leave a database behind.
+    url = await loop.run_in_executor(None, database.database_url, config, "stop")
     conn = await database.connect(url, config)
     try:
         applied = await database.migrate(conn)
@@ -270,11 +288,13 @@ def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 def _key_line(key: dict[str, Any]) -> str:
     expires = key["expires_at"] or "never"
     line = (
-        f"{key['id']}  {key['display_prefix']}…  {key['status']:<7}  {key['name']}"
+        f"{key['id']}  {key['display_prefix']}…  {key['status']:<8}  {key['name']}"
         f"  scopes={','.join(key['scopes'])}  expires={expires}"
     )
     if not key.get("enabled", True):
         line += "  disabled"
+    if key.get("grace_ends_at"):
+        line += f"  works-until={key['grace_ends_at']}"
     if key.get("allowed_cidrs"):
         line += f"  from={','.join(key['allowed_cidrs'])}"
     if key.get("credits") is not None:
@@ -312,11 +332,18 @@ async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Na
         raise CommandError(f"--user: {errors[0][1]}")
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit: must be from 1 to 1000")
+    if args.user is not None:
+        # The admin API's listing, as it answers it (`--json` is that JSON).
+        _print({"keys": await management.list_keys(conn, args.user)}, args.json, _key_page)
+        return 0
     try:
-        found, cursor = await management.page_of_keys(conn, args.user, args.limit, args.cursor)
+        found, cursor = await management.page_of_keys(conn, None, args.limit, args.cursor)
     except management.NotFound:
         raise CommandError(f"--cursor: no key {args.cursor}") from None
-    _print({"keys": found, "next_cursor": cursor}, args.json, _key_page)
+    page: dict[str, Any] = {"keys": found}
+    if cursor is not None:
+        page["next_cursor"] = cursor
+    _print(page, args.json, _key_page)
     return 0
 
 
@@ -325,7 +352,7 @@ def _key_page(page: dict[str, Any]) -> str:
         f"{key['user_id']}  {_key_line(key)}" if key.get("user_id") else _key_line(key)
         for key in page["keys"]
     ]
-    if page["next_cursor"]:
+    if page.get("next_cursor"):
         lines.append(f"more: --cursor {page['next_cursor']}")
     return "\n".join(lines) or "no keys"
 
@@ -463,7 +490,8 @@ async def _webhooks(conn: asyncpg.Connection, config: Config, args: argparse.Nam
             errors = webhooks.check_endpoint(body)
             if errors:
                 raise _flag_error(errors)
-            made = await webhooks.create(conn, body, actor=CLI)
+            allowed = Destinations(config.webhooks.allowed_networks)
+            made = await webhooks.create(conn, body, allowed, actor=CLI)
             _print(
                 made, args.json, lambda h: f"{_webhook_line(h)}\nsecret (shown once): {h['secret']}"
             )
@@ -485,6 +513,8 @@ async def _webhooks(conn: asyncpg.Connection, config: Config, args: argparse.Nam
             print(f"delivery {again['id']} is due again now")
     except webhooks.NotFound as exc:
         raise CommandError(f"no such webhook endpoint or delivery: {exc}") from None
+    except webhooks.DestinationNotAllowed as exc:
+        raise CommandError(f"--url: {exc} (webhooks.allowed_networks allows it)") from None
     return 0
 
 

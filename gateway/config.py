@@ -105,6 +105,10 @@ class Limits(_Strict, frozen=True, forbid_unknown_fields=True):
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0  # the longest pause while reading a request body
+    # Bodies up to this size arrive whole before an upstream connection is taken;
+    # larger ones stream and must keep the minimum rate from 10 s after the head.
+    buffer_body_bytes: int = 65536
+    min_body_bytes_per_second: int = 1024
 
 
 class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -232,6 +236,8 @@ class Webhooks(_Strict, frozen=True, forbid_unknown_fields=True):
     )
     scan_interval_seconds: float = 60.0  # how often time-driven events are looked for
     poll_seconds: float = 1.0  # how often a process looks for due deliveries
+    # Destinations allowed besides public addresses (CIDRs), e.g. an internal receiver.
+    allowed_networks: list[str] = msgspec.field(default_factory=list)
 
 
 class LeakReports(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -421,7 +427,8 @@ def _check(config: Config, path: Path) -> None:
         *_check_scopes(config.scopes),
         *_check_self_service(config.self_service, config.scopes),
         *_check_rate_limiting(config.rate_limiting),
-        *_check_trusted_proxies(config.trusted_proxies),
+        *_check_networks("trusted_proxies", config.trusted_proxies),
+        *_check_networks("webhooks.allowed_networks", config.webhooks.allowed_networks),
     ]
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
@@ -447,6 +454,8 @@ def _check_values(config: Config) -> list[str]:
         "limits.max_header_bytes": config.limits.max_header_bytes,
         "limits.header_timeout_seconds": config.limits.header_timeout_seconds,
         "limits.body_timeout_seconds": config.limits.body_timeout_seconds,
+        "limits.buffer_body_bytes": config.limits.buffer_body_bytes,
+        "limits.min_body_bytes_per_second": config.limits.min_body_bytes_per_second,
         "database.max_pool_size": config.database.max_pool_size,
         "credits.max_share": config.credits.max_share,
         "credits.lease_seconds": config.credits.lease_seconds,
@@ -544,13 +553,13 @@ def _check_self_service(settings: SelfService, scopes: dict[str, ScopeDef]) -> l
     return out
 
 
-def _check_trusted_proxies(cidrs: list[str]) -> list[str]:
+def _check_networks(key: str, cidrs: list[str]) -> list[str]:
     out = []
     for index, cidr in enumerate(cidrs):
         try:
             ipaddress.ip_network(cidr)
         except ValueError as exc:
-            out.append(f"trusted_proxies[{index}]: {exc}")
+            out.append(f"{key}[{index}]: {exc}")
     return out
 
 

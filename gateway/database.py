@@ -116,7 +116,8 @@ def database_url(config: Config, embedded_cleanup: str | None = None) -> str:
 
 
 def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:
-    """Start (or reuse) the embedded server; by default it outlives this process."""
+    """Start (or reuse) the embedded server; by default it outlives this process, with
+    `cleanup_mode="stop"` it stops when the last process using it exits."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # pgserver (through platformdirs) warns about XDG_RUNTIME_DIR on servers; harmless.
     with warnings.catch_warnings():
@@ -129,7 +130,7 @@ def start_embedded(pgdata: Path, cleanup_mode: str | None = None) -> str:
         try:
             # Outliving the process lets the CLI's short commands and a running
             # gateway share one server.
-            server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
+            server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined,unused-ignore]
         except Exception as exc:
             raise DatabaseUnavailable(
                 f"the embedded PostgreSQL did not start ({exc}); set GATEWAY_DATABASE_URL"

@@ -107,6 +107,7 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
         clock=options.clock,
         observer=gw.metrics,
         tracing=gw.tracing,
+        timeout=gw.config.database.command_timeout_seconds,
     )
     gw.store = store
 
@@ -123,6 +124,7 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
     finally:
         await stop_background(*tasks)
         await store.flush_last_used()
+        await store.close()
 
 
 async def _settle_caches(store: KeyStore, interval: float = 5.0, growth: int = 5000) -> None:

@@ -165,7 +165,7 @@ class Gateway:
         pipeline = Pipeline(
             decider=decider,
             authenticator=authenticator,
-            forwarder=Forwarder(config.limits.max_body_bytes),
+            forwarder=Forwarder(config.limits),
             upstreams=self.upstreams,
             cors=Cors(config.cors),
             tokens=TokenEndpoint(signer, config.tokens),

@@ -19,6 +19,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.silent = False  # a partition: bytes vanish, nothing is refused or reset
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -37,8 +38,21 @@ class TcpProxy:
     async def restore(self) -> None:
         await self.start()
 
+    def partition(self) -> None:
+        """Like a switch port going down: connections stay open and new ones are
+        accepted, but no byte gets through and nothing answers (no RST)."""
+        self.silent = True
+
+    def heal(self) -> None:
+        self.silent = False
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.silent:
+            self._pipes.add(writer)
+            while not writer.is_closing() and await reader.read(65536):
+                pass  # swallowed, unanswered
+            return
         try:
             up_reader, up_writer = await self._connect()
         except OSError:
@@ -50,6 +64,8 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.silent:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -24,6 +24,7 @@ from gateway.keys.validation import whole_number
 from gateway.problems import Problem, invalid_fields
 from gateway.usage.report import parse_range
 from gateway.webhooks import endpoints as webhooks
+from gateway.webhooks.destinations import Destinations
 
 log = logging.getLogger("gateway.admin")
 REQUEST_ID = web.RequestKey("request_id", str)  # given by the problems middleware
@@ -185,8 +186,15 @@ async def create_webhook(request: web.Request) -> web.Response:
     errors = webhooks.check_endpoint(body)
     if errors:
         raise invalid_fields(errors)
-    async with request.app[POOL].acquire() as conn:
-        created = await webhooks.create(conn, body, actor=_actor(request))
+    allowed = request.app[CONFIG].webhooks.allowed_networks
+    try:
+        async with request.app[POOL].acquire() as conn:
+            created = await webhooks.create(
+                conn, body, Destinations(allowed), actor=_actor(request)
+            )
+    except webhooks.DestinationNotAllowed as exc:
+        detail = f"{exc}; add it to webhooks.allowed_networks to allow it"
+        raise Problem(422, "webhook-destination-not-allowed", detail) from None
     return json_response(created, 201)
 
 

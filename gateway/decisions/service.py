@@ -10,7 +10,7 @@ answer: its bytes are never taken for a request).
 from __future__ import annotations
 
 from gateway.decisions.answers import allow, refuse
-from gateway.decisions.shapes import endpoint_for
+from gateway.decisions.shapes import endpoint_for, refuse_forbidden_headers
 from gateway.edge import safety
 from gateway.edge.decide import Decider, Outcome
 from gateway.edge.envelope import Envelope
@@ -33,6 +33,7 @@ class DecisionEndpoints:
         outcome.endpoint, read = found
         asked = read(exchange)
         outcome.asked = (asked.method, asked.uri)
+        refuse_forbidden_headers(exchange)
         target = safety.check_target(asked.method, asked.uri)
         decision = await self._decider.decide(
             asked.method, target, exchange.headers, asked.client, outcome

@@ -4,12 +4,13 @@ description that suits it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from gateway.http1.wire import folded
 from gateway.problems import Problem
 
 EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
@@ -24,6 +25,24 @@ class Asking(Protocol):
     def raw_path(self) -> str: ...
     @property
     def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+
+# What a proxied request loses on the way upstream (§6.6). A front proxy passes the
+# client's headers on as they are, so a decision cannot make them go: it refuses them.
+_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
+
+def refuse_forbidden_headers(request: Asking) -> None:
+    """400 `forbidden-header` for a method override (an upstream that honours one would
+    run a method the policy never checked) or any `X-Gateway-*` header (the identity
+    the front proxy adds must be the gateway's alone)."""
+    for raw_name, _ in request.raw_headers:
+        name = folded(raw_name)
+        if name in _METHOD_OVERRIDES or name.startswith("x-gateway-"):
+            shown = raw_name.decode("latin-1")
+            raise Problem(400, "forbidden-header", f"the request may not carry {shown}")
 
 
 @dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from gateway.http1.bodyqueue import BodyQueue
-from gateway.http1.messages import BodyTimeout, BrokenBody, IncompleteBody, Reply
+from gateway.http1.messages import BodyTimeout, BodyTooSlow, BrokenBody, IncompleteBody, Reply
 from gateway.http1.reader import END, PAUSED, Data, Failure, Head, RequestReader
 from gateway.http1.wire import HttpDate, encode_headers, reason_phrase
 from gateway.problems import CONTENT_TYPE, Problem
@@ -43,6 +43,8 @@ class Exchange:
     __slots__ = (
         "_connection",
         "_headers",
+        "_rate",
+        "arrived",
         "body",
         "body_exists",
         "client",
@@ -77,6 +79,8 @@ class Exchange:
         self.body_exists = head.chunked or bool(head.content_length)
         if not self.body_exists:
             self.body.end()
+        self.arrived = connection.loop.time()
+        self._rate: MinimumRate | None = None
         self.started = False  # any byte of the response was written
         self.status = 0
         self.switched = False
@@ -157,6 +161,19 @@ class Exchange:
             seen += len(chunk)
         return b"".join(parts)
 
+    def require_rate(self, bytes_per_second: float, after_seconds: float) -> None:
+        """From `after_seconds` past the head on, the body must have kept
+        `bytes_per_second` on average, else it fails as too slow (408)."""
+        if self._rate is None and not self.body.complete:
+            self._rate = MinimumRate(
+                self._connection.loop, self.body, self.arrived, bytes_per_second, after_seconds
+            )
+
+    def finish(self) -> None:
+        """The request is done with: no more checks on its body."""
+        if self._rate is not None:
+            self._rate.stop()
+
     def send_continue(self) -> None:
         self._connection.write(_CONTINUE)
 
@@ -236,6 +253,42 @@ class _BodyPieces:
         return piece
 
 
+class MinimumRate:
+    """A body's average rate floor (nginx's buffering and Apache's `MinRate` answer the
+    same trickle): checked by one timer that sleeps until the moment the bytes received
+    so far would fall below the floor."""
+
+    __slots__ = ("_body", "_loop", "_rate", "_since", "_timer")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        body: BodyQueue,
+        since: float,
+        bytes_per_second: float,
+        after_seconds: float,
+    ) -> None:
+        self._loop, self._body, self._since, self._rate = loop, body, since, bytes_per_second
+        self._timer: asyncio.TimerHandle | None = loop.call_at(since + after_seconds, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        body = self._body
+        if body.complete or body.error is not None:
+            return
+        now = self._loop.time()
+        if body.received < self._rate * (now - self._since):
+            body.fail(BodyTooSlow())
+            return
+        due = self._since + body.received / self._rate
+        self._timer = self._loop.call_at(max(due, now + 1.0), self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 Serve = Callable[[Exchange], Awaitable[None]]
 
 
@@ -279,7 +332,7 @@ class InboundConnection(asyncio.Protocol):
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._reader = RequestReader(
             max_header_bytes=lane.max_header_bytes, max_body_bytes=lane.max_body_bytes
         )
@@ -290,8 +343,8 @@ class InboundConnection(asyncio.Protocol):
         self._next: Exchange | None = None  # for the connection's task to serve next
         self._task: asyncio.Task[None] | None = None
         self._waiting: asyncio.Future[None] | None = None  # the task, between requests
-        self._header_deadline = Deadline(self._loop, self._headers_late)
-        self.body_deadline = Deadline(self._loop, self._body_late)
+        self._header_deadline = Deadline(self.loop, self._headers_late)
+        self.body_deadline = Deadline(self.loop, self._body_late)
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writable = True
@@ -369,7 +422,7 @@ class InboundConnection(asyncio.Protocol):
         if self._task is None or self._task.done():
             # One task per connection, woken per request: a task per request cost
             # more (creation and registration) than routing and authenticating it.
-            self._task = self._loop.create_task(self._serve_all())
+            self._task = self.loop.create_task(self._serve_all())
             self.lane.tasks.add(self._task)
             self._task.add_done_callback(self.lane.tasks.discard)
         else:
@@ -416,7 +469,7 @@ class InboundConnection(asyncio.Protocol):
             if exchange is None:
                 if self._closing or self.lost:
                     return
-                self._waiting = self._loop.create_future()
+                self._waiting = self.loop.create_future()
                 await self._waiting
                 continue
             try:
@@ -431,6 +484,7 @@ class InboundConnection(asyncio.Protocol):
 
     def _finished(self, exchange: Exchange) -> None:
         self._exchange = None
+        exchange.finish()
         if self.lost or self._switched:
             return
         if exchange.close_after or not exchange.body.complete or self._closing:
@@ -470,7 +524,7 @@ class InboundConnection(asyncio.Protocol):
             raise ConnectionResetError("the client closed the connection")
         if self._writable:
             return
-        self._drain_waiter = self._loop.create_future()
+        self._drain_waiter = self.loop.create_future()
         await self._drain_waiter
 
     def pause_reading(self) -> None:

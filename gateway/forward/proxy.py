@@ -16,6 +16,7 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.config import Limits
 from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeout
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.http1.messages import BodyError
@@ -47,11 +48,21 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-request-id",
+    # Client-address headers: upstreams that believe them would take the client's word;
+    # X-Real-IP is set to the address the gateway determined (§16).
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
     # Answered here, after authorization: an upload the policy refuses is never sent.
     "expect",
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
+RATE_GRACE_SECONDS = 10.0  # a streamed body's minimum rate is enforced from then on
 _BODILESS = frozenset({204, 304})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -92,6 +103,7 @@ class Incoming(Protocol):
 def _forwarding_headers(request: Incoming, request_id: str) -> list[tuple[str, str]]:
     return [
         ("X-Forwarded-For", request.client or "unknown"),
+        ("X-Real-IP", request.client or "unknown"),
         ("X-Forwarded-Proto", request.scheme),
         ("X-Forwarded-Host", request.headers.get("Host", "")),
         ("X-Request-Id", request_id),
@@ -203,6 +215,7 @@ class Downstream(Incoming, Protocol):
     def body_exists(self) -> bool: ...
     async def read(self) -> bytes: ...
     async def read_exactly(self, length: int) -> bytes: ...
+    def require_rate(self, bytes_per_second: float, after_seconds: float) -> None: ...
     def chunks(self, first: bytes = b"") -> AsyncIterator[bytes]: ...
     def send_continue(self) -> None: ...
     def head(
@@ -218,8 +231,10 @@ class Forwarder:
     relays the answer to the gateway's own server. WebSocket upgrades go to
     `websocket.relay` on aiohttp's client session."""
 
-    def __init__(self, max_body_bytes: int) -> None:
-        self._max_body = max_body_bytes
+    def __init__(self, limits: Limits) -> None:
+        self._max_body = limits.max_body_bytes
+        self._buffer = limits.buffer_body_bytes
+        self._min_rate = limits.min_body_bytes_per_second
 
     async def relay(
         self,
@@ -239,7 +254,7 @@ class Forwarder:
             raise Problem(413, "body-too-large", "the request body is too large")
         if _expects_continue(exchange.headers, exchange.version):
             exchange.send_continue()
-        body, stream, framing = await _body(exchange, length)
+        body, stream, framing = await self._body(exchange, length)
         if trace is None or not trace.recording:
             propagated = trace.upstream_headers() if trace is not None else ()
             head = request_head(
@@ -254,6 +269,39 @@ class Forwarder:
             )
             status = await _exchange(exchange, upstream, head, body, stream, extra, timing)
             span.set_attribute("http.response.status_code", status)
+
+    async def _body(
+        self, exchange: Downstream, length: int | None
+    ) -> tuple[bytes, Stream | None, bytes]:
+        """(a body sent with the head, or a stream; the framing header). A body up to
+        `buffer_body_bytes` arrives whole before an upstream connection is taken, so a
+        slow small body holds none (nginx's request buffering); a larger one streams at
+        `min_body_bytes_per_second` or more from 10 s after the head."""
+        if not exchange.body_exists:
+            return b"", None, _empty_framing(exchange.method)
+        buffer = self._buffer
+        try:
+            if length is not None and length <= buffer:
+                body = await exchange.read_exactly(length)
+                return body, None, b"Content-Length: %d\r\n" % length
+            exchange.require_rate(self._min_rate, RATE_GRACE_SECONDS)
+            pieces: list[bytes] = []
+            seen = 0
+            while seen <= buffer:
+                piece = await exchange.read()
+                if not piece:
+                    # Ended within the buffer (a chunked body; `0\r\n\r\n` alone is an
+                    # empty body): sent whole, with its length.
+                    body = b"".join(pieces)
+                    return body, None, b"Content-Length: %d\r\n" % len(body)
+                pieces.append(piece)
+                seen += len(piece)
+        except BodyError as exc:
+            raise Problem(exc.status, exc.slug, exc.detail) from None
+        chunks = functools.partial(exchange.chunks, b"".join(pieces))
+        if length is not None:
+            return b"", Stream(chunks, chunked=False), b"Content-Length: %d\r\n" % length
+        return b"", Stream(chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
 
 
 async def _exchange(
@@ -301,26 +349,6 @@ async def _send(
         raise Problem(400, "incomplete-body", "the request body ended early") from None
     finally:
         timing["upstream_ms"] = (time.perf_counter() - started) * 1000
-
-
-async def _body(exchange: Downstream, length: int | None) -> tuple[bytes, Stream | None, bytes]:
-    """(a small body to send with the head, or a stream; the framing header)."""
-    if not exchange.body_exists:
-        return b"", None, _empty_framing(exchange.method)
-    try:
-        if length is not None and length <= CHUNK:
-            return await exchange.read_exactly(length), None, b"Content-Length: %d\r\n" % length
-        # No upstream connection is taken before the body's first bytes arrive: a
-        # client that sends a head and stalls holds nothing but its own connection.
-        first = await exchange.read()
-    except BodyError as exc:
-        raise Problem(exc.status, exc.slug, exc.detail) from None
-    if not first:
-        raise Problem(400, "incomplete-body", "the request body ended early")
-    chunks = functools.partial(exchange.chunks, first)
-    if length is not None:
-        return b"", Stream(chunks, chunked=False), b"Content-Length: %d\r\n" % length
-    return b"", Stream(chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
 
 
 def _empty_framing(method: str) -> bytes:

@@ -19,13 +19,16 @@ LOW_WATER = 64 * 1024
 
 
 class BodyQueue:
-    __slots__ = ("_buffered", "_chunks", "_pause", "_resume", "_waiter", "complete", "error")
+    __slots__ = (
+        "_buffered", "_chunks", "_pause", "_resume", "_waiter", "complete", "error", "received"
+    )  # fmt: skip
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         self._pause = pause
         self._resume = resume
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
+        self.received = 0  # bytes put in all, for a minimum rate
         self._waiter: asyncio.Future[None] | None = None
         self.complete = False  # the body ended; what is buffered is all of it
         self.error: BaseException | None = None  # why it will never end
@@ -35,6 +38,7 @@ class BodyQueue:
     def put(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
+        self.received += len(chunk)
         if self._buffered > HIGH_WATER:
             self._pause()
         self._wake()

@@ -61,6 +61,13 @@ class BodyTimeout(BodyError):
         super().__init__(408, "body-timeout", "the request body did not arrive in time")
 
 
+class BodyTooSlow(BodyError):
+    """A streamed body fell below `limits.min_body_bytes_per_second` on average."""
+
+    def __init__(self) -> None:
+        super().__init__(408, "body-timeout", "the request body arrived too slowly")
+
+
 class BrokenBody(BodyError):
     """The body's framing broke (a bad chunk) or crossed the size limit."""
 

@@ -51,6 +51,8 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         status = "revoked"
     elif expires is not None and expires <= now:
         status = "expired"
+    elif revoked is not None:
+        status = "rotating"  # replaced, and working until the grace ends
     return {
         "id": str(row["id"]),
         "user_id": row["user_id"],
@@ -62,6 +64,7 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "created_at": _iso(row["created_at"]),
         "expires_at": _iso(expires),
         "revoked_at": _iso(revoked),
+        "grace_ends_at": _iso(revoked) if status == "rotating" else None,
         "last_used_at": _iso(row["last_used_at"]),
         "enabled": row["enabled"],
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
@@ -170,8 +173,9 @@ async def page_of_keys(
 
 
 async def list_keys(conn: Conn, user_id: str) -> list[dict[str, Any]]:
+    """A user's keys, newest first (as the page and `keys list` show them)."""
     rows = await conn.fetch(
-        f"SELECT {_KEY_FIELDS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id",
+        f"SELECT {_KEY_FIELDS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
         user_id,
     )
     now = datetime.now(UTC)
@@ -286,7 +290,7 @@ LEAK_ACTOR = Actor("leak:github")
 
 async def revoke_leaked(conn: Conn, digest: bytes, url: str, source: str) -> bool:
     """Revoke the key with this hash, reported leaked (§17); whether it is one of ours
-    (a key already revoked is, and is reported again as leaked)."""
+    (a key already revoked is, and nothing is written for it again)."""
     async with conn.transaction():
         old = await conn.fetchrow(
             "SELECT id, key_hash, user_id, name, revoked_at FROM api_keys WHERE key_hash = $1"
@@ -295,14 +299,17 @@ async def revoke_leaked(conn: Conn, digest: bytes, url: str, source: str) -> boo
         )
         if old is None:
             return False
+        if old["revoked_at"] is not None and old["revoked_at"] <= datetime.now(UTC):
+            # Already revoked: a replayed report (the signature covers only the body)
+            # or GitHub reporting it again. Ours, and nothing more to write.
+            return True
         key_id, where = str(old["id"]), {"url": url, "source": source}
-        if old["revoked_at"] is None or old["revoked_at"] > datetime.now(UTC):
-            await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", old["id"])
-            await audit.record(
-                conn, LEAK_ACTOR, "key.revoked", user_id=old["user_id"], key_id=key_id,
-                details={"name": old["name"], **where},
-            )  # fmt: skip
-            await notify_key(conn, key_id, bytes(old["key_hash"]))
+        await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", old["id"])
+        await audit.record(
+            conn, LEAK_ACTOR, "key.revoked", user_id=old["user_id"], key_id=key_id,
+            details={"name": old["name"], **where},
+        )  # fmt: skip
+        await notify_key(conn, key_id, bytes(old["key_hash"]))
         data = {"user_id": old["user_id"], **where, "actor": LEAK_ACTOR.name}
         await outbox.enqueue(conn, "key.leaked", data, key_id)
     return True

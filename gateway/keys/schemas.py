@@ -31,7 +31,9 @@ _PROPERTIES: dict[str, Any] = {
     "description": {"type": ["string", "null"], "maxLength": 500},
     "scopes": {"type": "array", "items": {"type": "string"}},
     "display_prefix": {"type": "string"},
-    "status": {"enum": ["active", "expired", "revoked"]},
+    # rotating: replaced by a rotation, still working until `grace_ends_at`
+    "status": {"enum": ["active", "rotating", "expired", "revoked"]},
+    "grace_ends_at": _TIME,
     "created_at": {"type": "string", "format": "date-time"},
     "expires_at": _TIME,
     "revoked_at": _TIME,

@@ -8,6 +8,7 @@ flight). Invalidations (LISTEN/NOTIFY) drop entries; the TTL is the backstop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import time
@@ -30,9 +31,10 @@ Clock = Callable[[], float]
 Status = Literal["active", "expired", "revoked", "disabled"]
 T = TypeVar("T")
 
-# After a failed query, answer 503 at once for this long instead of queueing
-# every request behind a connect timeout.
-_BACKOFF_SECONDS = 0.5
+# After a failed query the database counts as down: lookups answer 503 at once rather
+# than each waiting out a timeout, until a probe this often finds it back.
+_PROBE_SECONDS = 0.5
+_DOWN = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _TABLES = {"key": "api_keys", "membership": "memberships"}  # what each lookup reads
 _SELECT_KEY = (
     "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
@@ -43,6 +45,10 @@ _SELECT_KEY = (
 )
 _KEY_BY_HASH = _SELECT_KEY + " WHERE key_hash = $1"
 _KEY_BY_ID = _SELECT_KEY + " WHERE id = $1::uuid"
+
+
+async def _ping(conn: Any) -> object:
+    return await conn.fetchval("SELECT 1")
 
 
 class StoreUnavailable(Exception):
@@ -212,6 +218,7 @@ class KeyStore:
         clock: Clock = time.time,
         observer: Observer | None = None,
         tracing: Tracing | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self._pool = pool
         self._tracing = tracing
@@ -225,7 +232,8 @@ class KeyStore:
             "unknown_key", size, cache.negative_ttl_seconds, clock, self._observer
         )
         self._members = _Cache("membership", size, ttl, clock, self._observer)
-        self._down_until = 0.0
+        self._timeout = timeout
+        self._probe: asyncio.Task[None] | None = None  # while the database is down
         self.last_used: dict[str, float] = {}
         self.queries = 0  # counted for tests and benchmarks: a hit makes none
 
@@ -316,8 +324,8 @@ class KeyStore:
         return frozenset((row["resource_type"], row["resource_id"]) for row in rows)
 
     async def _query(self, name: str, run: Callable[[Any], Awaitable[T]]) -> T:
-        if self._clock() < self._down_until:
-            raise StoreUnavailable(name)
+        if self._probe is not None:
+            raise StoreUnavailable(name)  # known down: 503 at once, the probe looks
         table = _TABLES.get(name)
         if self._tracing is None or table is None:
             return await self._run(name, run)
@@ -333,13 +341,56 @@ class KeyStore:
         started = time.perf_counter()
         self.queries += 1
         try:
-            async with self._pool.acquire() as conn:
-                return await run(conn)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            self._down_until = self._clock() + _BACKOFF_SECONDS
+            return await self._bounded(run)
+        except _DOWN:
+            self._went_down()
             raise StoreUnavailable(name) from None
         finally:
             self._observer.query_seconds(name, time.perf_counter() - started)
+
+    async def _bounded(self, run: Callable[[Any], Awaitable[T]]) -> T:
+        """`run` on a pooled connection: taking one and the query share one timeout, so
+        an unreachable server (no RST) costs one wait, not a connect and a query each."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        async with asyncio.timeout_at(deadline):
+            conn = await self._pool.acquire()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await run(conn)
+        except TimeoutError:
+            # Unanswered: releasing it would wait for a cancel request that cannot
+            # reach the server either.
+            conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+
+    def _went_down(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._until_back())
+
+    async def _until_back(self) -> None:
+        """While the database is down, one query every `_PROBE_SECONDS` looks for it."""
+        while True:
+            await asyncio.sleep(_PROBE_SECONDS)
+            try:
+                await self._bounded(_ping)
+            except _DOWN:
+                continue
+            self._probe = None
+            return
+
+    @property
+    def database_down(self) -> bool:
+        return self._probe is not None
+
+    async def close(self) -> None:
+        """Stop looking for the database (at shutdown)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
 
     async def flush_last_used(self) -> int:
         """Write the batched last-use times in one statement; returns how many."""

@@ -23,6 +23,8 @@ _ENCODED_FORBIDDEN = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
 def split_path(path: str) -> list[str]:
     """Decoded path segments; raises a 400 `Problem` for anything ambiguous."""
     if not _PATH.fullmatch(path):
+        if not path.startswith("/"):
+            raise bad_request("bad-path", "the path must begin with '/'")
         raise bad_request("bad-path", "the path has characters that must be percent-encoded")
     if path == "/":
         return []

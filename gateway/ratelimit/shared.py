@@ -212,6 +212,11 @@ def _must_ask(lease: _Lease | None, now: float) -> bool:
 def _verdict(lease: _Lease, now: float) -> Verdict:
     limit = lease.limit
     if lease.tokens > 0:
-        return Verdict(limit, True, lease.tokens - 1, max(0.0, lease.tat_at - now), 0.0)
+        # What remains is this process's other leased tokens and the shared room that
+        # no process has leased yet (as of Redis's last answer), not the lease alone: a
+        # lease is often one token.
+        ahead = max(0.0, lease.tat_at - now)
+        room = max(0, math.floor((limit.tolerance - ahead) / limit.interval + 1e-9))
+        return Verdict(limit, True, lease.tokens - 1 + room, ahead, 0.0)
     wait = max(limit.interval, lease.tat_at - limit.tolerance - now)
     return Verdict(limit, False, 0, max(0.0, lease.tat_at - now), wait)

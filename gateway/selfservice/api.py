@@ -36,7 +36,7 @@ MAX_GRACE_SECONDS = 7 * 86400
 _CREATE_FIELDS = frozenset(
     {"name", "description", "scopes", "expires_in_days", "expires_at", "never"}
 )
-_STATUSES = {"active": {"active"}, "inactive": {"expired", "revoked"}}
+_STATUSES = {"active": {"active", "rotating"}, "inactive": {"expired", "revoked"}}
 
 
 def _own(key: dict[str, Any]) -> dict[str, Any]:

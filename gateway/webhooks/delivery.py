@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 from standardwebhooks import Webhook
+from yarl import URL
 
 from gateway.config import Webhooks as Settings
 from gateway.observability.metrics import Metrics
+from gateway.webhooks.destinations import CheckingResolver, DestinationRefused, Destinations
 
 log = logging.getLogger("gateway.webhooks")
 BATCH = 16
@@ -52,6 +55,10 @@ UPDATE webhook_deliveries
        next_attempt_at = now() + make_interval(secs => $5)
  WHERE id = $1 AND attempts = $6
 """
+# A recorded outcome is a status code or one of these words, never a library's text:
+# the deliveries are readable by whoever registers a URL, and an error text would
+# tell them what answers at an address they could not otherwise reach.
+REFUSED = "destination-not-allowed"
 _OLDEST = (
     "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8"
     " FROM webhook_deliveries WHERE status = 'pending'"
@@ -84,6 +91,7 @@ class Deliverer:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._destinations = Destinations(settings.allowed_networks)
 
     def wake(self, *_: object) -> None:
         """A new event was committed (NOTIFY): look now rather than at the next poll."""
@@ -94,7 +102,9 @@ class Deliverer:
         async with aiohttp.ClientSession(
             timeout=timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=BATCH),
+            connector=aiohttp.TCPConnector(
+                limit=BATCH, resolver=CheckingResolver(self._destinations), use_dns_cache=False
+            ),
         ) as session:
             self._session = session
             while True:
@@ -134,6 +144,8 @@ class Deliverer:
         status, error = await self._post(attempt)
         if status is not None and 200 <= status < 300:
             outcome, wait = "delivered", 0.0
+        elif error == REFUSED:
+            outcome, wait = "failed", 0.0  # it will not be allowed on a retry either
         else:
             schedule = self._settings.retry_schedule_seconds
             if attempt.attempt > len(schedule):
@@ -150,7 +162,10 @@ class Deliverer:
             )
 
     async def _post(self, attempt: Attempt) -> tuple[int | None, str | None]:
+        """The answer's status, or the word for why there was none."""
         assert self._session is not None
+        if not self._literal_allowed(attempt.url):
+            return None, REFUSED
         sent_at = datetime.now(UTC)
         headers = {
             "Content-Type": "application/json",
@@ -164,11 +179,28 @@ class Deliverer:
                 attempt.url, data=attempt.payload.encode(), headers=headers, allow_redirects=False
             ) as response:
                 await response.read()
-                return response.status, None if response.status < 300 else f"HTTP {response.status}"
+                return response.status, None
         except TimeoutError:
-            return None, f"no answer within {self._settings.timeout_seconds:g} s"
-        except aiohttp.ClientError as exc:
-            return None, f"{exc.__class__.__name__}: {exc}"[:500]
+            return None, "timeout"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, DestinationRefused):
+                return None, REFUSED
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return None, "connection-refused"
+            return None, "connection-error"
+        except aiohttp.InvalidURL:
+            return None, REFUSED  # a numeric host spelling aiohttp will not connect to
+        except aiohttp.ClientError:
+            return None, "connection-error"
+
+    def _literal_allowed(self, url: str) -> bool:
+        """An address written in the URL is connected to without the resolver: checked here."""
+        host = URL(url).raw_host or ""
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return True  # a name: the resolver checks what it resolves to
+        return self._destinations.allows(host)
 
     async def _observe_backlog(self) -> None:
         async with self._pool.acquire() as conn:

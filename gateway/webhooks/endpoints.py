@@ -17,6 +17,7 @@ from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.audit.outbox import EVENT_TYPES
 from gateway.database import INVALIDATION_CHANNEL, Conn
+from gateway.webhooks.destinations import Destinations, shown
 
 Errors = list[tuple[str, str]]
 ROTATION_GRACE_HOURS = 24
@@ -29,6 +30,10 @@ _DELIVERY_FIELDS = (
 
 class NotFound(Exception):
     pass
+
+
+class DestinationNotAllowed(Exception):
+    """A URL whose host is not a public address nor inside `webhooks.allowed_networks`."""
 
 
 def check_endpoint(body: dict[str, Any]) -> Errors:
@@ -70,7 +75,7 @@ def new_secret() -> str:
 def endpoint_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
-        "url": row["url"],
+        "url": shown(row["url"]),
         "events": list(row["events"]),
         "description": row["description"],
         "created_at": _iso(row["created_at"]),
@@ -82,8 +87,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-async def create(conn: Conn, body: dict[str, Any], *, actor: Actor) -> dict[str, Any]:
-    """A checked endpoint; the answer carries its secret, shown this once."""
+async def create(
+    conn: Conn, body: dict[str, Any], destinations: Destinations, *, actor: Actor
+) -> dict[str, Any]:
+    """A checked endpoint; the answer carries its secret, shown this once. Raises
+    `DestinationNotAllowed` for a URL that may not be delivered to."""
+    refusal = await destinations.refusal(body["url"])
+    if refusal is not None:
+        raise DestinationNotAllowed(refusal)
     secret = new_secret()
     async with conn.transaction():
         row = await conn.fetchrow(

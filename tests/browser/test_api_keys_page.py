@@ -190,13 +190,26 @@ async def test_cancelling_a_delete_keeps_the_key(
     page = Page(driver, gateway.proxy)
     await step(page.sign_in, host.token(user))
 
-    def cancel() -> None:
-        page.row("keep me").find_element(By.CSS_SELECTOR, "button[data-action=delete]").click()
+    def cancel(action: str) -> str:
+        page.row("keep me").find_element(By.CSS_SELECTOR, f"button[data-action={action}]").click()
         page.visible("confirm")
+        focused = str(page.driver.switch_to.active_element.get_attribute("id"))
         page.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
         page.wait.until(lambda d: not page.by_id("confirm").get_attribute("open"))
+        return focused
 
-    await step(cancel)
+    # Each destructive dialog opens on Cancel: Enter alone never confirms.
+    for action in ("delete", "rotate", "toggle"):
+        assert await step(cancel, action) == "confirm-cancel", action
+    assert "keep me" in await step(page.table_text)
+
+    def enter_on_open() -> None:
+        page.row("keep me").find_element(By.CSS_SELECTOR, "button[data-action=delete]").click()
+        page.visible("confirm")
+        page.driver.switch_to.active_element.send_keys(Keys.ENTER)
+        page.wait.until(lambda d: not page.by_id("confirm").get_attribute("open"))
+
+    await step(enter_on_open)
     assert "keep me" in await step(page.table_text)
 
 
@@ -398,6 +411,10 @@ async def test_the_create_form_resets_closes_on_escape_and_shows_its_errors(
         page.by_id("create").click()
         active = page.driver.switch_to.active_element
         seen["focus"] = (active.get_attribute("type"), active.get_attribute("name"))
+        seen["in view"] = page.driver.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            " return r.top >= 0 && r.bottom <= window.innerHeight", active
+        )  # fmt: skip
         seen["scope error"] = page.by_id("scopes-error").text
         active.send_keys(Keys.ESCAPE)
         page.wait.until(ec.invisibility_of_element_located((By.ID, "create-panel")))
@@ -413,6 +430,7 @@ async def test_the_create_form_resets_closes_on_escape_and_shows_its_errors(
     assert seen["default"] == seen["default again"] == "30 days"
     assert seen["past"] == "Choose a date from tomorrow to 365 days from now."
     assert seen["focus"] == ("checkbox", "scopes") and seen["scope error"]
+    assert seen["in view"] is True  # the field in error, not only its message
     assert seen["focus after escape"] == "new-key"
     async with aiohttp.ClientSession() as http, http.get(str(seen["icon"])) as response:
         assert response.status == 200 and response.content_type == "image/svg+xml"
@@ -449,7 +467,7 @@ async def test_each_key_shows_its_30_days_and_a_daily_chart(
         figure = page.visible(f"usage-{key['id']}")
         page.screenshot("usage-chart")
         bars = len(figure.find_elements(By.CSS_SELECTOR, "svg rect"))
-        rows = figure.find_elements(By.CSS_SELECTOR, "figure.usage > table > tbody > tr")
+        rows = figure.find_elements(By.CSS_SELECTOR, "figure.usage > div > table > tbody > tr")
         counts = [
             "/".join(
                 str(td.get_attribute("textContent")) for td in r.find_elements(By.TAG_NAME, "td")

@@ -187,6 +187,7 @@ class Cluster:
                 "timeout_seconds": 1,
                 "poll_seconds": 0.2,
                 "retry_schedule_seconds": [0.5, 0.5, 0.5],
+                "allowed_networks": [f"{NET}.0/24"],  # the receiver is on the cluster's net
             },
             **self.extra,
         }

@@ -175,7 +175,15 @@ async def test_rotation_inside_and_after_the_grace_period(
     for key in (old["key"], new["key"]):
         async with http.get(gateway.proxy + "/v1/me", headers=bearer(key)) as response:
             assert response.status == 200
+    # In its grace the old key says so, apart from an active key.
+    _, listed = await admin.call("GET", f"{KEYS}?user_id={user}", KEYS)
+    shown = {k["id"]: k for k in listed["keys"]}
+    assert shown[new["id"]]["status"] == "active" and shown[new["id"]]["grace_ends_at"] is None
+    assert shown[old["id"]]["status"] == "rotating"
+    assert shown[old["id"]]["grace_ends_at"] == shown[old["id"]]["revoked_at"] is not None
     await asyncio.sleep(1.2)
+    _, after = await admin.call("GET", f"{KEYS}/{old['id']}", "/admin/v1/keys/{id}")
+    assert after["status"] == "revoked" and after["grace_ends_at"] is None
     async with http.get(gateway.proxy + "/v1/me", headers=bearer(old["key"])) as response:
         assert response.status == 401
         assert "revoked" in (await response.json(content_type=None))["detail"]

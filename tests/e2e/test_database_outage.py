@@ -78,3 +78,45 @@ async def test_outage_then_recovery(
         async with http.get(gateway.admin + "/readyz") as r:
             assert r.status == 200
     assert forwarded == 21  # the cached key's requests only
+
+
+async def test_a_partitioned_database_costs_one_timeout_then_503_at_once(
+    tmp_path: Path, tcp_database: tuple[TcpProxy, str], upstream: RecordingUpstream
+) -> None:
+    """The database host unreachable with no RST (a switch port down): the first lookup
+    of an uncached key answers 503 within `command_timeout_seconds` — one wait, not a
+    connect and a query — and the next ones at once, until a probe finds it back."""
+    proxy, url = tcp_database
+    config = make_config(
+        tmp_path,
+        url,
+        upstream.url,
+        database={"command_timeout_seconds": 1.5, "connect_timeout_seconds": 1.5},
+    )
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        cached = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+        async with http.get(gateway.proxy + "/v1/me", headers=bearer(cached)) as r:
+            assert r.status == 200
+        proxy.partition()
+        waits = []
+        for _ in range(10):
+            unknown = key_format.generate("gwk")
+            started = time.monotonic()
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(unknown)) as r:
+                assert r.status == 503
+            waits.append(time.monotonic() - started)
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(cached)) as r:
+                assert r.status == 200  # a cached key is served throughout
+        print(f"\npartition: first 503 after {waits[0]:.2f} s, then "
+              f"{max(waits[1:]) * 1000:.0f} ms at most")  # fmt: skip
+        assert 1.4 <= waits[0] <= 1.5 + 0.5
+        assert max(waits[1:]) < 0.2
+        proxy.heal()
+        unknown = key_format.generate("gwk")
+        healed = time.monotonic()
+        while True:
+            async with http.get(gateway.proxy + "/v1/me", headers=bearer(unknown)) as r:
+                if r.status == 401:
+                    break
+            assert time.monotonic() - healed < 8, "no recovery after the partition healed"
+            await asyncio.sleep(0.1)

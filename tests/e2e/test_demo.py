@@ -37,7 +37,9 @@ def _read_until(process: subprocess.Popen[str], marker: str, within: float = 60)
 
 
 async def test_demo_prints_working_instructions(tmp_path: Path, database_url: str) -> None:
-    proxy, admin, upstream = free_port(), free_port(), free_port()
+    # Every listener on a free port (the demo turns decisions on; a `make demo` running
+    # beside the tests holds the shipped 8082).
+    proxy, admin, upstream, decisions = free_port(), free_port(), free_port(), free_port()
     config = tmp_path / "demo.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -45,6 +47,7 @@ async def test_demo_prints_working_instructions(tmp_path: Path, database_url: st
                 "state_dir": str(tmp_path / "state"),
                 "listen": {"host": "127.0.0.1", "port": proxy},
                 "admin": {"host": "127.0.0.1", "port": admin},
+                "decisions": {"listen": {"host": "127.0.0.1", "port": decisions}},
                 "policies": {"dir": str(ROOT / "policies")},
                 "upstreams": {"core": {"url": f"http://127.0.0.1:{upstream}"}},
             }
@@ -136,12 +139,15 @@ async def test_demo_stops_its_embedded_database_on_sigterm_and_replaces_its_key(
         # minutes (one CI run saw a demo outlive SIGTERM by 60 s under the full suite's
         # load, unexplained so far; its log now says where it stood).
         pytest.skip("three embedded-PostgreSQL demos: run by `make soak`")
-    proxy, admin, upstream = free_port(), free_port(), free_port()
+    # Every listener on a free port (the demo turns decisions on; a `make demo` running
+    # beside the tests holds the shipped 8082).
+    proxy, admin, upstream, decisions = free_port(), free_port(), free_port(), free_port()
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"),
         "listen": {"host": "127.0.0.1", "port": proxy},
         "admin": {"host": "127.0.0.1", "port": admin},
+        "decisions": {"listen": {"host": "127.0.0.1", "port": decisions}},
         "policies": {"dir": str(ROOT / "policies")},
         "upstreams": {"core": {"url": f"http://127.0.0.1:{upstream}"}},
     }))  # fmt: skip

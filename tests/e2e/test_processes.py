@@ -164,6 +164,7 @@ def test_cli_keys_and_members(tmp_path: Path, database_url: str) -> None:
     assert key["key"].startswith("gwk_") and key["scopes"] == ["me:read", "projects:read"]
     listing = _cli("keys", "list", "--user", user, "--json", config=config)
     assert [k["id"] for k in json.loads(listing.stdout)["keys"]] == [key["id"]]
+    assert list(json.loads(listing.stdout)) == ["keys"]  # the admin API's JSON, no cursor
     assert key["key"] not in listing.stdout
     text = _cli("keys", "list", "--user", user, config=config)
     assert key["display_prefix"] in text.stdout and key["key"] not in text.stdout
@@ -241,6 +242,8 @@ def test_cli_policy_check_and_explain(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "--scopes: unknown scope 'nosuch:scope'" in unknown.stderr
     bare = _cli("policy", "explain", "GET", "/v1/me", config=config)
     assert bare.returncode == 0 and "verdict:  401 without a credential" in bare.stdout
+    slashless = _cli("policy", "explain", "GET", "v1/me", config=config)
+    assert slashless.returncode == 1 and "must begin with '/'" in slashless.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.yaml").write_text(
@@ -248,6 +251,41 @@ def test_cli_policy_check_and_explain(tmp_path: Path) -> None:
     )
     bad = _cli("policy", "check", str(broken), config=config)
     assert bad.returncode == 1 and "a.yaml:3" in bad.stderr and "unknown scope" in bad.stderr
+
+
+def test_every_command_says_what_it_does() -> None:
+    """`gateway --help` and each command group's help describe every command; a
+    rotation's help says its default grace."""
+    top = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True,
+                         text=True, env=_env(), check=True).stdout  # fmt: skip
+    listed = top.split("positional arguments:")[1].split("options:")[0]
+    for command in ("serve", "keys", "webhooks", "members", "policy", "audit", "signing-keys"):
+        line = next(line for line in listed.splitlines() if line.strip().startswith(command))
+        assert len(line.split()) > 1, f"{command} has no help text"
+    for group in ("keys", "members", "policy", "signing-keys", "webhooks"):
+        shown = subprocess.run([sys.executable, "-m", "gateway", group, "--help"],
+                               capture_output=True, text=True, env=_env(), check=True).stdout  # fmt: skip
+        commands = shown.split("positional arguments:")[1].split("options:")[0].splitlines()[2:]
+        assert commands and all(len(line.split()) > 1 for line in commands if line.strip()), shown
+    rotate = subprocess.run([sys.executable, "-m", "gateway", "keys", "rotate", "--help"],
+                            capture_output=True, text=True, env=_env(), check=True).stdout  # fmt: skip
+    assert "default: 0" in " ".join(rotate.split())
+
+
+def test_a_cli_command_stops_the_embedded_database_it_started(tmp_path: Path) -> None:
+    pytest.importorskip("pgserver", reason="the embedded PostgreSQL (pgserver) is not installed")
+    config = tmp_path / "embedded.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                      "policies": {"dir": str(ROOT / "policies")}}))  # fmt: skip
+    env = environment(GATEWAY_DATABASE_URL=None, GATEWAY_ADMIN_TOKEN=None)
+    listed = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "list", "--user", "u", "--config", str(config)],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0 and listed.stdout.strip() == "no keys", listed.stderr
+    pgdata = tmp_path / "state" / "pgdata"
+    assert (pgdata / "PG_VERSION").exists()  # it did run there
+    assert not (pgdata / "postmaster.pid").exists()  # and stopped with the command
 
 
 def test_signing_key_generation(tmp_path: Path) -> None:

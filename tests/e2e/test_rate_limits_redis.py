@@ -300,3 +300,33 @@ async def test_a_slow_limit_admits_its_whole_quota_across_hosts(redis_server: Re
     for client in clients:
         await client.aclose()
     assert admitted == [True] * 5 + [False] * 2
+
+
+async def test_the_ratelimit_header_says_what_remains(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    """20 a minute, one request at a time through one host: each answer's `r` is the
+    quota left (19, 18, …), as the local backend says — not the one token leased."""
+    seen = {}
+    for backend in ("local", "redis"):
+        (tmp_path / backend).mkdir()
+        directory = routes_dir(tmp_path / backend, policy(20, 60, 20))
+        limits = limiting(redis_server) if backend == "redis" else {"backend": "local"}
+        config = make_config(
+            tmp_path / backend, database_url, upstream.url, directory, rate_limiting=limits
+        )
+        async with running_gateway(config) as gateway:
+            key = await gateway.create_key(unique("left"), ["me:read"])
+            remaining = []
+            for _ in range(21):
+                async with http.get(gateway.proxy + "/v1/limited", headers=bearer(key["key"])) as r:
+                    state = r.headers["RateLimit"]
+                    remaining.append((r.status, int(state.split(";r=")[1].split(";")[0])))
+        seen[backend] = remaining
+    expected = [(200, left) for left in range(19, -1, -1)] + [(429, 0)]
+    assert seen["local"] == expected
+    assert seen["redis"] == expected

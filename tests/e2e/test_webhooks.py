@@ -21,13 +21,15 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
+from gateway.testing import free_port
 from gateway.webhooks.scan import scan
 from tests.e2e.test_audit import admin
 from tests.e2e.test_processes import _ready, _serve, _write_config, spawn  # noqa: F401
 from tests.support import RunningGateway, admin_headers, make_config, running_gateway, unique
 
+# The receivers are on loopback, which is only a destination when allowed.
 FAST = {"timeout_seconds": 1, "retry_schedule_seconds": [0.2, 0.2], "poll_seconds": 0.1,
-        "scan_interval_seconds": 3600}  # fmt: skip
+        "scan_interval_seconds": 3600, "allowed_networks": ["127.0.0.0/8", "::1/128"]}  # fmt: skip
 
 
 @dataclass
@@ -211,6 +213,103 @@ async def test_bad_endpoints_are_refused_naming_the_field(
                          ("DELETE", f"/admin/v1/webhooks/{unknown}"),
                          ("POST", f"/admin/v1/webhook-deliveries/{unknown}/retry")):  # fmt: skip
         assert (await admin(http, gateway, method, path))[0] == 404
+
+
+async def test_internal_destinations_are_refused_at_registration(
+    tmp_path: Path, database_url: str, upstream: Any, http: aiohttp.ClientSession
+) -> None:
+    """Without `allowed_networks`: the cloud metadata address, the admin port, the
+    database port, and every other spelling of an internal address."""
+    config = make_config(
+        tmp_path, database_url, upstream.url, webhooks={**FAST, "allowed_networks": []}
+    )
+    async with running_gateway(config) as gateway:
+        admin_port = gateway.admin.rsplit(":", 1)[1]
+        targets = [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            f"http://127.0.0.1:{admin_port}/admin/v1/keys",
+            "http://127.0.0.1:5432/",
+            "http://localhost:6379/",
+            "http://2130706433/", "http://0177.0.0.1/", "http://0x7f.1/",
+            "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[64:ff9b::a9fe:a9fe]/",
+            "http://10.0.0.8/", "http://100.64.0.1/", "http://224.0.0.1/", "http://[fe80::1]/",
+            "https://user:pw@192.168.0.1/",
+        ]  # fmt: skip
+        for url in targets:
+            status, problem, _ = await admin(
+                http, gateway, "POST", "/admin/v1/webhooks", {"url": url}
+            )
+            assert status == 422, (url, problem)
+            assert problem["type"].endswith(":webhook-destination-not-allowed"), problem
+            assert "pw" not in json.dumps(problem)
+        assert (await admin(http, gateway, "GET", "/admin/v1/webhooks"))[1]["webhooks"] == []
+
+
+async def test_each_delivery_checks_the_address_it_connects_to(
+    tmp_path: Path,
+    database_url: str,
+    upstream: Any,
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Registered while loopback was allowed (by literal and by name), delivered by a
+    gateway that no longer allows it: refused as `destination-not-allowed`, at once and
+    for good, and nothing reaches the receiver. A refused port says only
+    `connection-refused`, never a library's text."""
+    allowing = make_config(tmp_path / "a", database_url, upstream.url, webhooks=FAST)
+    async with running_gateway(allowing) as gateway:
+        by_name = receiver.url.replace("127.0.0.1", "localhost")
+        hooks = [await _endpoint(http, gateway, url, ["key.created"])
+                 for url in (receiver.url, by_name)]  # fmt: skip
+    strict = {**FAST, "allowed_networks": []}
+    config = make_config(tmp_path / "b", database_url, upstream.url, webhooks=strict)
+    async with running_gateway(config) as gateway:
+        await gateway.create_key(unique("ssrf"), ["me:read"])
+        for hook in hooks:
+            path = f"/admin/v1/webhooks/{hook['id']}/deliveries"
+
+            async def outcome(path: str = path) -> tuple[str, str | None, int | None]:
+                found = (await admin(http, gateway, "GET", path))[1]["deliveries"]
+                return (
+                    (found[0]["status"], found[0]["last_error"], found[0]["last_status"])
+                    if found
+                    else ("", None, None)
+                )
+
+            await _eventually(outcome, ("failed", "destination-not-allowed", None))
+        assert receiver.seen == []
+        async with gateway.pool.acquire() as conn:
+            await conn.execute("DELETE FROM webhook_endpoints")
+
+
+async def test_an_outcome_is_a_status_or_a_fixed_word(
+    gateway: RunningGateway, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    """Nothing listening: `connection-refused`, never the client library's text."""
+    hook = await _endpoint(http, gateway, f"http://127.0.0.1:{free_port()}/hook", ["key.created"])
+    await gateway.create_key(unique("gone"), ["me:read"])
+    path = f"/admin/v1/webhooks/{hook['id']}/deliveries"
+
+    async def last_error() -> str | None:
+        found = (await admin(http, gateway, "GET", path))[1]["deliveries"]
+        return found[0]["last_error"] if found and found[0]["attempts"] else None
+
+    await _eventually(last_error, "connection-refused")
+
+
+async def test_userinfo_in_a_webhook_url_is_never_shown_back(
+    gateway: RunningGateway, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    url = receiver.url.replace("http://", "http://hookuser:hookpass@")
+    hook = await _endpoint(http, gateway, url)
+    assert hook["url"] == receiver.url.replace("http://", "http://***@")
+    listed = (await admin(http, gateway, "GET", "/admin/v1/webhooks"))[1]
+    assert "hookpass" not in json.dumps(listed) and "hookpass" not in json.dumps(hook)
+    async with gateway.pool.acquire() as conn:
+        audit = await conn.fetch(
+            "SELECT details::text FROM audit_events WHERE action = 'webhook.created'"
+        )
+    assert audit and all("hookpass" not in row[0] for row in audit)
 
 
 async def test_time_driven_events_come_once_whoever_scans(

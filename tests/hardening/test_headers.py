@@ -32,6 +32,14 @@ DROPPED = [
     "X_API_Key",
     "Authorization",
     "Forwarded",
+    # Client-address headers: the upstream gets X-Real-IP from the gateway, none of these.
+    "X-Real-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "Client-IP",
 ]
 
 
@@ -77,7 +85,14 @@ async def test_header_battery(gateway: RunningGateway, upstream: RecordingUpstre
             "x-method-override",
             "forwarded",
             "x-gateway-anything",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
+            "client-ip",
         }
+        assert received.headers.getall("X-Real-IP") == ["127.0.0.1"]
         assert key not in str(received.headers)
     print(
         f"\nheader battery: {forged} requests, {len(upstream.received)} forwarded, 0 spoofed headers upstream"

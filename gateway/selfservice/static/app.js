@@ -67,8 +67,9 @@ function focusFirstError() {
   if (!box) return;
   const field = box.closest(".field") || box.parentElement;
   const target = field.querySelector("input:not([type=hidden]), select, textarea") || $("name");
-  target.focus();
-  box.scrollIntoView({ block: "center" });
+  // The field itself in view, not only its message: a scope list is taller than a screen.
+  target.focus({ preventScroll: true });
+  target.scrollIntoView({ block: "center" });
 }
 
 function fieldError(field, message) {
@@ -379,9 +380,11 @@ async function toggleUsage(key, button) {
     reportFailure("The usage could not be loaded", error);
     return;
   }
+  const owner = button.closest("tr");
+  const room = owner.getBoundingClientRect().width - 32;  // the row, less the cell's padding
   const row = el("tr", { id: `usage-${key.id}`, class: "usage-row" },
-    el("td", { colspan: "8" }, usageFigure(key, data.buckets)));
-  button.closest("tr").after(row);
+    el("td", { colspan: "8" }, usageFigure(key, data.buckets, room)));
+  owner.after(row);
   button.setAttribute("aria-expanded", "true");
 }
 
@@ -391,8 +394,11 @@ function refused(bucket) {
 
 // Daily allowed and refused requests as stacked bars, drawn here (no chart library),
 // with the same numbers in a table for screen readers.
-function usageFigure(key, buckets) {
-  const width = 720, height = 160, left = 44, bottom = 22, top = 8;
+function usageFigure(key, buckets, available) {
+  // As wide as the space it has (a phone's card too), so that its labels are drawn
+  // at their own size rather than scaled down with the picture.
+  const width = Math.round(Math.min(720, Math.max(280, available))), height = 160;
+  const left = 44, bottom = 22, top = 8;
   const peak = Math.max(1, ...buckets.map((b) => b.allowed + refused(b)));
   const scale = (height - bottom - top) / peak;
   const slot = (width - left) / buckets.length;
@@ -426,7 +432,8 @@ function usageFigure(key, buckets) {
   const refusedTotal = buckets.reduce((n, b) => n + refused(b), 0);
   const caption = `Requests per day with key ${key.name}, last ${buckets.length} days (UTC): ` +
     `${countFormat.format(allowed)} allowed, ${countFormat.format(refusedTotal)} refused.`;
-  const table = el("table", { class: "visually-hidden" }, el("caption", { text: caption }),
+  // In a clipping box: a table ignores `overflow`, and the cards' rules reach its cells.
+  const table = el("table", {}, el("caption", { text: caption }),
     el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Day" }),
       el("th", { scope: "col", text: "Allowed" }), el("th", { scope: "col", text: "Refused" }))),
     el("tbody", {}, ...buckets.map((b) => el("tr", {},
@@ -436,37 +443,63 @@ function usageFigure(key, buckets) {
     el("span", { class: "swatch swatch-allowed" }), `Allowed ${countFormat.format(allowed)}`,
     el("span", { class: "swatch swatch-refused" }), `Refused ${countFormat.format(refusedTotal)}`,
     el("span", { class: "usage-note", text: "· per UTC day" }));
-  return el("figure", { class: "usage", "aria-label": caption }, svg, legend, table);
+  return el("figure", { class: "usage", "aria-label": caption }, svg, legend,
+    el("div", { class: "visually-hidden" }, table));
+}
+
+function statusCell(key) {
+  const status = shownStatus(key);
+  if (status !== "rotating") {
+    return cell("Status", el("span", { class: `status status-${status}`, text: status }));
+  }
+  const until = dateTimeFormat.format(new Date(key.grace_ends_at));
+  return cell("Status", el("span", { class: "status status-rotating", text: "Replaced" }),
+    el("span", { class: "grace", text: `works until ${until}` }));
+}
+
+function rowActions(key) {
+  const actions = el("div", { class: "row-actions" });
+  const button = (action, verb, extra = "") => el("button", {
+    class: `button small ${extra}`.trim(), type: "button", "data-action": action, "data-id": key.id,
+    "aria-label": `${verb} key ${key.name}`, text: verb });
+  if (key.status === "active") {
+    actions.append(button("toggle", key.enabled ? "Disable" : "Enable"), button("rotate", "Rotate"));
+  }
+  // A replaced key in its grace can still be ended at once.
+  if (key.status === "active" || key.status === "rotating") {
+    actions.append(button("delete", "Delete", "danger-text"));
+  }
+  return cell("Actions", actions);
+}
+
+function keyRow(key) {
+  const nameCell = cell("Name", el("span", { class: "key-name", text: key.name }));
+  if (key.description) nameCell.append(el("span", { class: "key-description", text: key.description }));
+  const scopes = el("ul", { class: "chips" });
+  for (const scope of key.scopes) scopes.append(el("li", { class: "chip", text: scope }));
+  return el("tr", { "data-key-id": key.id, class: key.status === "rotating" ? "replaced" : "" },
+    nameCell,
+    cell("Key", el("code", { class: "prefix", text: `${key.display_prefix}…` })),
+    cell("Scopes", scopes),
+    cell("Created", document.createTextNode(formatDate(key.created_at))),
+    usageCell(key),
+    expiresCell(key),
+    statusCell(key),
+    rowActions(key));
 }
 
 function renderKeys() {
   const body = document.querySelector("#keys tbody");
   body.replaceChildren();
-  for (const key of state.keys) {
-    const nameCell = cell("Name", el("span", { class: "key-name", text: key.name }));
-    if (key.description) nameCell.append(el("span", { class: "key-description", text: key.description }));
-    const scopes = el("ul", { class: "chips" });
-    for (const scope of key.scopes) scopes.append(el("li", { class: "chip", text: scope }));
-    const actions = cell("Actions");
-    if (key.status === "active") {
-      const verb = key.enabled ? "Disable" : "Enable";
-      actions.append(
-        el("button", { class: "button small", type: "button", "data-action": "toggle",
-          "data-id": key.id, "aria-label": `${verb} key ${key.name}`, text: verb }),
-        el("button", { class: "button small", type: "button", "data-action": "rotate",
-          "data-id": key.id, "aria-label": `Rotate key ${key.name}`, text: "Rotate" }),
-        el("button", { class: "button small danger-text", type: "button", "data-action": "delete",
-          "data-id": key.id, "aria-label": `Delete key ${key.name}`, text: "Delete" }));
-    }
-    body.append(el("tr", { "data-key-id": key.id },
-      nameCell,
-      cell("Key", el("code", { class: "prefix", text: `${key.display_prefix}…` })),
-      cell("Scopes", scopes),
-      cell("Created", document.createTextNode(formatDate(key.created_at))),
-      usageCell(key),
-      expiresCell(key),
-      cell("Status", el("span", { class: `status status-${shownStatus(key)}`, text: shownStatus(key) })),
-      actions));
+  // Keys replaced by a rotation, still in their grace, are listed apart from the keys
+  // that replaced them (same name): after them, under a heading of their own.
+  const current = state.keys.filter((k) => k.status !== "rotating");
+  const replaced = state.keys.filter((k) => k.status === "rotating");
+  for (const key of current) body.append(keyRow(key));
+  if (replaced.length) {
+    body.append(el("tr", { class: "group-row" }, el("th", { colspan: "8", scope: "colgroup",
+      text: "Replaced by a rotation — working until their grace period ends" })));
+    for (const key of replaced) body.append(keyRow(key));
   }
   const empty = $("empty");
   empty.textContent = state.view === "active"
@@ -510,7 +543,8 @@ function confirmDialog({ title, text, ok, grace }) {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
     dialog.returnValue = "cancel";
     dialog.showModal();
-    $(grace ? "grace" : "confirm-ok").focus();
+    // Destructive: Enter must not confirm before a choice was made.
+    $("confirm-cancel").focus();
   });
 }
 
