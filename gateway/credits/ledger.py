@@ -34,15 +34,15 @@ log = logging.getLogger("gateway.credits")
 Clock = Callable[[], float]
 UNLIMITED = -1  # what `spend` answers for a key PostgreSQL says is unlimited
 _EXHAUSTED_SECONDS = 1.0  # an exhausted key is asked about again at most this often
-# The least a claim asks for: a dead holder loses at most this much beyond its last
-# claim (never overspent, slightly under-used), and a hot key claims less often.
-_MIN_CLAIM = 16
+# A holder unheard of for this many sync intervals counts as gone for the balance shown.
+_SILENT_INTERVALS = 3
 _DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Fetched(enum.Enum):
     FETCHED = "fetched"
     EMPTY = "empty"  # the key had nothing left that no process holds
+    MOVED = "moved"  # the key was rotated: its balance is the new key's (`moved_to`)
     UNREACHABLE = "unreachable"
 
 
@@ -66,7 +66,10 @@ class Share:
     unlimited: bool = False
     exhausted_until: float = 0.0
     step: int = 1  # what the last fetch claimed: the next starts once less is left
-    taken: int = 0  # the last take's size: claims are a quarter of it
+    taken: int = 0  # the last take's size: a claim is at most a quarter of it
+    fetched_at: float = 0.0  # when the last fetch started, and what was spent then:
+    spent_then: int = 0  # the spending rate since sizes the next claim
+    moved_to: str | None = None  # a rotated key's balance is spent from here
     waiting: int = 0  # credits wanted by requests waiting for the fetch in flight
     # The statement in flight for this share (single flight).
     task: asyncio.Task[Fetched] | None = field(default=None, repr=False)
@@ -89,6 +92,7 @@ class CreditLedger:
         self._clock = clock
         self.holder = holder or f"{uuid.uuid4()}"
         self.shares: dict[str, Share] = {}
+        self._silence = _SILENT_INTERVALS * settings.sync_interval_seconds
 
     def try_spend(self, account: str, cost: int) -> int | None:
         """The balance after spending `cost` from what is claimed, or None when the
@@ -118,6 +122,11 @@ class CreditLedger:
                 share.spent += cost
                 share.used_at = self._clock()
                 return share.balance()
+            if share.moved_to is not None:
+                # Rotated: what this share claimed is spent first, then the new key's
+                # balance (the key store learns the new account by NOTIFY, a little later).
+                account = share.moved_to
+                continue
             if share.exhausted_until > self._clock():
                 raise CreditsExhausted(account)
             task = share.task
@@ -130,6 +139,8 @@ class CreditLedger:
                 share.waiting -= cost
             if fetched is Fetched.UNREACHABLE:
                 raise CreditsUnavailable(account)
+            if fetched is Fetched.MOVED:
+                continue
             if fetched is Fetched.EMPTY and share.spent + cost > share.claimed:
                 # Other holders may give back what they hold: ask again sooner then.
                 wait = _EXHAUSTED_SECONDS if share.others == 0 else _EXHAUSTED_SECONDS / 4
@@ -157,20 +168,20 @@ class CreditLedger:
         not cover a claim; enough for every request waiting when it starts."""
         settings = self._settings
         need = max(0, share.spent + share.waiting - share.claimed)
-        step = max(need, _MIN_CLAIM, math.ceil(share.taken / 4))
+        step = max(need, self._claim_step(share))
+        lease, silence = settings.lease_seconds, self._silence
         try:
             async with self._pool.acquire() as conn:
                 found: Taken | None = None
                 if share.amount - share.claimed >= step:
                     found = await shares.claim(
-                        conn, account, self.holder, step, share.spent, settings.lease_seconds
+                        conn, account, self.holder, step, share.spent, lease, silence
                     )
                 if found is None:
                     cap = max(settings.max_share, need)
                     found = await shares.take(
-                        conn, account, self.holder, need, cap, share.spent,
-                        settings.lease_seconds, _MIN_CLAIM,
-                    )  # fmt: skip
+                        conn, account, self.holder, need, cap, share.spent, lease, step, silence
+                    )
                     if found is None:
                         share.unlimited = True
                         return Fetched.FETCHED
@@ -185,7 +196,24 @@ class CreditLedger:
         share.amount, share.claimed = found.amount, found.claimed
         if found.others is not None:
             share.others = found.others
+        if found.unheld == 0 and found.moved_to is not None:
+            share.moved_to = found.moved_to
+            return Fetched.MOVED
         return Fetched.EMPTY if found.unheld == 0 else Fetched.FETCHED
+
+    def _claim_step(self, share: Share) -> int:
+        """About what this share will spend in one sync interval, at the rate it spent
+        since the last fetch (at most a quarter of the last take). What a holder that
+        dies has claimed and not reported is lost to the key (never overspent), so a
+        claim asks for what will be spent before the next report, not more."""
+        now, before, spent_before = self._clock(), share.fetched_at, share.spent_then
+        share.fetched_at, share.spent_then = now, share.spent
+        elapsed, spent = now - before, share.spent - spent_before
+        if not before or elapsed <= 0 or spent <= 0:
+            return 1
+        rate = spent / elapsed
+        step = math.ceil(rate * self._settings.sync_interval_seconds)
+        return max(1, min(step, math.ceil(share.taken / 4) or step))
 
     async def report(self) -> None:
         """Report spending, renew leases, give idle shares back (every sync interval)."""
@@ -201,7 +229,9 @@ class CreditLedger:
         if not held:
             return
         async with self._pool.acquire() as conn:
-            alive = await shares.renew(conn, self.holder, held, self._settings.lease_seconds)
+            alive = await shares.renew(
+                conn, self.holder, held, self._settings.lease_seconds, self._silence
+            )
         for account in set(held) - alive:
             share = self.shares.get(account)
             if share is not None and share.task is None:

@@ -105,6 +105,52 @@ async def test_a_dead_holder_gives_back_only_what_it_never_claimed(pool: asyncpg
         )
 
 
+async def test_a_silent_holders_share_shows_only_what_will_come_back(pool: asyncpg.Pool) -> None:
+    """The balance shown is what can be spent: once a holder has not reported for three
+    sync intervals, its claimed part (which it may have spent) no longer counts, and
+    what it never claimed does — before its lease runs out and a sweep returns it."""
+    settings = Credits(max_share=1000, lease_seconds=30, sync_interval_seconds=0.2)
+    key_id = await _key(pool, {"remaining": 800})
+    dead = CreditLedger(pool, settings)
+    for _ in range(5):
+        await dead.spend(key_id, 1)
+    await dead.report()
+    share = dead.shares[key_id]
+    assert await _credits(pool, key_id) == {"remaining": 795, "refill": None}
+    await asyncio.sleep(3 * 0.2 + 0.1)  # silent from now on
+    shown = await _credits(pool, key_id)
+    assert shown == {"remaining": 800 - share.claimed, "refill": None}
+    # A refill replaces the balance: the silent share's claimed part is not held.
+    async with pool.acquire() as conn:
+        await management.change_credits(conn, key_id, {"set": 100}, actor=Actor("cli"))
+    assert await _credits(pool, key_id) == {"remaining": 100, "refill": None}
+
+
+async def test_a_rotation_refuses_nothing_the_balance_allows(pool: asyncpg.Pool) -> None:
+    """A process spending the old key when it is rotated: once its claimed part is spent,
+    it spends from the new key's balance (where rotation moved it) without a refusal,
+    before and after the key store learns of the rotation; 70 credits admit 70."""
+    key_id = await _key(pool, {"remaining": 70})
+    ledger = CreditLedger(pool, FAST)
+    admitted = 0
+    for _ in range(5):
+        await ledger.spend(key_id, 1)
+        admitted += 1
+    async with pool.acquire() as conn:
+        new = await management.rotate_key(conn, key_id, 60, "gwk", actor=Actor("cli"))
+    while True:
+        try:
+            if ledger.try_spend(key_id, 1) is None:
+                await ledger.spend(key_id, 1)
+        except CreditsExhausted:
+            break
+        admitted += 1
+        assert admitted <= 70
+    await ledger.give_back()
+    assert admitted == 70
+    assert await _credits(pool, new["id"]) == {"remaining": 0, "refill": None}
+
+
 async def test_a_holder_that_was_swept_stops_at_what_it_claimed(pool: asyncpg.Pool) -> None:
     key_id = await _key(pool, {"remaining": 800})
     slow = CreditLedger(pool, FAST)
