@@ -8,7 +8,7 @@ COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pypr
 
 FUZZ_RUNS ?= 1000000
 
-.PHONY: install uncompile test lint demo bench microbench count soak fuzz cluster clean
+.PHONY: install uncompile test lint demo bench microbench count soak fuzz cluster deploy-test clean
 
 install: $(BUILT)
 
@@ -59,6 +59,10 @@ count: $(BUILT)
 # upstream requests, 100,000 random keys, 500 + 500 slow clients).
 soak: $(BUILT)
 	GATEWAY_SOAK=1 $(BIN)/pytest --timeout=3600 tests/hardening tests/e2e/test_demo.py -s
+
+# deploy/ run as printed: the image built and run, the compose stack brought up (podman).
+deploy-test: $(BUILT)
+	$(BIN)/pytest --timeout=1800 tests/deploy -s
 
 # Several hosts as network namespaces (root): the loads of tests/cluster at full length.
 cluster: $(BUILT)

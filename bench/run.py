@@ -40,6 +40,7 @@ OUT = HERE / "out"
 PY = sys.executable
 ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 - a local benchmark's own token
 BODIES = {"200B": 200, "64KiB": 65536}
+POST_200B = OUT / "post_200b.lua"  # wrk: POST with a 200-byte body
 
 
 def pin(core: int) -> list[str]:
@@ -112,7 +113,8 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{upstream_port}; root {docroot}; }}
+  # A POST is answered with the file too (nginx's static module refuses it with 405).
+  server {{ listen 127.0.0.1:{upstream_port}; root {docroot}; error_page 405 =200 $uri; }}
   server {{
     listen 127.0.0.1:{tls_port} ssl;
     ssl_certificate {tls["cert"]}; ssl_certificate_key {tls["key"]};
@@ -306,6 +308,10 @@ async def seed(database_url: str, fresh: int) -> tuple[str, str, Path]:
         )
     finally:
         await conn.close()
+    POST_200B.write_text(
+        'wrk.method = "POST"\nwrk.body = string.rep("x", 200)\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
     script = OUT / "fresh_keys.lua"
     listed = ",\n".join(f'"{k}"' for k in rows[1:])
     script.write_text(
@@ -346,7 +352,7 @@ def gateway_config(
     (policies / "bench.yaml").write_text(
         "upstream: origin\nroutes:\n"
         "  - {name: public, methods: [GET], path: '/public/{rest...}', public: true}\n"
-        "  - {name: api, methods: [GET], path: '/api/{rest...}', scopes: [me:read]}\n"
+        "  - {name: api, methods: [GET, POST], path: '/api/{rest...}', scopes: [me:read]}\n"
         # The same route with one by-key limit that never refuses, and with a signed identity.
         "  - {name: limited, methods: [GET], path: '/limited/{rest...}', scopes: [me:read],"
         " rate_limit: [roomy]}\n"
@@ -535,6 +541,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 None,
             ),
             "gateway cached API key, uvloop (default)": (uv_port, "/api/", auth, None),
+            # A request body of 200 B: read whole before the upstream is asked (§6.1).
+            "gateway cached API key, POST 200 B body, asyncio": (gw_port, "/api/", auth, POST_200B),
+            "naive aiohttp proxy, POST 200 B body": (naive_port, "/", {}, POST_200B),
             "gateway cached key + by-key limit (local), uvloop": (uv_port, "/limited/", auth, None),
             "gateway cached key with credits, uvloop": (
                 uv_port,

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = add(commands, "serve", help="run the gateway")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations at start (`gateway migrate` runs apart: a Job, an init step)",
+    )
+    serve.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
@@ -226,6 +231,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.command == "demo":
             return demo.demo(config)
+        if args.no_migrate:
+            config = msgspec.structs.replace(
+                config, database=msgspec.structs.replace(config.database, migrate_on_start=False)
+            )
         return serve.serve(config, args.workers, args.loop)
     return asyncio.run(_with_database(config, args))
 
@@ -271,7 +280,7 @@ async def _with_database(config: Config, args: argparse.Namespace) -> int:
     url = await loop.run_in_executor(None, database.database_url, config, "stop")
     conn = await database.connect(url, config)
     try:
-        applied = await database.migrate(conn)
+        applied = await database.migrate(conn, config.database.migration_lock_timeout_seconds)
         if args.command == "migrate":
             print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
             return 0

@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import yaml
 
+from gateway import config_sources
+
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 
 
@@ -30,40 +32,43 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class ListenerTLS(_Strict, frozen=True, forbid_unknown_fields=True):
     """TLS on a listener (contract §19): TLS 1.2 and 1.3, ALPN http/1.1."""
 
-    cert_file: str
-    key_file: str
+    cert_file: str  # the certificate chain (PEM)
+    key_file: str  # its private key (PEM)
     client_ca_file: str | None = None  # set: clients must present a certificate it signed
 
 
 class Listen(_Strict, frozen=True, forbid_unknown_fields=True):
-    host: str = "0.0.0.0"
-    port: int = 8080
-    tls: ListenerTLS | None = None
+    host: str = "0.0.0.0"  # the address proxied traffic is accepted on
+    port: int = 8080  # its port (0: any free one)
+    tls: ListenerTLS | None = None  # TLS on this listener (cert_file, key_file, client_ca_file)
 
 
 class AdminListen(_Strict, frozen=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: int = 8081
-    tls: ListenerTLS | None = None
+    host: str = "127.0.0.1"  # the admin API, /metrics and health; keep it private
+    port: int = 8081  # its port
+    tls: ListenerTLS | None = None  # TLS on the admin listener
 
 
 class Database(_Strict, frozen=True, forbid_unknown_fields=True):
-    url: str | None = None
-    min_pool_size: int = 2
-    max_pool_size: int = 10
-    connect_timeout_seconds: float = 5.0
-    command_timeout_seconds: float = 5.0
+    url: str | None = None  # PostgreSQL; null: an embedded server under state_dir/pgdata
+    min_pool_size: int = 2  # connections kept open per process
+    max_pool_size: int = 10  # connections at most per process
+    connect_timeout_seconds: float = 5.0  # to open a connection
+    command_timeout_seconds: float = 5.0  # a statement, or a key lookup with its pool wait
+    # false: `gateway migrate` runs apart (a Job, an init step), as `serve --no-migrate`
+    migrate_on_start: bool = True
+    migration_lock_timeout_seconds: float = 300.0  # waiting for another process's migration
 
 
 class Cache(_Strict, frozen=True, forbid_unknown_fields=True):
-    ttl_seconds: float = 60.0
-    negative_ttl_seconds: float = 5.0
-    max_entries: int = 100_000
+    ttl_seconds: float = 60.0  # how long a valid key and a membership stay cached
+    negative_ttl_seconds: float = 5.0  # how long an unknown key stays cached
+    max_entries: int = 100_000  # entries per cache (least recently used go first)
 
 
 class Policies(_Strict, frozen=True, forbid_unknown_fields=True):
-    dir: str = "policies"
-    reload: bool = True
+    dir: str = "policies"  # the policy files (*.yaml), relative to this file
+    reload: bool = True  # reload on a file change (only a valid set replaces the running one)
 
 
 class UpstreamTLS(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -72,54 +77,65 @@ class UpstreamTLS(_Strict, frozen=True, forbid_unknown_fields=True):
     ca_file: str | None = None  # else the system's trust store
     server_name: str | None = None  # else the URL's host
     cert_file: str | None = None  # with key_file: mutual TLS to the backend
-    key_file: str | None = None
+    key_file: str | None = None  # the key of that certificate
     insecure_skip_verify: bool = False  # warned about at start
 
 
 class Upstream(_Strict, frozen=True, forbid_unknown_fields=True):
-    url: str
-    connect_timeout_seconds: float = 2.0
-    timeout_seconds: float = 30.0
-    tls: UpstreamTLS | None = None
+    url: str  # http:// or https:// origin, with an optional path prefix
+    connect_timeout_seconds: float = 2.0  # to connect
+    timeout_seconds: float = 30.0  # to the response headers, and each pause between body chunks
+    tls: UpstreamTLS | None = None  # for an https:// upstream: CA, server name, client certificate
 
 
 class Keys(_Strict, frozen=True, forbid_unknown_fields=True):
-    prefix: str = "gwk"
+    prefix: str = "gwk"  # the key prefix (`gwk_…`), lower-case letters
 
 
 class SigningKey(_Strict, frozen=True, forbid_unknown_fields=True):
-    kid: str
-    file: str
+    kid: str  # the key id in the tokens' header (JWKS)
+    private_key_file: str | None = None  # a PEM file (a Kubernetes Secret, mounted)
+    file: str | None = None  # the same, by its earlier name
+
+    @property
+    def path(self) -> str:
+        found = self.private_key_file or self.file
+        assert found is not None  # checked at load
+        return found
 
 
 class Tokens(_Strict, frozen=True, forbid_unknown_fields=True):
-    issuer: str = "gateway"
-    audience: str = "gateway"
-    default_ttl_seconds: int = 300
-    max_ttl_seconds: int = 900
+    issuer: str = "gateway"  # `iss` of actor and identity tokens
+    audience: str = "gateway"  # `aud` of actor tokens
+    default_ttl_seconds: int = 300  # an actor token's lifetime when none is asked for
+    max_ttl_seconds: int = 900  # the longest lifetime one may ask for
+    # [{kid, private_key_file}]; the first signs; empty: a dev key
     signing_keys: list[SigningKey] = msgspec.field(default_factory=list)
 
 
 class Limits(_Strict, frozen=True, forbid_unknown_fields=True):
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_header_bytes: int = 16384
-    header_timeout_seconds: float = 10.0
+    max_body_bytes: int = 10 * 1024 * 1024  # a request body over this: 413
+    max_header_bytes: int = 16384  # request header lines over this: 431
+    header_timeout_seconds: float = 10.0  # to send the whole head (slowloris)
     body_timeout_seconds: float = 30.0  # the longest pause while reading a request body
     # Bodies up to this size arrive whole before an upstream connection is taken;
     # larger ones stream and must keep the minimum rate from 10 s after the head.
     buffer_body_bytes: int = 65536
-    min_body_bytes_per_second: int = 1024
+    min_body_bytes_per_second: int = 1024  # a streamed body's average from 10 s after its head
 
 
 class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
+    # exact origins, "null" (Figma plugins) or "*"; empty: no CORS
     allow_origins: list[str] = msgspec.field(default_factory=list)
+    # answered to a preflight
     allow_headers: list[str] = msgspec.field(
         default_factory=lambda: ["Authorization", "X-API-Key", "Content-Type"]
     )
-    max_age_seconds: int = 600
+    max_age_seconds: int = 600  # how long a browser keeps a preflight's answer
 
 
 class ScopeDef(_Strict, frozen=True, forbid_unknown_fields=True):
+    # scopes this one includes (transitively)
     implies: list[str] = msgspec.field(default_factory=list)
     description: str = ""  # shown on the API keys page
 
@@ -127,30 +143,34 @@ class ScopeDef(_Strict, frozen=True, forbid_unknown_fields=True):
 class Session(_Strict, frozen=True, forbid_unknown_fields=True):
     """Who is signed in to the API keys page: the host application's session JWT."""
 
-    jwks_url: str | None = None
-    jwks_file: str | None = None
-    issuer: str | None = None
-    audience: str | None = None
+    jwks_url: str | None = None  # the host application's JWKS (http or https)
+    jwks_file: str | None = None  # or the same as a local file
+    issuer: str | None = None  # `iss` the session JWT must carry
+    audience: str | None = None  # `aud` it must carry
+    # accepted `alg`s (none and HMAC are refused)
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
-    user_claim: str = "sub"
-    name_claim: str = "email"
-    cookie: str | None = None
-    login_url: str | None = None
+    user_claim: str = "sub"  # the claim that is the user id of keys and memberships
+    name_claim: str = "email"  # the claim shown as the signed-in person's name
+    cookie: str | None = None  # also read the JWT from this cookie (else only Authorization)
+    login_url: str | None = None  # where a signed-out person is sent (?return_to=PATH)
 
 
 class ExpiryDays(_Strict, frozen=True, forbid_unknown_fields=True):
+    # expiries the page offers, in days
     presets: list[int] = msgspec.field(default_factory=lambda: [7, 30, 60, 90])
-    default: int = 30
-    max: int = 365
-    allow_never: bool = False
+    default: int = 30  # the one chosen by default
+    max: int = 365  # the longest allowed
+    allow_never: bool = False  # whether keys may never expire
 
 
 class SelfService(_Strict, frozen=True, forbid_unknown_fields=True):
-    enabled: bool = False
-    path: str = "/account/api-keys"
+    enabled: bool = False  # serve the API keys page and its API
+    path: str = "/account/api-keys"  # the page; its API under PATH/v1
+    # who is signed in: the host application's session JWT
     session: Session = msgspec.field(default_factory=Session)
+    # the expiries people may choose
     expiry_days: ExpiryDays = msgspec.field(default_factory=ExpiryDays)
-    max_keys_per_user: int = 50
+    max_keys_per_user: int = 50  # active keys a person may have
     allowed_scopes: list[str] | None = None  # None: the whole catalogue
 
 
@@ -194,21 +214,21 @@ def _default_upstreams() -> dict[str, Upstream]:
 
 
 class DecisionListen(_Strict, frozen=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: int = 8082
-    tls: ListenerTLS | None = None
+    host: str = "127.0.0.1"  # reachable only by the front proxy
+    port: int = 8082  # its port
+    tls: ListenerTLS | None = None  # TLS on the decision listener
 
 
 class Decisions(_Strict, frozen=True, forbid_unknown_fields=True):
     """Decision endpoints for a front proxy (nginx, Envoy, Traefik, Caddy)."""
 
-    enabled: bool = False
-    listen: DecisionListen = msgspec.field(default_factory=DecisionListen)
+    enabled: bool = False  # answer nginx, Envoy, Traefik and Caddy on their own listener
+    listen: DecisionListen = msgspec.field(default_factory=DecisionListen)  # where
 
 
 class RateLimiting(_Strict, frozen=True, forbid_unknown_fields=True):
     backend: str = "local"  # local: per process | redis: shared by every process and host
-    redis_url: str | None = None
+    redis_url: str | None = None  # redis:// (or rediss://) URL; GATEWAY_REDIS_URL sets it
     on_backend_error: str = "local"  # local | open | closed (503)
     sync_interval_ms: int = 50  # how often leases are topped up from Redis
 
@@ -229,7 +249,7 @@ class Credits(_Strict, frozen=True, forbid_unknown_fields=True):
 class Webhooks(_Strict, frozen=True, forbid_unknown_fields=True):
     """Webhook deliveries (contract §17)."""
 
-    timeout_seconds: float = 10.0
+    timeout_seconds: float = 10.0  # an attempt's time to answer
     # After each failed attempt, the wait before the next (±20 %); then failed.
     retry_schedule_seconds: list[float] = msgspec.field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -243,10 +263,16 @@ class Webhooks(_Strict, frozen=True, forbid_unknown_fields=True):
 class LeakReports(_Strict, frozen=True, forbid_unknown_fields=True):
     """GitHub secret scanning partner reports (contract §17)."""
 
-    enabled: bool = False
+    enabled: bool = False  # accept GitHub secret scanning reports
     path: str = "/leaks/github"  # on the proxy listener: GitHub must reach it
+    # where GitHub publishes its signing keys
     github_public_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
     github_public_keys_file: str | None = None  # the same JSON from a file: used instead
+
+
+class Logging(_Strict, frozen=True, forbid_unknown_fields=True):
+    # json | text; unset: text on a terminal, JSON otherwise (the image sets json)
+    format: str | None = None
 
 
 class Shutdown(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -260,17 +286,17 @@ class Usage(_Strict, frozen=True, forbid_unknown_fields=True):
     """Usage per key and hour (contract §17)."""
 
     flush_seconds: float = 10.0  # each process writes its counts this often, one statement
-    retention_days: int = 90
+    retention_days: int = 90  # hours older than this are deleted
 
 
 class Tracing(_Strict, frozen=True, forbid_unknown_fields=True):
     """OpenTelemetry traces exported over OTLP/HTTP (contract §19)."""
 
-    enabled: bool = False
-    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    enabled: bool = False  # export OpenTelemetry traces over OTLP/HTTP
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the collector
     # New traces started at this ratio; a client's `traceparent` decides for its own.
     sample_ratio: float = 0.01
-    service_name: str = "gateway"
+    service_name: str = "gateway"  # `service.name` of the spans
     headers: dict[str, str] = msgspec.field(default_factory=dict)  # e.g. the collector's auth
     # Ended spans waiting for export; beyond this they are dropped (and counted), so a
     # collector that is down or slow never holds a request up or grows the process.
@@ -279,17 +305,19 @@ class Tracing(_Strict, frozen=True, forbid_unknown_fields=True):
 
 
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
-    state_dir: str = ".gateway"
+    state_dir: str = ".gateway"  # the embedded database and a dev signing key live here
     listen: Listen = msgspec.field(default_factory=Listen)
     admin: AdminListen = msgspec.field(default_factory=AdminListen)
     database: Database = msgspec.field(default_factory=Database)
     cache: Cache = msgspec.field(default_factory=Cache)
     policies: Policies = msgspec.field(default_factory=Policies)
+    # name → where routes forward (a policy file's `upstream:`)
     upstreams: dict[str, Upstream] = msgspec.field(default_factory=_default_upstreams)
     keys: Keys = msgspec.field(default_factory=Keys)
     tokens: Tokens = msgspec.field(default_factory=Tokens)
     limits: Limits = msgspec.field(default_factory=Limits)
     cors: Cors = msgspec.field(default_factory=Cors)
+    # the scope catalogue: name → implies, description (shown on the API keys page)
     scopes: dict[str, ScopeDef] = msgspec.field(default_factory=_default_scopes)
     self_service: SelfService = msgspec.field(default_factory=SelfService)
     decisions: Decisions = msgspec.field(default_factory=Decisions)
@@ -299,6 +327,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
     leak_reports: LeakReports = msgspec.field(default_factory=LeakReports)
     shutdown: Shutdown = msgspec.field(default_factory=Shutdown)
+    logging: Logging = msgspec.field(default_factory=Logging)
     tracing: Tracing = msgspec.field(default_factory=Tracing)
     # Load balancers and front proxies whose X-Forwarded-For is believed (CIDRs).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
@@ -322,19 +351,14 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     env = os.environ if environ is None else environ
     if path is None:
         path = Path(env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG)
-    if path.exists():
-        raw = _read_yaml(path)
-        raw["base_dir"] = str(path.resolve().parent)
-    else:
-        raw = _missing(path, env)
-        raw["base_dir"] = str(Path.cwd())
-    if env.get("GATEWAY_DATABASE_URL"):
-        raw.setdefault("database", {})
-        if not isinstance(raw["database"], dict):
-            raise ConfigError(f"{path}: database: expected a mapping")
-        raw["database"] = {**raw["database"], "url": env["GATEWAY_DATABASE_URL"]}
-    if env.get("GATEWAY_ADMIN_TOKEN"):
-        raw["admin_token"] = env["GATEWAY_ADMIN_TOKEN"]
+    base_dir = path.resolve().parent if path.exists() else Path.cwd()
+    raw = _read_yaml(path) if path.exists() else _missing(path, env)
+    try:
+        raw = config_sources.resolve_references(raw, env, base_dir)
+        config_sources.apply_overrides(raw, env)
+    except config_sources.SourceError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    raw["base_dir"] = str(base_dir)
     if path.exists():
         _state_dir_beside_the_file(raw, path)
     raw["source"] = str(path)
@@ -429,7 +453,10 @@ def _check(config: Config, path: Path) -> None:
         *_check_rate_limiting(config.rate_limiting),
         *_check_networks("trusted_proxies", config.trusted_proxies),
         *_check_networks("webhooks.allowed_networks", config.webhooks.allowed_networks),
-    ]
+        *_check_signing_keys(config.tokens.signing_keys),
+        *(["logging.format: must be json or text"]
+          if config.logging.format not in (None, "json", "text") else []),
+    ]  # fmt: skip
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
 
@@ -457,6 +484,7 @@ def _check_values(config: Config) -> list[str]:
         "limits.buffer_body_bytes": config.limits.buffer_body_bytes,
         "limits.min_body_bytes_per_second": config.limits.min_body_bytes_per_second,
         "database.max_pool_size": config.database.max_pool_size,
+        "database.migration_lock_timeout_seconds": config.database.migration_lock_timeout_seconds,
         "credits.max_share": config.credits.max_share,
         "credits.lease_seconds": config.credits.lease_seconds,
         "credits.sync_interval_seconds": config.credits.sync_interval_seconds,
@@ -551,6 +579,14 @@ def _check_self_service(settings: SelfService, scopes: dict[str, ScopeDef]) -> l
         if scope not in scopes:
             out.append(f"self_service.allowed_scopes[{index}]: unknown scope {scope!r}")
     return out
+
+
+def _check_signing_keys(keys: list[SigningKey]) -> list[str]:
+    return [
+        f"tokens.signing_keys[{index}]: give private_key_file (a PEM file)"
+        for index, key in enumerate(keys)
+        if (key.private_key_file is None) == (key.file is None)
+    ]
 
 
 def _check_networks(key: str, cidrs: list[str]) -> list[str]:

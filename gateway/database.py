@@ -62,10 +62,21 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply pending migrations under an advisory lock; returns the versions applied."""
+# A migration that must not run in a transaction (`CREATE INDEX CONCURRENTLY`) says so in
+# its first line, holds one statement, and names the statement that undoes a failed run.
+_NO_TRANSACTION = "-- gateway: no-transaction"
+_UNDO = re.compile(r"^-- gateway: undo: (.+)$", re.M)
+
+
+async def migrate(conn: asyncpg.Connection, lock_timeout: float = 300.0) -> list[int]:
+    """Apply pending migrations under an advisory lock; returns the versions applied.
+
+    Processes starting together queue on the lock for up to `lock_timeout` (not the
+    command timeout: another may be building an index). Each migration runs in a
+    transaction, so a failed one leaves the schema as it was; one that cannot (an
+    index built `CONCURRENTLY`, which leaves the table writable) runs its undo then."""
     applied: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    await _lock_for_migrations(conn, lock_timeout)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -76,15 +87,49 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         for version, name, sql in migrations():
             if version in done:
                 continue
-            async with conn.transaction():
-                await conn.execute(sql)
+            if sql.startswith(_NO_TRANSACTION):
+                await _without_transaction(conn, sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
                 )
+            else:
+                async with conn.transaction():
+                    await conn.execute(sql, timeout=None)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
             applied.append(version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
+
+
+async def _lock_for_migrations(conn: asyncpg.Connection, patience: float) -> None:
+    """Take the migration lock, asking again every 0.2 s: a process blocked in
+    `pg_advisory_lock` would sit in a transaction that `CREATE INDEX CONCURRENTLY`, run
+    by the holder, waits for — a deadlock."""
+    deadline = asyncio.get_running_loop().time() + patience
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+        if asyncio.get_running_loop().time() >= deadline:
+            raise DatabaseUnavailable(
+                f"another process held the migration lock for over {patience:g} s"
+                " (database.migration_lock_timeout_seconds)"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def _without_transaction(conn: asyncpg.Connection, sql: str) -> None:
+    undo = _UNDO.search(sql)
+    if undo is not None:
+        await conn.execute(undo[1])  # what a killed earlier run may have left (an invalid index)
+    try:
+        await conn.execute(sql, timeout=None)
+    except BaseException:
+        if undo is not None:
+            await conn.execute(undo[1])
+        raise
 
 
 async def create_pool(url: str, config: Config) -> asyncpg.Pool:

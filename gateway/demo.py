@@ -104,7 +104,7 @@ async def _echo(request: web.Request) -> web.Response:
 
 
 def demo(config: Config) -> int:
-    configure_logging()
+    configure_logging(config.logging.format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(config))
     print("\nstopped.")

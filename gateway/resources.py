@@ -65,10 +65,10 @@ async def open_database(gw: Gateway) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     url = await loop.run_in_executor(None, database.database_url, config, options.embedded_cleanup)
     await database.wait_until_ready(url, config)
-    if options.migrate:
+    if options.migrate and config.database.migrate_on_start:
         conn = await database.connect(url, config)
         try:
-            await database.migrate(conn)
+            await database.migrate(conn, config.database.migration_lock_timeout_seconds)
         finally:
             await conn.close()
     gw.database_url = url
@@ -110,6 +110,7 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
         timeout=gw.config.database.command_timeout_seconds,
     )
     gw.store = store
+    gw.readiness.database_down = lambda: store.database_down
 
     async def flush_periodically() -> None:
         while True:
@@ -290,6 +291,7 @@ async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
         )
         backend = shared
         tasks.append(asyncio.create_task(shared.run()))
+        gw.readiness.redis = lambda: "unavailable" if shared.down else "ok"
     gw.limiter = RateLimiter(backend, gw.metrics)
     try:
         yield
@@ -304,11 +306,11 @@ def load_signer(gw: Gateway) -> Signer:
     keys = []
     for index, key in enumerate(config.tokens.signing_keys):
         try:
-            keys.append(signing.load_key(key.kid, config.resolve(key.file)))
+            keys.append(signing.load_key(key.kid, config.resolve(key.path)))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(
                 f"{config.source}: tokens.signing_keys[{index}] (kid {key.kid}):"
-                f" cannot load {key.file}: {exc}"
+                f" cannot load {key.path}: {exc}"
             ) from None
     if not keys:
         keys = [signing.dev_key(config.state_path)]

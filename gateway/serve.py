@@ -21,7 +21,7 @@ WORKER_ENV = "GATEWAY_WORKER"
 
 
 def serve(config: Config, workers: int, loop: str) -> int:
-    configure_logging()
+    configure_logging(config.logging.format)
     if workers < 1:
         print("gateway: --workers must be at least 1", file=sys.stderr)
         return 2

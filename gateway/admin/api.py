@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
@@ -297,20 +298,36 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """503 only while draining: a database or Redis outage is said, not refused (§20)."""
     app = request.app
-    if app[READINESS].draining:
+    readiness = app[READINESS]
+    if readiness.draining:
         return json_response({"status": "draining"}, 503)
-    try:
-        async with app[POOL].acquire(timeout=1) as conn:
-            await conn.fetchval("SELECT 1", timeout=1)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        return json_response({"status": "database unavailable"}, 503)
+    database = "unavailable" if readiness.database_down() else await _database(app[POOL])
     policies = app[POLICIES].current
-    return json_response({"status": "ready", "policy_version": policies.version})
+    return json_response(
+        {"status": "ready", "database": database, "redis": readiness.redis(),
+         "policy_version": policies.version}
+    )  # fmt: skip
+
+
+async def _database(pool: asyncpg.Pool) -> str:
+    try:
+        async with asyncio.timeout(1):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return "unavailable"
+    return "ok"
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
+    readiness, found = request.app[READINESS], request.app[METRICS]
+    found.dependency_up.labels("database").set(0 if readiness.database_down() else 1)
+    redis = readiness.redis()
+    if redis != "off":
+        found.dependency_up.labels("redis").set(1 if redis == "ok" else 0)
+    body = found.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -66,6 +66,13 @@ class Metrics:
             "Age of the oldest webhook delivery not yet delivered or failed",
             registry=r,
         )
+        # What /readyz says in its body: 1 available, 0 not (Redis: absent when unused).
+        self.dependency_up = Gauge(
+            "gateway_dependency_up",
+            "Whether a dependency answers: database, redis (1 yes, 0 no)",
+            ["dependency"],
+            registry=r,
+        )
         self.trace_spans_exported = Counter(
             "gateway_trace_spans_exported", "Spans delivered to the OTLP collector", registry=r
         )

@@ -64,7 +64,11 @@ async def test_outage_then_recovery(
                 assert r.status == 401
             assert time.monotonic() - started < 1 + 0.5
         async with http.get(gateway.admin + "/readyz") as r:
-            assert r.status == 503
+            # Cached keys are served: the process stays in the balancer, and says why.
+            assert r.status == 200
+            assert (await r.json())["database"] == "unavailable"
+        async with http.get(gateway.admin + "/metrics") as r:
+            assert 'gateway_dependency_up{dependency="database"} 0.0' in await r.text()
         forwarded = len(upstream.received)
         assert gateway.store.queries - queries_before <= 20  # backoff: not one per request
         await proxy.restore()
@@ -76,7 +80,7 @@ async def test_outage_then_recovery(
             assert time.monotonic() < deadline, "no recovery within 5 s"
             await asyncio.sleep(0.1)
         async with http.get(gateway.admin + "/readyz") as r:
-            assert r.status == 200
+            assert r.status == 200 and (await r.json())["database"] == "ok"
     assert forwarded == 21  # the cached key's requests only
 
 

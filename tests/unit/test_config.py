@@ -139,3 +139,47 @@ def test_state_dir_in_the_file_resolves_beside_the_file(tmp_path: Path) -> None:
 def test_a_config_knows_its_file(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text("{}\n")
     assert load(tmp_path / "g.yaml", {}).source == str(tmp_path / "g.yaml")
+
+
+def test_secrets_come_from_files_and_the_environment(tmp_path: Path) -> None:
+    """`{file: …}` and `{env: …}` anywhere a string goes; `_FILE` forms of the overrides."""
+    (tmp_path / "redis-url").write_text("redis://:s3cret@redis:6379/0\n")
+    (tmp_path / "db-url").write_text("postgresql://gw:pw@db/gw\n")
+    (tmp_path / "token").write_text("admin-token-from-a-file\n")
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(
+        "rate_limiting: {backend: redis, redis_url: {file: redis-url}}\n"
+        "tracing: {headers: {authorization: {env: COLLECTOR_AUTH}}}\n"
+        "tokens: {signing_keys: [{kid: k1, private_key_file: {env: KEY_PATH}}]}\n"
+    )
+    env = {"COLLECTOR_AUTH": "Bearer abc", "KEY_PATH": "/run/secrets/k1.pem",
+           "GATEWAY_DATABASE_URL_FILE": str(tmp_path / "db-url"),
+           "GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "token")}  # fmt: skip
+    config = load(config_file, env)
+    assert config.rate_limiting.redis_url == "redis://:s3cret@redis:6379/0"
+    assert config.tracing.headers == {"authorization": "Bearer abc"}
+    assert config.tokens.signing_keys[0].path == "/run/secrets/k1.pem"
+    assert config.database.url == "postgresql://gw:pw@db/gw"
+    assert config.admin_token == "admin-token-from-a-file"
+    moved = load(config_file, {**env, "GATEWAY_REDIS_URL": "redis://other:6379/1"})
+    assert moved.rate_limiting.redis_url == "redis://other:6379/1"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("rate_limiting: {redis_url: {file: nowhere}}\n", {}, "rate_limiting.redis_url: cannot read"),
+        ("tracing: {headers: {x: {env: UNSET_VAR}}}\n", {}, "tracing.headers.x: environment variable UNSET_VAR is not set"),
+        ("database: {url: {file: empty}}\n", {}, "database.url:"),
+        ("admin: {port: 1}\n", {"GATEWAY_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "GATEWAY_ADMIN_TOKEN_FILE: cannot read"),
+    ],
+)  # fmt: skip
+def test_a_missing_secret_is_an_error_naming_where(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load(config_file, env)
+    assert str(caught.value).startswith(f"{config_file}: ") and message in str(caught.value)

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 FOUNDATION = frozenset(
     {
         "config",
+        "config_sources",
         "problems",
         "database",
         "jsonbody",
@@ -43,7 +44,8 @@ BELOW_EDGE = FOUNDATION | {
 }
 # What each unit (a top-level module or a capability package) may import.
 ALLOWED: dict[str, frozenset[str]] = {
-    "config": frozenset(),
+    "config": frozenset({"config_sources"}),
+    "config_sources": frozenset(),
     "http1": frozenset(),
     "problems": frozenset({"http1"}),
     "database": frozenset({"config"}),
@@ -76,6 +78,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "serve": BELOW_EDGE | {"runtime"},
     "demo": BELOW_EDGE | {"runtime"},
     "cli": BELOW_EDGE | {"serve", "demo"},
+    "reference": BELOW_EDGE | {"cli", "admin"},
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),
 }
