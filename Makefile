@@ -8,7 +8,7 @@ COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pypr
 
 FUZZ_RUNS ?= 1000000
 
-.PHONY: install uncompile test lint demo bench microbench count soak fuzz cluster deploy-test clean
+.PHONY: install uncompile test lint docs docs-reference demo bench microbench count soak fuzz cluster deploy-test clean
 
 install: $(BUILT)
 
@@ -41,6 +41,15 @@ lint: $(BUILT)
 
 test: lint
 	$(BIN)/pytest
+
+# The manual (docs/, MkDocs with the Material theme), built strictly and served on :8000.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+# The reference pages generated from the code (a test fails when they are stale).
+docs-reference: $(STAMP)
+	$(BIN)/python -m gateway.reference docs/reference
 
 demo: $(BUILT)
 	$(BIN)/gateway demo

@@ -1,5 +1,5 @@
 """deploy/ run as printed (§20): the image built and run alone, read-only, against a real
-PostgreSQL; the compose stack brought up with the README's own commands and checked
+PostgreSQL; the compose stack brought up with the commands docs/deployment.md prints and checked
 through the balancer. Needs podman (with runc) and, for the base image, mmdebstrap;
 without them these tests skip with one line. `make deploy-test` runs them alone.
 
@@ -174,8 +174,9 @@ async def _shell(argv: list[str], cwd: Path | None = None) -> subprocess.Complet
 
 
 def _readme_commands() -> list[str]:
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) == 1, "expected one sh block in the README (the compose commands)"
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", page, re.S)
+    assert len(blocks) == 1, "expected one sh block in docs/deployment.md (the compose commands)"
     return [line for line in blocks[0].splitlines() if line.strip()]
 
 

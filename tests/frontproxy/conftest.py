@@ -1,5 +1,5 @@
 """Real nginx and Caddy from the distribution in front of a real gateway's decision
-listener, running the README's configurations verbatim. Skipped with one line when
+listener, running the configurations of docs/front-proxies.md verbatim. Skipped with one line when
 the binary is missing."""
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ __all__ = ["gateway"]  # the decision listener's gateway, shared with the shape 
 
 
 def readme_block(language: str) -> str:
-    """The one fenced block of `language` in the README."""
-    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) == 1, f"expected one {language} block in the README"
+    """The one fenced block of `language` in docs/front-proxies.md."""
+    page = (ROOT / "docs" / "front-proxies.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", page, re.S)
+    assert len(blocks) == 1, f"expected one {language} block in docs/front-proxies.md"
     return str(blocks[0])
 
 
