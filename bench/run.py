@@ -821,7 +821,13 @@ def report(
     print("\n" + table)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     extra = f"\n{soak}\n" if soak else ""
-    (HERE / "RESULTS.md").write_text(f"# Benchmark results ({stamp})\n\n{table}\n{extra}")
+    # Each run is added at the top, below the title: RESULTS.md is the history of runs.
+    history_file = HERE / "RESULTS.md"
+    title, _, history = (
+        history_file.read_text().partition("\n") if history_file.exists() else ("", "", "")
+    )
+    run = f"## Run of {stamp}\n\n{table}\n{extra}"
+    history_file.write_text(f"{title or '# Benchmark results'}\n\n{run}\n{history.lstrip()}")
 
 
 if __name__ == "__main__":

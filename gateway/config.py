@@ -122,6 +122,8 @@ class Limits(_Strict, frozen=True, forbid_unknown_fields=True):
     # larger ones stream and must keep the minimum rate from 10 s after the head.
     buffer_body_bytes: int = 65536
     min_body_bytes_per_second: int = 1024  # a streamed body's average from 10 s after its head
+    # An upgraded (WebSocket) connection with no byte either way for this long is cut.
+    websocket_idle_seconds: float = 60.0
 
 
 class Cors(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -483,6 +485,7 @@ def _check_values(config: Config) -> list[str]:
         "limits.body_timeout_seconds": config.limits.body_timeout_seconds,
         "limits.buffer_body_bytes": config.limits.buffer_body_bytes,
         "limits.min_body_bytes_per_second": config.limits.min_body_bytes_per_second,
+        "limits.websocket_idle_seconds": config.limits.websocket_idle_seconds,
         "database.max_pool_size": config.database.max_pool_size,
         "database.migration_lock_timeout_seconds": config.database.migration_lock_timeout_seconds,
         "credits.max_share": config.credits.max_share,

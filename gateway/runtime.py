@@ -161,7 +161,7 @@ class Gateway:
         self.upstreams = {
             name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()
         }
-        websockets = WebSocketDoor(self.http, recorder, config.limits)
+        websockets = WebSocketDoor(recorder, config.limits.websocket_idle_seconds)
         pipeline = Pipeline(
             decider=decider,
             authenticator=authenticator,
@@ -232,10 +232,10 @@ class Gateway:
             watching.cancel()
             for listening in servers:
                 listening.close()
-            websockets.server.pre_shutdown()  # idle connections close now, as aiohttp's runner does
             grace = config.shutdown.timeout_seconds
-            await asyncio.gather(*(lane.shutdown(grace) for lane in lanes))
-            await websockets.server.shutdown(grace)
+            await asyncio.gather(
+                *(lane.shutdown(grace) for lane in lanes), websockets.shutdown(grace)
+            )
             if admin is not None:
                 await admin.cleanup()
             for upstream in self.upstreams.values():

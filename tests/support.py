@@ -99,8 +99,14 @@ class RecordingUpstream:
                 request.method, request.raw_path, request.version, CIMultiDict(request.headers), b""
             )
         )
-        ws = web.WebSocketResponse(protocols=("chat",))
+        if request.path.endswith("/refuse"):  # answers the handshake without switching
+            return web.json_response({"error": "not for you"}, status=403,
+                                     headers={"X-Upstream": "refused"})  # fmt: skip
+        ws = web.WebSocketResponse(protocols=("chat",), max_msg_size=0)
         await ws.prepare(request)
+        if request.path.endswith("/close-4003"):
+            await ws.close(code=4003, message=b"policy says no")
+            return ws
         async for message in ws:
             if message.type == web.WSMsgType.TEXT:
                 await ws.send_str("echo:" + message.data)

@@ -50,7 +50,6 @@ class Exchange:
         "client",
         "close_after",
         "content_length",
-        "head_bytes",
         "method",
         "peer",
         "raw_headers",
@@ -68,7 +67,6 @@ class Exchange:
         self.raw_path = head.target  # path and query, as received
         self.version = head.version
         self.raw_headers = head.raw_headers
-        self.head_bytes = head.raw  # kept only for an upgrade
         self.peer = connection.peer
         self.client = self.peer  # the client address, once `trusted_proxies` are applied
         self.scheme = connection.scheme  # as the client spoke it, likewise
@@ -79,7 +77,8 @@ class Exchange:
         self.body_exists = head.chunked or bool(head.content_length)
         if not self.body_exists:
             self.body.end()
-        self.arrived = connection.loop.time()
+        # For a body's minimum rate; a request without one (most) skips the clock read.
+        self.arrived = connection.loop.time() if self.body_exists else 0.0
         self._rate: MinimumRate | None = None
         self.started = False  # any byte of the response was written
         self.status = 0
@@ -226,9 +225,10 @@ class Exchange:
         self._connection.abort()
 
     def switch(self, protocol: asyncio.Protocol) -> None:
-        """Hand the connection, from this request's head on, to `protocol` for good."""
+        """Hand the connection, from the bytes after this request's head on, to
+        `protocol` for good."""
         self.switched = self.started = True
-        self._connection.switch(protocol, self.head_bytes)
+        self._connection.switch(protocol)
 
 
 class _BodyPieces:
@@ -498,7 +498,7 @@ class InboundConnection(asyncio.Protocol):
         if self._reader.buffered:
             self._read_events()  # a pipelined request (else the next bytes bring it)
 
-    def switch(self, protocol: asyncio.Protocol, head: bytes) -> None:
+    def switch(self, protocol: asyncio.Protocol) -> None:
         transport = self._transport
         assert transport is not None
         rest = self._reader.switch()
@@ -511,7 +511,8 @@ class InboundConnection(asyncio.Protocol):
             self._paused = False
             transport.resume_reading()
         protocol.connection_made(transport)
-        protocol.data_received(head + rest)
+        if rest:
+            protocol.data_received(rest)
 
     # --- writing and flow control --------------------------------------------------------
 

@@ -19,8 +19,7 @@ from gateway.edge.decide import Decider, Decision, Outcome, check_address
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.edge.upgrade import WebSocketDoor
-from gateway.forward import websocket
+from gateway.edge.upgrade import WebSocketDoor, is_upgrade
 from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.http1.messages import Reply
@@ -90,8 +89,10 @@ class Pipeline:
         if expiry is not None:
             extra["X-Key-Expires-At"] = expiry
         identity = self._identity(decision, upstream.name)
-        if websocket.is_upgrade(exchange.method, exchange.headers):
-            self._websockets.switch(exchange, target.raw, upstream, identity, rid, extra, outcome)
+        if is_upgrade(exchange.method, exchange.headers):
+            await self._websockets.relay(
+                exchange, target.raw, upstream, identity, rid, extra, outcome
+            )
             return
         await self._forwarder.relay(
             exchange, target.raw, upstream, identity, rid, extra, timing, outcome.trace

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.config import Limits
 from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeout
@@ -110,23 +110,6 @@ def _forwarding_headers(request: Incoming, request_id: str) -> list[tuple[str, s
     ]
 
 
-def _added_headers(request: Incoming, identity: Identity, request_id: str) -> list[tuple[str, str]]:
-    added = _forwarding_headers(request, request_id)
-    principal = identity.principal
-    if principal is not None and identity.headers:
-        added += principal.identity_headers()
-    if identity.token is not None:
-        added.append(("X-Gateway-Identity", identity.token))
-    return added
-
-
-def _kept_request_headers(request: Incoming) -> Iterator[tuple[bytes, bytes]]:
-    named = _connection_tokens(request.headers)
-    for name, value in request.raw_headers:
-        if not _NEVER_FORWARDED.get(name) and not (named and folded(name) in named):
-            yield name, value
-
-
 def request_head(
     request: Incoming,
     identity: Identity,
@@ -137,7 +120,8 @@ def request_head(
     propagated: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """The request line and headers sent upstream, as bytes, ready for one write.
-    `propagated`: the trace context (§19), in place of the client's."""
+    `propagated`: the trace context (§19), in place of the client's. `framing`: the
+    body's framing lines (or an upgrade's `Connection`/`Upgrade`)."""
     origin = upstream.origin
     target = (origin.path_prefix + raw_target).encode("ascii")
     parts = [
@@ -161,23 +145,6 @@ def request_head(
     parts.append(framing)
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def request_headers(
-    request: Incoming,
-    identity: Identity,
-    request_id: str,
-    propagated: Sequence[tuple[str, str]] = (),
-) -> CIMultiDict[str]:
-    """The same headers as `request_head`, for a WebSocket handshake (aiohttp's client)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in _kept_request_headers(request):
-        out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-    added = _added_headers(request, identity, request_id)
-    added += propagated
-    for header, text in added:
-        out[header] = text  # replaces the client's own, trace context included
-    return out
 
 
 def _request_drops(name: bytes) -> bool:
@@ -228,8 +195,7 @@ class Downstream(Incoming, Protocol):
 
 class Forwarder:
     """Streams requests to their upstream over the lean client's pooled connections and
-    relays the answer to the gateway's own server. WebSocket upgrades go to
-    `websocket.relay` on aiohttp's client session."""
+    relays the answer to the gateway's own server (WebSocket upgrades: `edge.upgrade`)."""
 
     def __init__(self, limits: Limits) -> None:
         self._max_body = limits.max_body_bytes

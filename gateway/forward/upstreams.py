@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from gateway.config import Upstream
 from gateway.forward.client import Origin, Pool
 from gateway.tls.contexts import Resolver, upstream_context
@@ -15,8 +13,8 @@ from gateway.tls.contexts import Resolver, upstream_context
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
     name: str
-    base: str  # scheme://host:port[/prefix] without a trailing slash (WebSocket relay)
-    timeout: aiohttp.ClientTimeout  # the WebSocket relay's handshake
+    base: str  # scheme://host:port[/prefix] without a trailing slash (the upstream span)
+    connect_timeout_seconds: float  # a WebSocket relay's own connection
     timeout_seconds: float  # to the response headers, and each pause between body chunks
     origin: Origin
     pool: Pool
@@ -24,15 +22,13 @@ class UpstreamTarget:
     @classmethod
     def of(cls, name: str, upstream: Upstream, resolve: Resolver | None = None) -> UpstreamTarget:
         """`resolve` makes the TLS files' paths absolute (`Config.resolve`)."""
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=upstream.connect_timeout_seconds,
-            sock_read=upstream.timeout_seconds,
-        )
         context = None
         if upstream.url.startswith("https://"):
             context = upstream_context(f"upstreams.{name}.tls", upstream.tls, resolve or Path)
         server_name = upstream.tls.server_name if upstream.tls is not None else None
         origin = Origin.of(upstream.url, context, server_name)
         pool = Pool(origin, upstream.connect_timeout_seconds)
-        return cls(name, upstream.url.rstrip("/"), timeout, upstream.timeout_seconds, origin, pool)
+        return cls(
+            name, upstream.url.rstrip("/"), upstream.connect_timeout_seconds,
+            upstream.timeout_seconds, origin, pool,
+        )  # fmt: skip

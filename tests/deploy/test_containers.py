@@ -218,10 +218,18 @@ async def test_the_compose_stack_runs_as_the_readme_prints_it(
     commands = _readme_commands()
     stop_at = next(i for i, line in enumerate(commands) if " stop gateway-2" in line)
     env_line = f"sed -i 's/^GATEWAY_PORT=.*/GATEWAY_PORT={port}/' deploy/.env"
-    first = [*commands[:1], env_line, *commands[1:stop_at]]
+    up_at = next(i for i, line in enumerate(commands) if line.endswith(" up -d"))
+    bring_up = [*commands[:1], env_line, *commands[1 : up_at + 1]]
     started = time.monotonic()
-    up = await _shell(["bash", "-c", _script(first, port, tail='echo "KEY=$KEY"\n')], repo)
+    up = await _shell(["bash", "-c", _script(bring_up, port)], repo)
     try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # podman-compose does not wait for health (no systemd timers here): wait as
+        # `docker compose up` does for the `service_healthy` conditions.
+        for service in ("gateway-1", "gateway-2"):
+            await _until(f"http://{_address(service)}:8081/readyz")
+        rest = commands[up_at + 1 : stop_at]
+        up = await _shell(["bash", "-c", _script(rest, port, tail='echo "KEY=$KEY"\n')], repo)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         first_200 = time.monotonic() - started
         key = re.search(r"KEY=(gwk_\w+)$", up.stdout, re.M)

@@ -274,6 +274,74 @@ async def test_websocket_upgrade_is_authorised_then_relayed(
     assert "Authorization" not in seen.headers
 
 
+async def test_a_websocket_session_is_relayed_as_the_upstream_speaks_it(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    """Bytes both ways after the upstream's 101 (the gateway parses no frame): a close
+    code the upstream chose, a 6 MiB message, an upstream that refuses the upgrade
+    answered as it answered, and the session's access-log line when it ends."""
+    policies = routes_dir(
+        tmp_path,
+        "upstream: core\nroutes:\n  - {methods: [GET], path: '/ws/{rest...}', scopes: [me:read]}\n",
+    )
+    # aiohttp's client and server leave the TCP connection open a while after the close
+    # handshake; a relay that reads no frame sees the end when a side closes or falls idle.
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies,
+                         limits={"websocket_idle_seconds": 1})  # fmt: skip
+    async with running_gateway(config) as gateway:
+        key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+        await _three_sessions(gateway.proxy, key)
+        started = time.monotonic()
+        while len(sessions := [line for line in gateway.log_lines()
+                               if line["path"].startswith("/ws/")]) < 3:  # fmt: skip
+            # A session is logged when its connections close; the log is batched.
+            assert time.monotonic() - started < 5, sessions
+            await asyncio.sleep(0.05)
+    assert sorted((line["path"], line["status"]) for line in sessions) == [
+        ("/ws/close-4003", 101), ("/ws/echo", 101), ("/ws/refuse", 403)]  # fmt: skip
+    assert all(line["upstream"] == "core" for line in sessions)
+
+
+async def test_an_idle_websocket_is_cut(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    """No byte either way for `limits.websocket_idle_seconds`: both connections close."""
+    policies = routes_dir(
+        tmp_path, "upstream: core\nroutes:\n  - {methods: [GET], path: /ws, scopes: [me:read]}\n"
+    )
+    config = make_config(tmp_path, database_url, upstream.url, policies=policies,
+                         limits={"websocket_idle_seconds": 0.5})  # fmt: skip
+    async with running_gateway(config) as gateway, aiohttp.ClientSession() as http:
+        key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+        async with http.ws_connect(gateway.proxy + "/ws", headers=bearer(key)) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str(timeout=2) == "echo:hi"
+            started = time.monotonic()
+            message = await ws.receive(timeout=5)
+            cut = time.monotonic() - started
+    assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE)
+    assert 0.4 <= cut < 2
+
+
+async def _three_sessions(proxy: str, key: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(proxy + "/ws/close-4003", headers=bearer(key)) as ws:
+            message = await ws.receive(timeout=2)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert (message.data, message.extra) == (4003, "policy says no")
+        big = bytes(range(256)) * (6 * 4096)  # 6 MiB, over aiohttp's default 4 MiB
+        async with http.ws_connect(proxy + "/ws/echo", headers=bearer(key),
+                                   max_msg_size=0) as ws:  # fmt: skip
+            await ws.send_bytes(big)
+            assert await ws.receive_bytes(timeout=10) == big[::-1]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(proxy + "/ws/refuse", headers=bearer(key))
+        assert refused.value.status == 403
+        assert (
+            refused.value.headers is not None and refused.value.headers["X-Upstream"] == "refused"
+        )
+
+
 async def test_head_and_bodiless_statuses_are_relayed_without_waiting_for_a_body(
     gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
