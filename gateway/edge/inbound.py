@@ -224,6 +224,11 @@ class Exchange:
         self.close_after = True
         self._connection.abort()
 
+    @property
+    def gone(self) -> bool:
+        """The client closed its connection."""
+        return self._connection.lost
+
     def switch(self, protocol: asyncio.Protocol) -> None:
         """Hand the connection, from the bytes after this request's head on, to
         `protocol` for good."""

@@ -214,6 +214,9 @@ class WebSocketDoor:
             pipe.abort()
             raise Problem(502, "upstream-unreachable", "the upstream failed") from None
         answer = pipe.upstream.answer
+        if exchange.gone:
+            pipe.abort()  # the client left while the upstream was answering
+            return
         if answer.status != 101:
             pipe.abort()
             self._refused(exchange, answer, extra)
