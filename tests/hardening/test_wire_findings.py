@@ -205,3 +205,32 @@ async def test_a_client_leaving_mid_body_logs_no_error(
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert upstream.received == []
     assert bearer(key)  # the key was only used on the wire
+
+
+def _masked_text_frame(text: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    return bytes([0x81, 0x80 | len(text)]) + mask + payload
+
+
+async def test_a_frame_sent_with_the_handshake_is_relayed_after_the_101(
+    gateway: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    """The bytes after the upgrade's head (a client that does not wait for the 101)
+    reach the upstream as the first frame, and its answer comes back: raw bytes."""
+    key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
+    handshake = (
+        "GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Authorization: Bearer {key}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway.proxy))
+    try:
+        writer.write(handshake + _masked_text_frame(b"early"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head.lower()
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(b"echo:early")), 3)
+        assert frame == bytes([0x81, len(b"echo:early")]) + b"echo:early"
+    finally:
+        writer.close()
