@@ -131,15 +131,20 @@ async def test_a_body_stalled_mid_stream_is_408_and_the_upstream_connection_rele
     assert [r.status for r in replies] == [200]
 
 
+def _handshake(key: str, more: str = "") -> bytes:
+    """A WebSocket handshake for /ws/chat, as raw bytes (RFC 6455's sample key)."""
+    return (
+        "GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Authorization: Bearer {key}\r\n{more}\r\n"
+    ).encode()
+
+
 async def test_an_upgrade_carrying_a_body_is_refused(
     gateway: RunningGateway, upstream: RecordingUpstream
 ) -> None:
     key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
-    handshake = (
-        "GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Length: 47\r\n\r\n"
-    ).encode()
+    handshake = _handshake(key, "Content-Length: 47\r\n")
     started = time.monotonic()
     replies, closed = await exchange(port_of(gateway.proxy), handshake + b"x" * 47, seconds=3)
     assert [r.status for r in replies] == [400] and closed
@@ -219,11 +224,7 @@ async def test_a_frame_sent_with_the_handshake_is_relayed_after_the_101(
     """The bytes after the upgrade's head (a client that does not wait for the 101)
     reach the upstream as the first frame, and its answer comes back: raw bytes."""
     key = (await gateway.create_key(unique("user"), ["me:read"]))["key"]
-    handshake = (
-        "GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Authorization: Bearer {key}\r\n\r\n"
-    ).encode()
+    handshake = _handshake(key)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway.proxy))
     try:
         writer.write(handshake + _masked_text_frame(b"early"))
