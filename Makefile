@@ -8,7 +8,7 @@ COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pypr
 
 FUZZ_RUNS ?= 1000000
 
-.PHONY: install uncompile test lint docs docs-reference demo bench microbench count soak fuzz cluster deploy-test clean
+.PHONY: install uncompile test test-plain lint docs docs-reference demo bench microbench count soak fuzz cluster deploy-test clean
 
 install: $(BUILT)
 
@@ -41,6 +41,12 @@ lint: $(BUILT)
 
 test: lint
 	$(BIN)/pytest
+
+# The request path as plain Python, the fallback where there is no C compiler: the
+# unit and end-to-end suites with GATEWAY_COMPILE=0 (the sources imported, not the
+# build). CI runs it after `make test`.
+test-plain: $(BUILT)
+	GATEWAY_COMPILE=0 $(BIN)/pytest tests/unit tests/e2e
 
 # The manual (docs/, MkDocs with the Material theme), built strictly and served on :8000.
 docs: $(STAMP)

@@ -203,7 +203,7 @@ class Gateway:
         )
         self.server_tls = self._server_tls()
         tls = {tls.where: tls.context for tls in self.server_tls}
-        lanes = [Lane(pipeline.serve, limits, recorder.ids.new)]
+        lanes = [Lane(pipeline.serve, limits, recorder.unreadable("proxy"))]
         listen = config.listen
         servers = [
             await _listen(lanes[0], listen.host, listen.port, reuse_port, tls.get("listen.tls"))
@@ -213,7 +213,7 @@ class Gateway:
         watching = asyncio.create_task(self._watch_tls())
         try:
             if config.decisions.enabled:
-                lanes.append(Lane(decisions.serve, limits, recorder.ids.new))
+                lanes.append(Lane(decisions.serve, limits, recorder.unreadable("decisions")))
                 where = config.decisions.listen
                 context = tls.get("decisions.listen.tls")
                 servers.append(await _listen(lanes[1], where.host, where.port, reuse_port, context))

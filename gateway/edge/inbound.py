@@ -8,6 +8,26 @@ exchange together. Only an accepted protocol upgrade (WebSocket) leaves this
 server: `Exchange.switch` hands the connection, from the upgrade's head on, to
 another protocol for the rest of its life, the way h11 hands over after a switch.
 
+The connection's state is one `Phase`, moved only by `InboundConnection._turn`
+through this table (the reader keeps its own, `http1.reader`):
+
+    phase    | turn                                       | next phase
+    ---------+--------------------------------------------+-----------
+    IDLE     | HEAD   a request's head arrived            | BUSY
+    IDLE     | CLOSE  header deadline, shutdown, bad bytes| CLOSED
+    BUSY     | DONE   answered; the connection is reused  | IDLE
+    BUSY     | LAST   no request after this one          | CLOSING
+    BUSY     | CLOSE  answered; the connection ends       | CLOSED
+    BUSY     | SWITCH an upgrade was accepted             | SWITCHED
+    CLOSING  | LAST                                       | CLOSING
+    CLOSING  | DONE, CLOSE                                | CLOSED
+    any      | LOST   the transport is gone               | CLOSED
+    SWITCHED, CLOSED: final (LAST and CLOSE leave them as they are).
+
+Flow control is not part of it: whether reading is paused (a body waits for the
+upstream, pipelined requests wait their turn) and whether writing may go on are
+the transport's buffers, which change in any phase.
+
 Protocol limits: a header deadline from the accept and from the end of each
 response (slowloris), a body deadline for each pause within a request body, a
 bound on the header section (431), framing the reader refuses answered as
@@ -21,6 +41,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import cast
 from urllib.parse import parse_qsl
 
@@ -308,13 +329,17 @@ class Limits:
 class Lane:
     """What every connection of one listener shares: its entry point and limits."""
 
-    def __init__(self, serve: Serve, limits: Limits, new_request_id: Callable[[], str]) -> None:
+    def __init__(
+        self, serve: Serve, limits: Limits, unreadable: Callable[[str, int, str], str]
+    ) -> None:
+        """`unreadable(client, status, slug)`: records bytes refused before they were a
+        request (the access log, metrics) and returns the request id to answer with."""
         self.serve = serve
         self.header_timeout = limits.header_timeout
         self.body_timeout = limits.body_timeout
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
-        self.new_request_id = new_request_id
+        self.unreadable = unreadable
         self.date = HttpDate()
         self.connections: set[InboundConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -329,11 +354,50 @@ class Lane:
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace_seconds)
         for connection in list(self.connections):
-            connection.abort()
+            if connection.phase is not Phase.CLOSED:
+                connection.abort()  # still serving past the grace; the closed ones
+                # are sending their last answer, which an abort would throw away
+
+
+class Phase(Enum):
+    IDLE = "idle"  # waiting for a request's head (the header deadline runs)
+    BUSY = "busy"  # a request is served; its body may still be arriving
+    CLOSING = "closing"  # serving the last request; what arrives is not read
+    SWITCHED = "switched"  # handed to another protocol for good
+    CLOSED = "closed"  # closed, or the client left
+
+
+class Turn(Enum):
+    HEAD = "head"
+    DONE = "done"
+    LAST = "last"
+    CLOSE = "close"
+    SWITCH = "switch"
+    LOST = "lost"
+
+
+_TURNS: dict[tuple[Phase, Turn], Phase] = {
+    (Phase.IDLE, Turn.HEAD): Phase.BUSY,
+    (Phase.IDLE, Turn.CLOSE): Phase.CLOSED,
+    (Phase.BUSY, Turn.DONE): Phase.IDLE,
+    (Phase.BUSY, Turn.LAST): Phase.CLOSING,
+    (Phase.BUSY, Turn.CLOSE): Phase.CLOSED,
+    (Phase.BUSY, Turn.SWITCH): Phase.SWITCHED,
+    (Phase.CLOSING, Turn.LAST): Phase.CLOSING,
+    (Phase.CLOSING, Turn.DONE): Phase.CLOSED,
+    (Phase.CLOSING, Turn.CLOSE): Phase.CLOSED,
+    (Phase.SWITCHED, Turn.LAST): Phase.SWITCHED,
+    (Phase.SWITCHED, Turn.CLOSE): Phase.SWITCHED,
+    (Phase.CLOSED, Turn.LAST): Phase.CLOSED,
+    (Phase.CLOSED, Turn.CLOSE): Phase.CLOSED,
+}
+for _phase in Phase:
+    _TURNS[(_phase, Turn.LOST)] = Phase.CLOSED
 
 
 class InboundConnection(asyncio.Protocol):
-    """One client connection: its bytes read by a `RequestReader`, requests served in order."""
+    """One client connection: its bytes read by a `RequestReader`, requests served in
+    order; its state is `phase` (see the module's table)."""
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
@@ -344,18 +408,28 @@ class InboundConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.peer = ""
         self.scheme = "http"
+        self.phase = Phase.IDLE
         self._exchange: Exchange | None = None  # the request being served
         self._next: Exchange | None = None  # for the connection's task to serve next
         self._task: asyncio.Task[None] | None = None
         self._waiting: asyncio.Future[None] | None = None  # the task, between requests
         self._header_deadline = Deadline(self.loop, self._headers_late)
         self.body_deadline = Deadline(self.loop, self._body_late)
-        self._paused = False
+        self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writable = True
-        self.lost = False
-        self._closing = False
-        self._switched = False
+
+    @property
+    def lost(self) -> bool:
+        """Closed, by the client or by the gateway: nothing more is written."""
+        return self.phase is Phase.CLOSED
+
+    def _turn(self, turn: Turn) -> Phase:
+        phase = _TURNS.get((self.phase, turn))
+        if phase is None:
+            raise RuntimeError(f"connection: {turn.value} while {self.phase.value}")
+        self.phase = phase
+        return phase
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -370,7 +444,7 @@ class InboundConnection(asyncio.Protocol):
         self._header_deadline.set(self.lane.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        self._turn(Turn.LOST)
         self.lane.connections.discard(self)
         self._header_deadline.stop()
         self.body_deadline.stop()
@@ -391,10 +465,11 @@ class InboundConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # answering the last request this connection gets
-        self._reader.receive(data)
-        self._read_events()
+        phase = self.phase
+        if phase is Phase.IDLE or phase is Phase.BUSY:
+            self._reader.receive(data)
+            self._read_events()
+        # CLOSING: answering the last request this connection gets; nothing is read.
 
     # --- reading -------------------------------------------------------------------------
 
@@ -420,6 +495,7 @@ class InboundConnection(asyncio.Protocol):
                 return
 
     def _start(self, head: Head) -> None:
+        self._turn(Turn.HEAD)
         self._header_deadline.clear()
         exchange = Exchange(self, head)
         self._exchange = exchange
@@ -435,16 +511,16 @@ class InboundConnection(asyncio.Protocol):
 
     def _failed(self, failure: Failure) -> None:
         """Bytes that are not HTTP/1.1: nothing more is read from this connection."""
-        self._closing = True
         exchange = self._exchange
         if exchange is not None:
             # Within a body: the request's task answers (or cuts a begun answer).
+            self._turn(Turn.LAST)
             exchange.close_after = True
             exchange.body.fail(BrokenBody(failure.status, failure.slug, failure.detail))
             return
         self._header_deadline.clear()
         refusal = Problem(failure.status, failure.slug, failure.detail)
-        request_id = self.lane.new_request_id()
+        request_id = self.lane.unreadable(self.peer, failure.status, failure.slug)
         lines = encode_headers(
             {
                 "Content-Type": CONTENT_TYPE,
@@ -458,8 +534,7 @@ class InboundConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %b\r\n%bContent-Length: %d\r\n\r\n%b"
             % (failure.status, reason_phrase(failure.status), lines, len(body), body)
         )
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
     # --- serving -----------------------------------------------------------------------
 
@@ -472,7 +547,7 @@ class InboundConnection(asyncio.Protocol):
         while True:
             exchange, self._next = self._next, None
             if exchange is None:
-                if self._closing or self.lost:
+                if self.phase is not Phase.IDLE:
                     return
                 self._waiting = self.loop.create_future()
                 await self._waiting
@@ -490,13 +565,13 @@ class InboundConnection(asyncio.Protocol):
     def _finished(self, exchange: Exchange) -> None:
         self._exchange = None
         exchange.finish()
-        if self.lost or self._switched:
+        phase = self.phase
+        if phase is Phase.CLOSED or phase is Phase.SWITCHED:
             return
-        if exchange.close_after or not exchange.body.complete or self._closing:
-            self._closing = True
-            if self._transport is not None:
-                self._transport.close()
+        if phase is Phase.CLOSING or exchange.close_after or not exchange.body.complete:
+            self._close()
             return
+        self._turn(Turn.DONE)
         self._reader.next_request()
         self.resume_reading()
         self._header_deadline.set(self.lane.header_timeout)
@@ -507,17 +582,24 @@ class InboundConnection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         rest = self._reader.switch()
-        self._switched = self._closing = True
+        self._turn(Turn.SWITCH)
         self.lane.connections.discard(self)
         self._header_deadline.stop()
         self.body_deadline.stop()
         transport.set_protocol(protocol)
-        if self._paused:
-            self._paused = False
+        if self._reading_paused:
+            self._reading_paused = False
             transport.resume_reading()
         protocol.connection_made(transport)
         if rest:
             protocol.data_received(rest)
+
+    def _close(self) -> None:
+        """End the connection once what was written has gone out."""
+        self._turn(Turn.CLOSE)
+        if self._transport is not None:
+            self._transport.close()
+        self._wake_task()
 
     # --- writing and flow control --------------------------------------------------------
 
@@ -534,32 +616,33 @@ class InboundConnection(asyncio.Protocol):
         await self._drain_waiter
 
     def pause_reading(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self._transport is not None:
-            self._paused = False
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
             self._transport.resume_reading()
 
     def abort(self) -> None:
-        self._closing = True
+        """Cut the connection now (what was written but not sent is lost)."""
+        self._turn(Turn.LAST if self.phase is Phase.BUSY else Turn.CLOSE)
         if self._transport is not None:
             self._transport.abort()
 
     def close_when_idle(self) -> None:
-        self._closing = True
-        if self._exchange is None and self._transport is not None:
-            self._transport.close()
-            self._wake_task()
+        """At shutdown: close now if no request is served, else after its answer."""
+        if self.phase is Phase.IDLE:
+            self._close()
+        else:
+            self._turn(Turn.LAST)
 
     # --- deadlines -----------------------------------------------------------------------
 
     def _headers_late(self) -> None:
-        if self._exchange is None and self._transport is not None:
-            self._closing = True
-            self._transport.close()
+        if self.phase is Phase.IDLE:
+            self._close()
 
     def _body_late(self) -> None:
         if self._exchange is not None:

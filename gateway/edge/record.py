@@ -6,6 +6,7 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 from multidict import CIMultiDictProxy
 
@@ -57,6 +58,11 @@ class Recorder:
         self._usage = usage
         self.ids = RequestIds()
         self.tracing = tracing
+
+    def unreadable(self, endpoint: str) -> Unreadable:
+        """For a listener: bytes refused before they were a request (no method, no path)
+        are still one access-log line and one metrics sample, under a new request id."""
+        return _Unreadable(self, endpoint)
 
     def record(
         self,
@@ -118,3 +124,21 @@ def count_usage(usage: UsageCounter, outcome: Outcome, status: int) -> None:
     else:
         kind = ALLOWED  # allowed, then the upstream failed (502, 504)
     usage.count(principal.key_id, kind, outcome.credits_spent)
+
+
+# (the client's address, the status, the problem's slug) → the request id it was given
+Unreadable = Callable[[str, int, str], str]
+
+
+class _Unreadable:
+    __slots__ = ("_endpoint", "_recorder")
+
+    def __init__(self, recorder: Recorder, endpoint: str) -> None:
+        self._recorder, self._endpoint = recorder, endpoint
+
+    def __call__(self, client: str, status: int, slug: str) -> str:
+        request_id = self._recorder.ids.new()
+        outcome = Outcome(self._endpoint, client)
+        outcome.reason = slug
+        self._recorder.record("-", "-", request_id, status, outcome, time.perf_counter())
+        return request_id

@@ -7,6 +7,24 @@ response splitting (bad header bytes, two Content-Lengths, Content-Length with
 chunked). Flow control both ways: reading from the upstream pauses while more
 than `bodyqueue.HIGH_WATER` bytes wait for the client, and writing a streamed body waits
 while the upstream's socket buffer is full.
+
+An upstream connection's state is one `Link`, moved only by `_Connection._turn`:
+
+    link      | turn                                          | next link
+    ----------+-----------------------------------------------+----------
+    IDLE      | SEND      a request goes out                  | SENT
+    SENT      | ARRIVING  the first bytes of its answer       | ANSWERING
+    ANSWERING | COMPLETE  the answer is whole; may carry more | ANSWERED
+    ANSWERING | LAST      the connection ends with this answer| FINAL
+    ANSWERED  | RELEASE   pooled for the next request         | IDLE
+    FINAL     | COMPLETE, LAST                                | FINAL
+    any       | CLOSE     closed by the gateway or the upstream | CLOSED
+    CLOSED: final (CLOSE leaves it as it is). Bytes that arrive when no answer is
+    awaited (IDLE, ANSWERED, a whole FINAL answer) close the connection.
+
+A close while SENT on a reused connection is the one case that is retried: the
+upstream closed an idle connection as the request went out, and no byte of the
+request can have been acted on.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ import collections
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -91,8 +110,7 @@ class Answer:
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_ready: asyncio.Future[None] = loop.create_future()
         self.body = BodyQueue(connection.pause_reading, connection.resume_reading)
-        self.interim = False
-        self.started = False  # any byte of the answer arrived
+        self.interim = False  # the head being read is a 1xx one: the real one follows
 
     @property
     def complete(self) -> bool:
@@ -153,20 +171,63 @@ class Answer:
             patience.clear()
 
 
+class Link(Enum):
+    IDLE = "idle"  # no request on it: new, or pooled
+    SENT = "sent"  # a request went out; no byte of its answer yet
+    ANSWERING = "answering"  # its answer is arriving
+    ANSWERED = "answered"  # the answer is whole; it may carry another request
+    FINAL = "final"  # its answer is arriving or whole, and the connection ends with it
+    CLOSED = "closed"
+
+
+class LinkTurn(Enum):
+    SEND = "send"
+    ARRIVING = "arriving"
+    COMPLETE = "complete"
+    LAST = "last"
+    RELEASE = "release"
+    CLOSE = "close"
+
+
+_LINK_TURNS: dict[tuple[Link, LinkTurn], Link] = {
+    (Link.IDLE, LinkTurn.SEND): Link.SENT,
+    (Link.SENT, LinkTurn.ARRIVING): Link.ANSWERING,
+    (Link.ANSWERING, LinkTurn.COMPLETE): Link.ANSWERED,
+    (Link.ANSWERING, LinkTurn.LAST): Link.FINAL,
+    (Link.ANSWERED, LinkTurn.RELEASE): Link.IDLE,
+    (Link.FINAL, LinkTurn.COMPLETE): Link.FINAL,
+    (Link.FINAL, LinkTurn.LAST): Link.FINAL,
+}
+for _link in Link:
+    _LINK_TURNS[(_link, LinkTurn.CLOSE)] = Link.CLOSED
+
+
 class _Connection(asyncio.Protocol):
+    """One connection to an upstream; its state is `link` (see the module's table)."""
+
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.answer: Answer | None = None
-        self.closed = False
-        self.reusable = True
+        self.link = Link.IDLE
         self._paused = False
         self._writable: asyncio.Event = asyncio.Event()
         self._writable.set()
         loop = asyncio.get_running_loop()
         self.idle = Deadline(loop, self.close)  # while pooled
         self.patience = Deadline(loop, self._timed_out)  # while waiting on the upstream
+
+    def _turn(self, turn: LinkTurn) -> Link:
+        link = _LINK_TURNS.get((self.link, turn))
+        if link is None:
+            raise RuntimeError(f"upstream connection: {turn.value} while {self.link.value}")
+        self.link = link
+        return link
+
+    @property
+    def closed(self) -> bool:
+        return self.link is Link.CLOSED
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -175,26 +236,38 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        answer = self.answer
-        if answer is None or answer.complete:
-            self.reusable = False  # bytes nobody asked for: this connection is unusable
-            self.close()
+        link = self.link
+        if link is Link.SENT:
+            self._turn(LinkTurn.ARRIVING)
+        elif (link is not Link.ANSWERING and link is not Link.FINAL) or self._answered():
+            self.close()  # bytes nobody asked for: this connection is unusable
             return
-        answer.started = True
+        answer = self.answer
+        assert answer is not None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self.reusable = False
             answer.fail(UpstreamError("the upstream's response is not valid HTTP/1.1"))
             self.close()
 
+    def _answered(self) -> bool:
+        return self.answer is None or self.answer.complete
+
+    def _closed_error(self) -> Exception:
+        """A write on a closed connection: retried when no byte of the answer came."""
+        error = self.answer.error if self.answer is not None else None
+        if error is None or isinstance(error, _Retry):
+            return _Retry()
+        return UpstreamError("the upstream closed the connection")
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        sent = self.link is Link.SENT
+        self._turn(LinkTurn.CLOSE)
         self._writable.set()
         answer = self.answer
         if answer is None or answer.complete:
             return
-        if not answer.started:
+        if sent:
             answer.fail(_Retry())
         elif answer.headers_ready.done() and answer.content_length is None and not _chunked(answer):
             answer.body.end()  # a body delimited by the connection's end (HTTP/1.0 style)
@@ -232,7 +305,7 @@ class _Connection(asyncio.Protocol):
         if answer.head_only:
             # llhttp cannot be told this answered a HEAD: it would wait for the body
             # its Content-Length describes. Take the message as complete; never reuse.
-            self.reusable = False
+            self._turn(LinkTurn.LAST)
             answer.body.end()
 
     def on_body(self, body: bytes) -> None:
@@ -245,8 +318,7 @@ class _Connection(asyncio.Protocol):
         if self.answer.interim:
             self.answer.interim = False
             return
-        if not self._parser.should_keep_alive():
-            self.reusable = False
+        self._turn(LinkTurn.COMPLETE if self._parser.should_keep_alive() else LinkTurn.LAST)
         self.answer.body.end()
 
     # --- used by the pool and the answer ----------------------------------------------
@@ -261,10 +333,17 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
+    def send(self, answer: Answer) -> None:
+        """A request starts on this connection; its answer will be `answer`."""
+        self.answer = answer
+        if self.link is Link.IDLE:
+            self._turn(LinkTurn.SEND)
+
     def write_now(self, data: bytes) -> bool:
         """Write; False when the upstream's socket buffer is full (then await `writable`)."""
-        if self.closed or self.transport is None:
-            raise _Retry() if not (self.answer and self.answer.started) else UpstreamError("closed")
+        link = self.link
+        if link is Link.CLOSED or self.transport is None:
+            raise self._closed_error()
         self.transport.write(data)
         return self._writable.is_set()
 
@@ -277,7 +356,8 @@ class _Connection(asyncio.Protocol):
 
     def done_with(self, answer: Answer) -> None:
         self.answer = None
-        if answer.complete and answer.error is None and self.reusable and not self.closed:
+        if self.link is Link.ANSWERED and answer.error is None:
+            self._turn(LinkTurn.RELEASE)
             self.resume_reading()
             self._pool.release(self)
         else:
@@ -288,7 +368,7 @@ class _Connection(asyncio.Protocol):
             self.answer.fail(UpstreamTimeout("upstream timed out"))
 
     def close(self) -> None:
-        self.closed = True
+        self._turn(LinkTurn.CLOSE)
         self.idle.stop()
         self.patience.stop()
         if self.transport is not None:
@@ -338,7 +418,7 @@ class Pool:
         for attempt in (1, 2):
             connection, reused = await self._acquire()
             answer = Answer(connection, method == b"HEAD")
-            connection.answer = answer
+            connection.send(answer)
             try:
                 if not connection.write_now(head + body):
                     await connection.writable()

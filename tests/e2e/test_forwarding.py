@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from tests.rawhttp import exchange, port_of
 from tests.support import (
     RecordingUpstream,
     RunningGateway,
@@ -246,6 +248,26 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
     )
     assert key["key"] not in everything
     assert key["key"][12:] not in everything
+
+
+async def test_bytes_that_are_not_a_request_are_refused_and_still_logged(
+    gateway: RunningGateway,
+) -> None:
+    """Refused before there is a method or a path, by the reader: still one access-log
+    line (method and path "-"), with the request id the answer gives."""
+    replies, closed = await exchange(
+        port_of(gateway.proxy),
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        expect=1,
+    )
+    assert closed and [reply.status for reply in replies] == [400]
+    answered = json.loads(replies[0].body)
+    await asyncio.sleep(0.2)  # the access log is written in batches
+    (record,) = gateway.log_lines()
+    assert (record["method"], record["path"], record["status"]) == ("-", "-", 400)
+    assert record["request_id"] == answered["request_id"]
+    assert answered["type"] == f"urn:gateway:problem:{record['reason']}"
+    assert record["client"] == "127.0.0.1" and record["endpoint"] == "proxy"
 
 
 async def test_websocket_upgrade_is_authorised_then_relayed(
