@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from gateway.config import Cache, Config, Tokens
+from gateway.foundation.config import Cache, Config, Tokens
 from gateway.keys import format as key_format
 from gateway.keys.store import KeyRecord, KeyStore
 from gateway.policy.routing import Route, Router

@@ -416,7 +416,7 @@ def scratch_database(server_url: str | None, tag: str) -> Iterator[str]:
     """A database of the run's own on that server (the embedded one when none), dropped
     afterwards."""
     if not server_url:
-        from gateway.database import start_embedded
+        from gateway.foundation.database import start_embedded
 
         server_url = start_embedded(OUT / "pgdata", cleanup_mode="stop")
     name = f"gw_{tag}_{uuid.uuid4().hex[:6]}"

@@ -6,8 +6,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    from gateway.foundation.problems import Problem
     from gateway.policy import paths
-    from gateway.problems import Problem
 
 
 def one(data: bytes) -> None:

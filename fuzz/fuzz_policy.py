@@ -7,7 +7,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.config import Config
+    from gateway.foundation.config import Config
     from gateway.policy.loader import PolicyError, _FileLoader
     from gateway.policy.scopes import Catalogue
 

@@ -1,10 +1,10 @@
 """gateway: an API-key gateway in front of existing HTTP backends.
 
-Foundation modules (`config`, `problems`, `database`, `timers`, `http1`, …) import no
-capability; each capability package says in its docstring what it may import; the
-composition root (`runtime`, `resources`) wires them together, `app` is the admin
-application over it, `cli`, `serve` and `demo` run it. `tests/unit/test_layers.py`
-enforces it.
+The foundation (`foundation/`: configuration, database, problems, timers, …; and
+`http1`, `tls`, `tracing`) imports no capability; each capability package says in its
+docstring what it may import; the composition root (`runtime`, `resources`) wires them
+together, `app` is the admin application over it, `cli`, `serve` and `demo` run it:
+the top of the package holds only these. `tests/unit/test_layers.py` enforces it.
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-from gateway.config import Config
+from gateway.foundation.config import Config
+from gateway.foundation.readiness import Readiness
 from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
-from gateway.readiness import Readiness
 
 CONFIG = web.AppKey("config", Config)
 SCOPES = web.AppKey("scopes", Catalogue)

@@ -14,17 +14,17 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway import config as config_module
-from gateway import database
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
-from gateway.config import Config, ConfigError
 from gateway.credits import balance
+from gateway.foundation import config as config_module
+from gateway.foundation import database
+from gateway.foundation.config import Config, ConfigError
+from gateway.foundation.problems import Problem
 from gateway.keys import management, validation
 from gateway.policy.explain import explain, route_table
 from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
-from gateway.problems import Problem
 from gateway.tokens import signing
 from gateway.usage.counter import COUNTS
 from gateway.usage.report import parse_range

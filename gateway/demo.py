@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 
 from gateway.audit.events import Actor
-from gateway.config import Config, SelfService, Session
+from gateway.foundation.config import Config, SelfService, Session
 from gateway.keys import management, validation
 from gateway.observability.diagnostics import configure_logging
 from gateway.runtime import Gateway, Options

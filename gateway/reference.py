@@ -21,8 +21,9 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway import cli, config
+from gateway import cli
 from gateway.admin.openapi import DOCUMENT
+from gateway.foundation import config
 
 # Set by load(), not written in the file; the admin token comes from the environment.
 _INTERNAL = {"base_dir", "source", "admin_token"}

@@ -21,10 +21,10 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway import database
-from gateway.config import ConfigError
 from gateway.credits import balance
 from gateway.credits.ledger import CreditLedger
+from gateway.foundation import database
+from gateway.foundation.config import ConfigError
 from gateway.keys.invalidation import Listener
 from gateway.keys.store import KeyStore
 from gateway.observability.accesslog import AccessLog

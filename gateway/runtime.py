@@ -26,7 +26,6 @@ from aiohttp import web
 
 from gateway import resources
 from gateway.app import create_admin_app
-from gateway.config import Config
 from gateway.credits.ledger import CreditLedger
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
@@ -40,6 +39,8 @@ from gateway.edge.record import Recorder
 from gateway.edge.upgrade import WebSocketDoor
 from gateway.forward.proxy import Forwarder
 from gateway.forward.upstreams import UpstreamTarget
+from gateway.foundation.config import Config
+from gateway.foundation.readiness import Readiness
 from gateway.keys.invalidation import Listener
 from gateway.keys.store import Clock, KeyStore
 from gateway.leaks.reports import LeakReports
@@ -49,7 +50,6 @@ from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.scopes import Catalogue
 from gateway.ratelimit.limiter import RateLimiter
-from gateway.readiness import Readiness
 from gateway.selfservice import service as self_service
 from gateway.tls.contexts import ServerTLS
 from gateway.tokens.endpoint import TokenEndpoint

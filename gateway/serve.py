@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from gateway.config import Config
+from gateway.foundation.config import Config
 from gateway.observability.diagnostics import configure_logging
 from gateway.runtime import Gateway, Options
 

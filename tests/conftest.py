@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway import database
+from gateway.foundation import database
 from tests.otlpreceiver import PATH, OtlpReceiver, application
 from tests.support import ROOT, RecordingUpstream, recording_upstream
 

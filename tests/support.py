@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.audit.events import Actor
-from gateway.config import Config
+from gateway.foundation.config import Config
 from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
 from gateway.runtime import Gateway, Options

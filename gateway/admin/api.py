@@ -18,11 +18,11 @@ from gateway.appkeys import CAUGHT_UP, CONFIG, METRICS, POLICIES, POOL, READINES
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.credits import balance
-from gateway.database import DATABASE_DOWN
-from gateway.jsonbody import json_response, read_object
+from gateway.foundation.database import DATABASE_DOWN
+from gateway.foundation.jsonbody import json_response, read_object
+from gateway.foundation.problems import Problem, invalid_fields
 from gateway.keys import management, validation
 from gateway.keys.validation import whole_number
-from gateway.problems import Problem, invalid_fields
 from gateway.usage.report import parse_range
 from gateway.webhooks import endpoints as webhooks
 from gateway.webhooks.destinations import Destinations

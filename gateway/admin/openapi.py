@@ -6,8 +6,8 @@ from typing import Any
 
 from gateway.audit.events import ACTIONS
 from gateway.audit.outbox import EVENT_TYPES
+from gateway.foundation.problems import PROBLEM_SCHEMA
 from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY, USAGE, USAGE_PARAMETERS
-from gateway.problems import PROBLEM_SCHEMA
 
 _MEMBERSHIP = {
     "type": "object",

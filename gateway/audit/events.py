@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.audit.outbox import EVENT_TYPES, enqueue
-from gateway.database import Conn
-from gateway.timestamps import parse_time
+from gateway.foundation.database import Conn
+from gateway.foundation.timestamps import parse_time
 
 ACTIONS = (
     "key.created",

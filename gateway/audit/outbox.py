@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.database import INVALIDATION_CHANNEL, Conn
+from gateway.foundation.database import INVALIDATION_CHANNEL, Conn
 
 # What an endpoint may subscribe to (or "*").
 EVENT_TYPES = (

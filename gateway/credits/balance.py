@@ -18,8 +18,8 @@ from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.credits.refill import Refill, check_balance
 from gateway.credits.shares import HELD
-from gateway.database import INVALIDATION_CHANNEL as CHANNEL
-from gateway.database import Conn
+from gateway.foundation.database import INVALIDATION_CHANNEL as CHANNEL
+from gateway.foundation.database import Conn
 
 Errors = list[tuple[str, str]]
 OPERATIONS = ("set", "increment", "decrement")

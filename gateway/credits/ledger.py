@@ -26,9 +26,9 @@ from typing import Any
 
 import asyncpg
 
-from gateway.config import Credits
 from gateway.credits import shares
 from gateway.credits.shares import Taken
+from gateway.foundation.config import Credits
 
 log = logging.getLogger("gateway.credits")
 Clock = Callable[[], float]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.database import Conn
+from gateway.foundation.database import Conn
 
 # What a share holds for the balance: what a holder heard from lately has not spent
 # (as last reported); of a silent holder's share (probably gone), only what it never

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from gateway.edge.decide import Decision
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import Reply
 from gateway.http1.wire import encode_headers
 from gateway.keys.principal import IDENTITY_HEADERS
-from gateway.problems import Problem
 
 NO_STORE = {"Cache-Control": "no-store"}
 _NOBODY = encode_headers(dict.fromkeys(IDENTITY_HEADERS, ""))

@@ -16,7 +16,7 @@ from gateway.edge.decide import Decider, Outcome
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.problems import Problem
+from gateway.foundation.problems import Problem
 
 
 class DecisionEndpoints:

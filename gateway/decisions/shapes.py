@@ -10,8 +10,8 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from gateway.foundation.problems import Problem
 from gateway.http1.wire import folded
-from gateway.problems import Problem
 
 EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
 

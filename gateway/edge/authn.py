@@ -10,10 +10,10 @@ from collections.abc import Awaitable
 
 from multidict import CIMultiDictProxy
 
+from gateway.foundation.problems import Problem, database_unavailable, unauthorized
 from gateway.keys import format as key_format
 from gateway.keys.principal import Principal
 from gateway.keys.store import MISSING, KeyRecord, KeyStore, StoreUnavailable
-from gateway.problems import Problem, database_unavailable, unauthorized
 from gateway.tokens.actor import Signer, TokenRejected
 
 

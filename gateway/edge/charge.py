@@ -9,8 +9,8 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from gateway.credits.ledger import UNLIMITED, CreditLedger, CreditsExhausted, CreditsUnavailable
+from gateway.foundation.problems import Problem, database_unavailable
 from gateway.keys.principal import CreditAccount
-from gateway.problems import Problem, database_unavailable
 
 
 def charge(

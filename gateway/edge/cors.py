@@ -10,9 +10,9 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
-from gateway.config import Cors as CorsSettings
+from gateway.foundation.config import Cors as CorsSettings
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import Reply
-from gateway.problems import Problem
 
 
 class Head(Protocol):

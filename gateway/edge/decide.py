@@ -15,12 +15,12 @@ from gateway.credits.ledger import CreditLedger
 from gateway.edge.authn import Authenticator
 from gateway.edge.charge import charge
 from gateway.edge.safety import Target
+from gateway.foundation.problems import Problem, database_unavailable
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
 from gateway.policy.authz import authorize
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.routing import Match, Route
-from gateway.problems import Problem, database_unavailable
 from gateway.ratelimit.limiter import LimitState, RateLimiter
 from gateway.tracing.spans import RequestTrace
 

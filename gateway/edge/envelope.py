@@ -17,7 +17,7 @@ from gateway.edge.authn import RefusedKey
 from gateway.edge.decide import Outcome
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.problems import Problem
+from gateway.foundation.problems import Problem
 
 log = logging.getLogger("gateway.envelope")
 

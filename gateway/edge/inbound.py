@@ -47,12 +47,12 @@ from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from gateway.foundation.problems import CONTENT_TYPE, Problem
+from gateway.foundation.timers import Deadline
 from gateway.http1.bodyqueue import BodyQueue
 from gateway.http1.messages import BodyTimeout, BodyTooSlow, BrokenBody, IncompleteBody, Reply
 from gateway.http1.reader import END, PAUSED, Data, Failure, Head, RequestReader
 from gateway.http1.wire import HttpDate, encode_headers, reason_phrase
-from gateway.problems import CONTENT_TYPE, Problem
-from gateway.timers import Deadline
 
 log = logging.getLogger("gateway.inbound")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -226,12 +226,8 @@ class Exchange:
         self.respond(reply.status, reason_phrase(reply.status), lines, reply.body)
 
     def problem(self, problem: Problem, request_id: str, headers: dict[str, str]) -> None:
-        merged = {**problem.headers, **headers, "X-Request-Id": request_id}
-        merged["Content-Type"] = CONTENT_TYPE
-        self.respond(
-            problem.status, reason_phrase(problem.status), encode_headers(merged),
-            problem.body(request_id),
-        )  # fmt: skip
+        lines, body = refusal(problem, request_id, headers)
+        self.respond(problem.status, reason_phrase(problem.status), lines, body)
 
     def write(self, data: bytes) -> None:
         self.started = True
@@ -255,6 +251,14 @@ class Exchange:
         `protocol` for good."""
         self.switched = self.started = True
         self._connection.switch(protocol)
+
+
+def refusal(problem: Problem, request_id: str, headers: dict[str, str]) -> tuple[bytes, bytes]:
+    """The header lines and body of a refusal on the gateway's own server, whether a
+    request was read (`Exchange.problem`) or its bytes were refused before that."""
+    merged = {**problem.headers, **headers, "X-Request-Id": request_id}
+    merged["Content-Type"] = CONTENT_TYPE
+    return encode_headers(merged), problem.body(request_id)
 
 
 class _BodyPieces:
@@ -519,17 +523,10 @@ class InboundConnection(asyncio.Protocol):
             exchange.body.fail(BrokenBody(failure.status, failure.slug, failure.detail))
             return
         self._header_deadline.clear()
-        refusal = Problem(failure.status, failure.slug, failure.detail)
+        problem = Problem(failure.status, failure.slug, failure.detail)
         request_id = self.lane.unreadable(self.peer, failure.status, failure.slug)
-        lines = encode_headers(
-            {
-                "Content-Type": CONTENT_TYPE,
-                "X-Request-Id": request_id,
-                "Date": self.lane.date().decode(),
-                "Connection": "close",
-            }
-        )
-        body = refusal.body(request_id)
+        framing = {"Date": self.lane.date().decode(), "Connection": "close"}
+        lines, body = refusal(problem, request_id, framing)
         self.write(
             b"HTTP/1.1 %d %b\r\n%bContent-Length: %d\r\n\r\n%b"
             % (failure.status, reason_phrase(failure.status), lines, len(body), body)

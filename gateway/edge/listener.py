@@ -1,6 +1,5 @@
-"""aiohttp's low-level server with our protocol limits: the admin listener, and the one
-kind of connection that leaves the gateway's own server, an accepted WebSocket upgrade
-(`edge.upgrade`).
+"""aiohttp's server with our protocol limits, for the admin listener (the only one
+aiohttp serves: the proxy and decision listeners are the gateway's own, `edge.inbound`).
 
 aiohttp answers parser errors in text/plain and calls an over-long header line
 a 400; here they are problem+json, and header size is a 431. The keep-alive
@@ -18,8 +17,8 @@ from aiohttp import HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.http_parser import HttpRequestParserPy
 
-from gateway.config import Limits
-from gateway.problems import Problem
+from gateway.foundation.config import Limits
+from gateway.foundation.problems import Problem
 
 log = logging.getLogger("gateway.listener")
 

@@ -22,9 +22,9 @@ from gateway.edge.record import Recorder
 from gateway.edge.upgrade import WebSocketDoor, is_upgrade
 from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import Reply
 from gateway.leaks.reports import LeakReports
-from gateway.problems import Problem
 from gateway.selfservice.service import SelfService
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens

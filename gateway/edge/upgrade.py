@@ -10,7 +10,6 @@ headers and body). Nothing after the handshake is ever read as HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import Sequence
@@ -24,9 +23,9 @@ from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
 from gateway.forward.proxy import Identity, request_head
 from gateway.forward.upstreams import UpstreamTarget
+from gateway.foundation.problems import Problem
+from gateway.foundation.timers import Deadline
 from gateway.http1.wire import HOP_BY_HOP, encode_headers, reason_phrase
-from gateway.problems import Problem
-from gateway.timers import Deadline
 
 _UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 _MAX_REFUSAL = 1024 * 1024  # the body of an upstream's non-101 answer, at most
@@ -46,10 +45,20 @@ class _Answer:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.size = 0
+        self.headers_done = False
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    @property
+    def ends_with_connection(self) -> bool:
+        """Its body has neither a length nor chunks: the connection's end ends it."""
+        names = {name.lower() for name, _ in self.headers}
+        return self.headers_done and not names & {b"content-length", b"transfer-encoding"}
 
     def on_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -139,8 +148,8 @@ class _UpstreamSide(_Side):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._parser is not None and not self.head_done.done():
-            with contextlib.suppress(httptools.HttpParserError):
-                self._parser.feed_data(b"")  # a body delimited by the connection's end
+            if self.answer.ends_with_connection:
+                self.answer.complete = True  # (llhttp is never told of the end)
             if self.answer.complete:
                 self._answered(self._parser)
             else:

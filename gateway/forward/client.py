@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.foundation.timers import Deadline
 from gateway.http1.bodyqueue import BodyQueue
 from gateway.http1.wire import LAST_CHUNK, chunk
-from gateway.timers import Deadline
 
 IDLE_SECONDS = 30.0
 MAX_IDLE = 128

@@ -16,9 +16,10 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
-from gateway.config import Limits
 from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeout
 from gateway.forward.upstreams import UpstreamTarget
+from gateway.foundation.config import Limits
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import BodyError
 from gateway.http1.wire import (
     HOP_BY_HOP,
@@ -31,7 +32,6 @@ from gateway.http1.wire import (
     listed,
 )
 from gateway.keys.principal import Principal
-from gateway.problems import Problem
 from gateway.tracing.spans import PROPAGATED, RequestTrace
 
 # Never forwarded: the credential, method overrides (the policy checked the real

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import Upstream
 from gateway.forward.client import Origin, Pool
+from gateway.foundation.config import Upstream
 from gateway.tls.contexts import Resolver, upstream_context
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.database import INVALIDATION_CHANNEL, Conn
+from gateway.foundation.database import INVALIDATION_CHANNEL, Conn
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import Metrics
 

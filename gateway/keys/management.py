@@ -20,7 +20,7 @@ from gateway.audit.events import Actor
 from gateway.credits import balance
 from gateway.credits.refill import normal_credits
 from gateway.credits.shares import HELD
-from gateway.database import Conn
+from gateway.foundation.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
 from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits

@@ -20,8 +20,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import asyncpg
 from cachetools import TTLCache
 
-from gateway.config import Cache
 from gateway.credits.refill import Refill
+from gateway.foundation.config import Cache
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue

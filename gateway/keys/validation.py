@@ -13,8 +13,8 @@ from ipaddress import ip_network
 from typing import Any
 
 from gateway.credits.refill import Refill, check_credits, normal_credits
+from gateway.foundation.timestamps import parse_time
 from gateway.policy.scopes import Catalogue
-from gateway.timestamps import parse_time
 
 Errors = list[tuple[str, str]]
 RESOURCE_TYPES = ("organization", "project")

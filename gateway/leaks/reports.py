@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncpg
 
+from gateway.foundation.jsonbody import json_reply
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.jsonbody import json_reply
 from gateway.keys import format as key_format
 from gateway.keys import management
 from gateway.leaks.signatures import BadSignature, GithubKeys
-from gateway.problems import Problem
 
 MAX_BYTES = 1024 * 1024
 MAX_ENTRIES = 1000

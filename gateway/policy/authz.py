@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Set
 
+from gateway.foundation.problems import Problem, insufficient_scope
 from gateway.policy.routing import Match
-from gateway.problems import Problem, insufficient_scope
 
 
 def authorize(scopes: frozenset[str], match: Match, memberships: Set[tuple[str, str]]) -> None:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from gateway.problems import Problem, bad_request
+from gateway.foundation.problems import Problem, bad_request
 
 # RFC 3986 pchar plus "/" — everything else must arrive percent-encoded.
 _PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")

@@ -8,11 +8,11 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
+from gateway.foundation.problems import Problem
 from gateway.keys.principal import Principal
 from gateway.observability.metrics import Metrics
 from gateway.policy.ratelimits import policy_header
 from gateway.policy.routing import Route
-from gateway.problems import Problem
 from gateway.ratelimit.gcra import Verdict, state_header, whole_seconds
 from gateway.ratelimit.local import Ask, LocalBackend
 from gateway.ratelimit.shared import BackendUnavailable

@@ -12,10 +12,12 @@ from typing import Any
 import asyncpg
 
 from gateway.audit.events import Actor
-from gateway.config import ScopeDef
-from gateway.config import SelfService as Settings
+from gateway.foundation.config import ScopeDef
+from gateway.foundation.config import SelfService as Settings
+from gateway.foundation.jsonbody import MAX_BODY, json_reply, parse_object
+from gateway.foundation.problems import Problem, invalid_fields
+from gateway.foundation.timestamps import parse_time
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.jsonbody import MAX_BODY, json_reply, parse_object
 from gateway.keys import management
 from gateway.keys.validation import (
     Errors,
@@ -26,9 +28,7 @@ from gateway.keys.validation import (
     check_update,
     whole_number,
 )
-from gateway.problems import Problem, invalid_fields
 from gateway.selfservice.session import SessionUser
-from gateway.timestamps import parse_time
 from gateway.usage.report import parse_range, recent_totals
 
 NO_STORE = {"Cache-Control": "no-store"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.foundation.problems import PROBLEM_SCHEMA
 from gateway.keys.schemas import OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
-from gateway.problems import PROBLEM_SCHEMA
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 _DESCRIPTION = {"type": ["string", "null"], "maxLength": 500}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import importlib.resources
 
-from gateway.config import SelfService as Settings
+from gateway.foundation.config import SelfService as Settings
 from gateway.http1.messages import Reply
 
 CSP = (

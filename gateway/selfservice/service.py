@@ -12,12 +12,12 @@ import aiohttp
 import asyncpg
 
 from gateway.audit.events import Actor
-from gateway.config import Config, ConfigError
-from gateway.config import SelfService as Settings
-from gateway.database import DATABASE_DOWN
+from gateway.foundation.config import Config, ConfigError
+from gateway.foundation.config import SelfService as Settings
+from gateway.foundation.database import DATABASE_DOWN
+from gateway.foundation.jsonbody import json_reply
+from gateway.foundation.problems import Problem
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.jsonbody import json_reply
-from gateway.problems import Problem
 from gateway.selfservice import openapi
 from gateway.selfservice.api import NO_STORE, KeysApi
 from gateway.selfservice.page import Page

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-from gateway.config import Session
+from gateway.foundation.config import Session
 
 log = logging.getLogger("gateway.selfservice")
 LEEWAY_SECONDS = 30

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config import ConfigError, ListenerTLS, UpstreamTLS
+from gateway.foundation.config import ConfigError, ListenerTLS, UpstreamTLS
 
 Resolver = Callable[[str], Path]  # `Config.resolve`: a path from the file, made absolute
 log = logging.getLogger("gateway.tls")

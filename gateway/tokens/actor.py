@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
-from gateway.config import Tokens
+from gateway.foundation.config import Tokens
 from gateway.tokens.signing import SigningKey
 
 LEEWAY_SECONDS = 30

@@ -6,12 +6,12 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import Tokens
+from gateway.foundation.config import Tokens
+from gateway.foundation.jsonbody import MAX_BODY, parse_object
+from gateway.foundation.problems import Problem, invalid_fields
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.jsonbody import MAX_BODY, parse_object
 from gateway.keys.principal import Principal
 from gateway.keys.validation import whole_number
-from gateway.problems import Problem, invalid_fields
 from gateway.tokens.actor import Signer
 
 MINT_SCOPE = "actor_tokens:create"

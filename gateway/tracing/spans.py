@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.config import Tracing as Settings
+from gateway.foundation.config import Tracing as Settings
 from gateway.tracing.export import BoundedExport, Dropped, Exported
 
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from gateway.database import Conn
+from gateway.foundation.database import Conn
 
 log = logging.getLogger("gateway.usage")
 COUNTS = ("allowed", "rejected", "denied", "rate_limited", "credits_exhausted", "credits_spent")

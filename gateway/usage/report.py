@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.database import Conn
-from gateway.timestamps import parse_time
+from gateway.foundation.database import Conn
+from gateway.foundation.timestamps import parse_time
 from gateway.usage.counter import COUNTS
 
 Errors = list[tuple[str, str]]

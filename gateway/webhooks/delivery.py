@@ -22,7 +22,7 @@ import asyncpg
 from standardwebhooks import Webhook
 from yarl import URL
 
-from gateway.config import Webhooks as Settings
+from gateway.foundation.config import Webhooks as Settings
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.destinations import CheckingResolver, DestinationRefused, Destinations
 

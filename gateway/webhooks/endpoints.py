@@ -16,7 +16,7 @@ import asyncpg
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
 from gateway.audit.outbox import EVENT_TYPES
-from gateway.database import INVALIDATION_CHANNEL, Conn
+from gateway.foundation.database import INVALIDATION_CHANNEL, Conn
 from gateway.webhooks.destinations import Destinations, shown
 
 Errors = list[tuple[str, str]]

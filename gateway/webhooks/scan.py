@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from gateway.audit.outbox import enqueue
 from gateway.credits.shares import HELD
-from gateway.database import Conn
+from gateway.foundation.database import Conn
 
 SCAN_LOCK = 0x7765_6268_6F6F_6B  # any constant: the same in every process
 THRESHOLDS = (30, 7, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load
+from gateway.foundation.config import load
 from gateway.policy.loader import load_dir
 from gateway.policy.scopes import Catalogue
 from tests.support import ROOT

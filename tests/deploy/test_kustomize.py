@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import database
-from gateway.config import load
+from gateway.foundation import database
+from gateway.foundation.config import load
 from gateway.policy.loader import load_dir
 from gateway.policy.scopes import Catalogue
 from tests.support import ROOT

@@ -133,7 +133,7 @@ def test_re_signed_only_when_under_thirty_seconds_remain(
 
 @pytest.fixture
 def gateway_signer(tmp_path: Path) -> tuple[IdentityTokens, list[float]]:
-    from gateway.config import Tokens
+    from gateway.foundation.config import Tokens
     from gateway.tokens.actor import Signer
     from gateway.tokens.signing import dev_key
 
@@ -143,7 +143,7 @@ def gateway_signer(tmp_path: Path) -> tuple[IdentityTokens, list[float]]:
 
 
 async def test_an_unknown_identity_mode_is_a_load_error(tmp_path: Path) -> None:
-    from gateway.config import Config
+    from gateway.foundation.config import Config
     from gateway.policy.loader import PolicyError, load_dir
     from gateway.policy.scopes import Catalogue
 

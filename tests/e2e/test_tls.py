@@ -17,7 +17,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gateway.config import ConfigError
+from gateway.foundation.config import ConfigError
 from tests.support import (
     RecordingUpstream,
     bearer,
@@ -180,7 +180,7 @@ def _get_on(connection: http_client.HTTPSConnection) -> str:
 def test_bad_certificate_files_stop_the_start_naming_them(
     tmp_path: Path, database_url: str, ca: trustme.CA
 ) -> None:
-    from gateway.config import ListenerTLS
+    from gateway.foundation.config import ListenerTLS
     from gateway.tls.contexts import ServerTLS
 
     cert, key = _files(tmp_path, ca)

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
+from gateway.foundation.problems import Problem
 from gateway.policy.paths import split_path
-from gateway.problems import Problem
 from tests.frontproxy.conftest import Front
 from tests.support import RecordingUpstream, RunningGateway, raw_request, unique
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.config import Config
+from gateway.foundation.config import Config
 from tests.hardening.scale import pick
 from tests.support import RecordingUpstream, make_config, running_gateway
 

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from gateway.audit.events import Actor
-from gateway.config import Config, Credits
 from gateway.credits import balance
 from gateway.credits.ledger import CreditLedger, CreditsExhausted
 from gateway.credits.refill import Refill, check_credits
+from gateway.foundation.config import Config, Credits
 from gateway.keys import management, validation
 from gateway.policy.scopes import Catalogue
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from gateway import database
+from gateway.foundation import database
 from tests.conftest import drop_database, fresh_database
 
 

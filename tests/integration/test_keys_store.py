@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from gateway.audit.events import Actor
-from gateway.config import Cache, Config
+from gateway.foundation.config import Cache, Config
 from gateway.keys import format as key_format
 from gateway.keys import management, validation
 from gateway.keys.invalidation import Listener

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, load
+from gateway.foundation.config import Config, ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[2]
 _SESSION = "self_service: {enabled: true, session: {jwks_file: j, issuer: i, audience: a, "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway import reference
-from gateway.config import ConfigError, load
+from gateway.foundation.config import ConfigError, load
 from gateway.policy.loader import load_dir
 from gateway.policy.scopes import Catalogue
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
@@ -25,47 +23,9 @@ from gateway.edge.inbound import (
     Turn,
 )
 from gateway.http1.messages import BodyError
+from tests.transports import Recorded
 
 Serve = Callable[[Exchange], Awaitable[None]]
-
-
-class Recorded(asyncio.Transport):
-    """A transport that keeps what is written and whether it was closed or paused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = self.aborted = self.paused = False
-        self.protocol: asyncio.BaseProtocol | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("203.0.113.7", 50000) if name == "peername" else default
-
-    def responses(self) -> list[bytes]:
-        """The status lines written, in order."""
-        return re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z ]+(?=\r\n)", self.written)
 
 
 async def echo(exchange: Exchange) -> None:

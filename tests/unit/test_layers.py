@@ -13,21 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-FOUNDATION = frozenset(
-    {
-        "config",
-        "config_sources",
-        "problems",
-        "database",
-        "jsonbody",
-        "timestamps",
-        "timers",
-        "http1",
-        "readiness",
-        "tls",
-        "tracing",
-    }
-)
+FOUNDATION = frozenset({"foundation", "http1", "tls", "tracing"})
 BELOW_EDGE = FOUNDATION | {
     "observability",
     "policy",
@@ -44,17 +30,10 @@ BELOW_EDGE = FOUNDATION | {
 }
 # What each unit (a top-level module or a capability package) may import.
 ALLOWED: dict[str, frozenset[str]] = {
-    "config": frozenset({"config_sources"}),
-    "config_sources": frozenset(),
     "http1": frozenset(),
-    "problems": frozenset({"http1"}),
-    "database": frozenset({"config"}),
-    "jsonbody": frozenset({"problems", "http1"}),
-    "timestamps": frozenset(),
-    "timers": frozenset(),
-    "readiness": frozenset(),
-    "tls": frozenset({"config"}),
-    "tracing": frozenset({"config"}),
+    "foundation": frozenset({"http1"}),
+    "tls": frozenset({"foundation"}),
+    "tracing": frozenset({"foundation"}),
     "testing": frozenset(),
     "observability": FOUNDATION,
     "policy": FOUNDATION | {"observability"},
@@ -149,6 +128,12 @@ def test_no_module_imports_a_higher_capability() -> None:
 )
 def test_the_check_catches_a_forbidden_import(unit: str, source: str) -> None:
     assert violations(unit, source, "probe.py")
+
+
+def test_the_top_of_the_package_holds_only_entry_points_and_the_composition_root() -> None:
+    top = {path.stem for path in PACKAGE.glob("*.py")}
+    assert top == {"__init__", "__main__", "cli", "serve", "demo", "testing", "reference",
+                   "runtime", "resources", "app", "appkeys"}, top  # fmt: skip
 
 
 def test_the_policy_and_keys_packages_stay_below_edge_admin_and_forward() -> None:

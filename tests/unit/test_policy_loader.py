@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config
+from gateway.foundation.config import Config
 from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
 

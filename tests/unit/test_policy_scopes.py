@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.config import Config
+from gateway.foundation.config import Config
 from gateway.policy.scopes import Catalogue
 
 

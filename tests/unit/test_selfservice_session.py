@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.config import Session
+from gateway.foundation.config import Session
 from gateway.selfservice.session import (
     REFETCH_SECONDS,
     Jwks,

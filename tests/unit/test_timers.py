@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.timers import Deadline
+from gateway.foundation.timers import Deadline
 
 
 async def test_a_moved_deadline_fires_once_where_it_moved_to() -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import Tokens
+from gateway.foundation.config import Tokens
 from gateway.tokens.actor import Signer, TokenRejected
 from gateway.tokens.signing import SigningKey, algorithm_for, generate_pem
 

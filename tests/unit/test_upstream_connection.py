@@ -21,7 +21,7 @@ from gateway.forward.client import (
     _Connection,
     _Retry,
 )
-from tests.unit.test_inbound_connection import Recorded
+from tests.transports import Recorded
 
 GET = b"GET / HTTP/1.1\r\nHost: u\r\n\r\n"
 

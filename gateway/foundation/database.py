@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway.config import Config
+from gateway.foundation.config import Config
 
 log = logging.getLogger("gateway.database")
 

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway import config_sources
+from gateway.foundation import config_sources
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.foundation.problems import Problem, bad_request
 from gateway.http1.messages import Reply
-from gateway.problems import Problem, bad_request
 
 MAX_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
