@@ -48,37 +48,40 @@ class Authenticator:
         self._signer = signer
         self._prefix = prefix
 
-    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal | Awaitable[Principal]:
+    def authenticate(
+        self, headers: CIMultiDictProxy[str], client: str
+    ) -> Principal | Awaitable[Principal]:
         """The principal at once for a cached API key (no coroutine on the hot path),
-        else an awaitable of it; raises the 401 at once when it can tell."""
+        else an awaitable of it; raises the 401 at once when it can tell. `client`: the
+        client address, recorded as where the key was last used from."""
         token = credential(headers)
         if token is None:
             raise unauthorized("missing-credential", "missing credential")
         if token.count(".") == 2:
-            return self._actor_token(token)
+            return self._actor_token(token, client)
         if not key_format.is_well_formed(token, self._prefix):
             raise unauthorized("malformed-credential", "malformed credential")
         digest = key_format.digest(token)
         record = self._store.cached_by_hash(digest)
         if record is MISSING:
-            return self._looked_up(digest)
-        return self._accepted(record)
+            return self._looked_up(digest, client)
+        return self._accepted(record, client)
 
-    async def principal(self, headers: CIMultiDictProxy[str]) -> Principal:
-        found = self.authenticate(headers)
+    async def principal(self, headers: CIMultiDictProxy[str], client: str) -> Principal:
+        found = self.authenticate(headers, client)
         return found if isinstance(found, Principal) else await found
 
-    async def _looked_up(self, digest: bytes) -> Principal:
-        return self._accepted(await self._lookup(self._store.by_hash(digest)))
+    async def _looked_up(self, digest: bytes, client: str) -> Principal:
+        return self._accepted(await self._lookup(self._store.by_hash(digest)), client)
 
-    def _accepted(self, record: KeyRecord | None) -> Principal:
+    def _accepted(self, record: KeyRecord | None, client: str) -> Principal:
         if record is None:
             raise unauthorized("unknown-credential", "unknown credential")
         self._check_status(record, "")
-        self._store.touch(record.id)
+        self._store.touch(record.id, client)
         return record.principal
 
-    async def _actor_token(self, token: str) -> Principal:
+    async def _actor_token(self, token: str, client: str) -> Principal:
         try:
             claims = self._signer.verify(token)
         except TokenRejected as exc:
@@ -87,7 +90,7 @@ class Authenticator:
         if parent is None or parent.user_id != claims.user_id:
             raise unauthorized("invalid-token", "invalid actor token")
         self._check_status(parent, "actor token: parent key ")
-        self._store.touch(parent.id)
+        self._store.touch(parent.id, client)
         scopes = claims.scopes & parent.effective
         return Principal(
             claims.user_id,

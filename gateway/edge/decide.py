@@ -122,7 +122,7 @@ class Decider:
                 await pending
         if route.public:
             return Decision(route, None)
-        found = self._authn.authenticate(headers)
+        found = self._authn.authenticate(headers, client)
         principal = found if isinstance(found, Principal) else await found
         outcome.principal = principal
         check_address(principal, client)

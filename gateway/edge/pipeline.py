@@ -135,7 +135,7 @@ class Pipeline:
             raise Problem(405, "method-not-allowed", f"use {expected}", headers={"Allow": expected})
         if path == JWKS_PATH:
             return self._tokens.jwks()
-        principal = await self._authn.principal(request.headers)
+        principal = await self._authn.principal(request.headers, request.client)
         outcome.principal = principal
         outcome.client = request.client
         check_address(principal, request.client)

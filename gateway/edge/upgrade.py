@@ -134,11 +134,15 @@ class _UpstreamSide(_Side):
             return
         except httptools.HttpParserError:
             self._parser = None
-            if not self.head_done.done():
-                self.head_done.set_exception(ConnectionError("the upstream's answer is not HTTP"))
+            self._failed(ConnectionError("the upstream's answer is not HTTP"))
             return
         if self.answer.complete or self.answer.size > _MAX_REFUSAL:
             self._answered(parser)
+
+    def _failed(self, error: ConnectionError) -> None:
+        if not self.head_done.done():
+            self.head_done.set_exception(error)
+            self.head_done.exception()  # retrieved: no warning when nobody waits any more
 
     def _answered(self, parser: httptools.HttpResponseParser) -> None:
         self.answer.status = parser.get_status_code()
@@ -153,7 +157,7 @@ class _UpstreamSide(_Side):
             if self.answer.complete:
                 self._answered(self._parser)
             else:
-                self.head_done.set_exception(ConnectionError("the upstream closed"))
+                self._failed(ConnectionError("the upstream closed"))
         super().connection_lost(exc)
 
 

@@ -28,7 +28,7 @@ from gateway.usage.report import UsageRange, buckets, usage_json
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
-    " revoked_at, last_used_at, enabled, allowed_cidrs, rate_limits,"
+    " revoked_at, last_used_at, last_used_address, enabled, allowed_cidrs, rate_limits,"
     f" {balance.BALANCE} AS credits_balance, credits_refill"
 )
 # What `update_key` may change; all but the first two reach the request path (a NOTIFY).
@@ -66,11 +66,16 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "revoked_at": _iso(revoked),
         "grace_ends_at": _iso(revoked) if status == "rotating" else None,
         "last_used_at": _iso(row["last_used_at"]),
+        "last_used_address": _address(row["last_used_address"]),
         "enabled": row["enabled"],
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
         "rate_limits": _json_object(row["rate_limits"]),
         "credits": balance.credits_json(row["credits_balance"], row["credits_refill"]),
     }
+
+
+def _address(stored: object) -> str | None:
+    return None if stored is None else str(stored)
 
 
 def _json_object(stored: str | dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ _PROPERTIES: dict[str, Any] = {
     "expires_at": _TIME,
     "revoked_at": _TIME,
     "last_used_at": _TIME,
+    # the client address of the last use (after `trusted_proxies`), with `last_used_at`
+    "last_used_address": {"type": ["string", "null"]},
     "enabled": {"type": "boolean"},
     "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
     "rate_limits": {"type": "object"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -234,7 +235,7 @@ class KeyStore:
         self._members = _Cache("membership", size, ttl, clock, self._observer)
         self._timeout = timeout
         self._probe: asyncio.Task[None] | None = None  # while the database is down
-        self.last_used: dict[str, float] = {}
+        self.last_used: dict[str, tuple[float, str]] = {}  # key id → (when, from where)
         self.queries = 0  # counted for tests and benchmarks: a hit makes none
 
     def now(self) -> float:
@@ -277,9 +278,9 @@ class KeyStore:
         caches = (self._by_hash, self._by_id, self._unknown, self._members)
         return sum(len(cache.entries) for cache in caches)
 
-    def touch(self, key_id: str) -> None:
-        """Note a use; `flush_last_used` writes them in one batch."""
-        self.last_used[key_id] = self._clock()
+    def touch(self, key_id: str, client: str) -> None:
+        """Note a use, from the client address; `flush_last_used` writes them in one batch."""
+        self.last_used[key_id] = (self._clock(), client)
 
     def invalidate_key(self, key_id: str, digest: bytes | None) -> None:
         self._by_id.drop(key_id)
@@ -398,16 +399,26 @@ class KeyStore:
         if not pending:
             return 0
         sql = (
-            "UPDATE api_keys AS k SET last_used_at = to_timestamp(u.t)"
-            " FROM unnest($1::uuid[], $2::float8[]) AS u(id, t)"
+            "UPDATE api_keys AS k SET last_used_at = to_timestamp(u.t), last_used_address = u.a"
+            " FROM unnest($1::uuid[], $2::float8[], $3::inet[]) AS u(id, t, a)"
             " WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < to_timestamp(u.t))"
         )
+        ids = list(pending)
+        times = [when for when, _ in pending.values()]
+        addresses = [_address_or_none(client) for _, client in pending.values()]
         try:
-            await self._query(
-                "last_used", lambda c: c.execute(sql, list(pending), list(pending.values()))
-            )
+            await self._query("last_used", lambda c: c.execute(sql, ids, times, addresses))
         except StoreUnavailable:
             # Keep them for the next round; newer uses win.
             self.last_used = {**pending, **self.last_used}
             return 0
         return len(pending)
+
+
+def _address_or_none(client: str) -> str | None:
+    """An IP address as PostgreSQL's `inet` takes it; None for anything else (a listener
+    on a Unix socket has no client address), which would fail the whole batch."""
+    try:
+        return str(ipaddress.ip_address(client))
+    except ValueError:
+        return None

@@ -42,7 +42,9 @@ async def five_keys(gateway: RunningGateway, http: aiohttp.ClientSession) -> tup
     await gateway.runtime.usage.flush(gateway.pool)
     async with gateway.pool.acquire() as conn:
         await conn.execute(
-            "UPDATE api_keys SET last_used_at = now() WHERE user_id = $1 AND name <> $2",
+            "UPDATE api_keys SET last_used_at = now(),"
+            " last_used_address = '2001:db8:85a3:8d3:1319:8a2e:370:7348'"
+            " WHERE user_id = $1 AND name <> $2",
             user, KEYS[3][0],
         )  # fmt: skip
     async with http.post(
@@ -99,9 +101,15 @@ async def test_five_keys_fit_every_desktop_width(
         replaced = page.driver.find_element(By.CSS_SELECTOR, "#keys tr.replaced")
         found["replaced"] = replaced.find_element(By.CSS_SELECTOR, "td[data-label=Status]").text
         found["replaced_buttons"] = [b.text for b in replaced.find_elements(By.TAG_NAME, "button")]
+        found["addresses"] = [
+            a.text for a in page.driver.find_elements(By.CSS_SELECTOR, "#keys .last-address")
+        ]
         return found
 
     found = await step(at_width)
+    assert found["addresses"] and set(found["addresses"]) == {
+        "from 2001:db8:85a3:8d3:1319:8a2e:370:7348"
+    }
     assert found["scroll"] <= found["view"], f"{found['scroll'] - found['view']} px too wide"
     assert found["panelScroll"] <= found["panelClient"], "the table scrolls sideways"
     deletes = [b for b in found["buttons"] if b["text"] == "Delete"]

@@ -264,3 +264,29 @@ async def test_a_key_s_own_numbers_replace_a_by_key_limit_for_that_key_only(
     status, body, _ = await admin(http, gateway, "PATCH", f"/admin/v1/keys/{plain['id']}",
                                   {"rate_limits": {"per-key": {"limit": 0, "per_seconds": 1}}})  # fmt: skip
     assert status == 422 and [e["field"] for e in body["errors"]] == ["rate_limits.per-key.limit"]
+
+
+async def test_the_address_of_the_last_use_is_listed_beside_its_time(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """§21: `last_used_address`, the client address after `trusted_proxies` (here the
+    test client is a trusted proxy), written in the batch with `last_used_at`."""
+    key = await _new_key(http, gateway, ["me:read", "actor_tokens:create"])
+    assert key["last_used_address"] is None and key["last_used_at"] is None
+    forwarded = {**bearer(key["key"]), "X-Forwarded-For": "198.51.100.23, 203.0.113.9"}
+    assert (await _get(http, gateway.proxy + "/v1/me", forwarded))[0] == 200
+    assert await gateway.store.flush_last_used() == 1
+    status, listed, _ = await admin(http, gateway, "GET", f"/admin/v1/keys/{key['id']}")
+    assert status == 200 and listed["last_used_address"] == "203.0.113.9"
+    first_use = listed["last_used_at"]
+    # Through an actor token minted from it, from another address: the parent's use.
+    async with http.post(gateway.proxy + "/auth/actor-tokens", headers=bearer(key["key"])) as r:
+        token = (await r.json())["access_token"]
+    await asyncio.sleep(0.01)
+    via_token = {**bearer(token), "X-Forwarded-For": "2001:db8::7"}
+    assert (await _get(http, gateway.proxy + "/v1/me", via_token))[0] == 200
+    assert await gateway.store.flush_last_used() == 1  # one row, however many uses
+    _, listed, _ = await admin(http, gateway, "GET", f"/admin/v1/keys/{key['id']}")
+    assert listed["last_used_address"] == "2001:db8::7" and listed["last_used_at"] > first_use
+    status, page, _ = await admin(http, gateway, "GET", f"/admin/v1/keys?user_id={key['user_id']}")
+    assert [k["last_used_address"] for k in page["keys"]] == ["2001:db8::7"]

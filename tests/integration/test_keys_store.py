@@ -99,14 +99,16 @@ async def test_last_used_is_written_in_one_batch(pool: asyncpg.Pool) -> None:
     first, second = await _create(pool, ["me:read"]), await _create(pool, ["me:read"])
     store = KeyStore(pool, CATALOGUE, Cache())
     for _ in range(100):
-        store.touch(str(first["id"]))
-        store.touch(str(second["id"]))
+        store.touch(str(first["id"]), "192.0.2.1")
+        store.touch(str(second["id"]), "")  # no client address (a Unix socket)
     before = store.queries
     assert await store.flush_last_used() == 2
     assert store.queries == before + 1
     async with pool.acquire() as conn:
         listed = await management.get_key(conn, str(first["id"]))
-    assert listed["last_used_at"] is not None
+        other = await management.get_key(conn, str(second["id"]))
+    assert listed["last_used_at"] is not None and listed["last_used_address"] == "192.0.2.1"
+    assert other["last_used_at"] is not None and other["last_used_address"] is None
 
 
 async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:

@@ -56,6 +56,7 @@ async def test_a_side_that_cannot_write_pauses_the_other_sides_reading() -> None
 
 async def test_a_half_close_passes_on_and_a_close_closes_the_other_side() -> None:
     pipe, client, upstream = piped()
+    pipe.upstream.data_received(SWITCHED)
     assert pipe.client.eof_received() is True and upstream.eof  # the upstream may answer
     assert not upstream.closed
     pipe.upstream.connection_lost(None)

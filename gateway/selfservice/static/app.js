@@ -358,9 +358,13 @@ const SVG = "http://www.w3.org/2000/svg";
 
 function usageCell(key) {
   const last = key.last_used_at ? dateTimeFormat.format(new Date(key.last_used_at)) : "Never used";
+  // Where from, on a line of its own: an IPv6 address is long.
+  const where = key.last_used_at && key.last_used_address
+    ? el("span", { class: "last-address", text: `from ${key.last_used_address}` })
+    : document.createTextNode("");
   const total = key.requests_30_days || 0;
   const label = `${countFormat.format(total)} request${total === 1 ? "" : "s"} in 30 days`;
-  return cell("Last used", document.createTextNode(last),
+  return cell("Last used", document.createTextNode(last), where,
     el("button", { class: "link usage-toggle", type: "button", "data-action": "usage",
       "data-id": key.id, "aria-expanded": "false", "aria-controls": `usage-${key.id}`,
       "aria-label": `${label}: show the daily chart for key ${key.name}`, text: label }));
