@@ -20,7 +20,7 @@ through this table (the reader keeps its own, `http1.reader`):
     BUSY     | CLOSE  answered; the connection ends       | CLOSED
     BUSY     | SWITCH an upgrade was accepted             | SWITCHED
     CLOSING  | LAST                                       | CLOSING
-    CLOSING  | DONE, CLOSE                                | CLOSED
+    CLOSING  | CLOSE  its answer is done                  | CLOSED
     any      | LOST   the transport is gone               | CLOSED
     SWITCHED, CLOSED: final (LAST and CLOSE leave them as they are).
 
@@ -388,7 +388,6 @@ _TURNS: dict[tuple[Phase, Turn], Phase] = {
     (Phase.BUSY, Turn.CLOSE): Phase.CLOSED,
     (Phase.BUSY, Turn.SWITCH): Phase.SWITCHED,
     (Phase.CLOSING, Turn.LAST): Phase.CLOSING,
-    (Phase.CLOSING, Turn.DONE): Phase.CLOSED,
     (Phase.CLOSING, Turn.CLOSE): Phase.CLOSED,
     (Phase.SWITCHED, Turn.LAST): Phase.SWITCHED,
     (Phase.SWITCHED, Turn.CLOSE): Phase.SWITCHED,
