@@ -41,7 +41,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import IntEnum
 from typing import cast
 from urllib.parse import parse_qsl
 
@@ -363,21 +363,24 @@ class Lane:
                 # are sending their last answer, which an abort would throw away
 
 
-class Phase(Enum):
-    IDLE = "idle"  # waiting for a request's head (the header deadline runs)
-    BUSY = "busy"  # a request is served; its body may still be arriving
-    CLOSING = "closing"  # serving the last request; what arrives is not read
-    SWITCHED = "switched"  # handed to another protocol for good
-    CLOSED = "closed"  # closed, or the client left
+# IntEnum, not Enum: each turn looks up a (phase, turn) pair, and an Enum member's hash
+# is a Python-level call (an IntEnum's is int's): with Enum, `make count` measured 7.7 %
+# more instructions per proxied request.
+class Phase(IntEnum):
+    IDLE = 1  # waiting for a request's head (the header deadline runs)
+    BUSY = 2  # a request is served; its body may still be arriving
+    CLOSING = 3  # serving the last request; what arrives is not read
+    SWITCHED = 4  # handed to another protocol for good
+    CLOSED = 5  # closed, or the client left
 
 
-class Turn(Enum):
-    HEAD = "head"
-    DONE = "done"
-    LAST = "last"
-    CLOSE = "close"
-    SWITCH = "switch"
-    LOST = "lost"
+class Turn(IntEnum):
+    HEAD = 1
+    DONE = 2
+    LAST = 3
+    CLOSE = 4
+    SWITCH = 5
+    LOST = 6
 
 
 _TURNS: dict[tuple[Phase, Turn], Phase] = {
@@ -430,7 +433,7 @@ class InboundConnection(asyncio.Protocol):
     def _turn(self, turn: Turn) -> Phase:
         phase = _TURNS.get((self.phase, turn))
         if phase is None:
-            raise RuntimeError(f"connection: {turn.value} while {self.phase.value}")
+            raise RuntimeError(f"connection: {turn.name.lower()} while {self.phase.name.lower()}")
         self.phase = phase
         return phase
 

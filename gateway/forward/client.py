@@ -34,7 +34,7 @@ import collections
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import IntEnum
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -171,22 +171,23 @@ class Answer:
             patience.clear()
 
 
-class Link(Enum):
-    IDLE = "idle"  # no request on it: new, or pooled
-    SENT = "sent"  # a request went out; no byte of its answer yet
-    ANSWERING = "answering"  # its answer is arriving
-    ANSWERED = "answered"  # the answer is whole; it may carry another request
-    FINAL = "final"  # its answer is arriving or whole, and the connection ends with it
-    CLOSED = "closed"
+# IntEnum, not Enum, for the table's lookups: see `edge.inbound.Phase`.
+class Link(IntEnum):
+    IDLE = 1  # no request on it: new, or pooled
+    SENT = 2  # a request went out; no byte of its answer yet
+    ANSWERING = 3  # its answer is arriving
+    ANSWERED = 4  # the answer is whole; it may carry another request
+    FINAL = 5  # its answer is arriving or whole, and the connection ends with it
+    CLOSED = 6
 
 
-class LinkTurn(Enum):
-    SEND = "send"
-    ARRIVING = "arriving"
-    COMPLETE = "complete"
-    LAST = "last"
-    RELEASE = "release"
-    CLOSE = "close"
+class LinkTurn(IntEnum):
+    SEND = 1
+    ARRIVING = 2
+    COMPLETE = 3
+    LAST = 4
+    RELEASE = 5
+    CLOSE = 6
 
 
 _LINK_TURNS: dict[tuple[Link, LinkTurn], Link] = {
@@ -221,7 +222,9 @@ class _Connection(asyncio.Protocol):
     def _turn(self, turn: LinkTurn) -> Link:
         link = _LINK_TURNS.get((self.link, turn))
         if link is None:
-            raise RuntimeError(f"upstream connection: {turn.value} while {self.link.value}")
+            raise RuntimeError(
+                f"upstream connection: {turn.name.lower()} while {self.link.name.lower()}"
+            )
         self.link = link
         return link
 
