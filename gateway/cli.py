@@ -213,8 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         more = f" (+{len(exc.problems) - 1} more: gateway policy check)" if exc.problems[1:] else ""
         print(f"gateway: policy set refused: {exc.problems[0]}{more}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"gateway: database error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port taken, a file not readable, a server not reachable
+        print(f"gateway: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -320,3 +321,20 @@ def test_serve_refuses_a_broken_start_with_one_line(tmp_path: Path, database_url
     assert result.returncode == 1
     assert "policy set refused" in result.stderr and "a.yaml:3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_port_already_taken_is_said_in_one_line_not_taken_for_a_database_error(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream
+) -> None:
+    config, proxy_port, _ = _write_config(tmp_path, "taken", database_url, upstream.url)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", proxy_port))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            env=_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "address already in use" in lines[-1] and "database" not in lines[-1], lines[-1]
+    assert "Traceback" not in done.stderr
