@@ -166,13 +166,13 @@ async def open_credits(gw: Gateway) -> AsyncIterator[None]:
     """This process's shares of keys' credit balances: reported and renewed while it
     runs (with the sweep of dead holders' shares and the refills), given back when it
     stops — after the listeners, so no request in flight still spends."""
-    ledger = CreditLedger(gw.pool, gw.config.credits)
+    seconds = gw.config.database.command_timeout_seconds
+    ledger = CreditLedger(gw.pool, gw.config.credits, timeout=seconds)
     gw.ledger = ledger
     gw.listener.credits_changed = ledger.changed
 
     async def refill() -> int:
-        async with gw.pool.acquire() as conn:
-            return await balance.refill_due(conn)
+        return await database.bounded(gw.pool, balance.refill_due, seconds)
 
     task = asyncio.create_task(ledger.run(refill))
     try:
@@ -191,14 +191,14 @@ async def open_usage(gw: Gateway) -> AsyncIterator[None]:
     """Usage counts, written every `usage.flush_seconds` and when the process stops
     (after the listeners: the last requests are counted); old hours pruned hourly."""
     settings = gw.config.usage
-    counter = UsageCounter()
+    counter = UsageCounter(dropped=gw.metrics.usage_dropped.inc)
     gw.usage = counter
 
     async def flush_periodically() -> None:
         pruned = 0.0
         while True:
             await asyncio.sleep(settings.flush_seconds)
-            await counter.flush(gw.pool)
+            await counter.flush(gw.pool, gw.config.database.command_timeout_seconds)
             if time.monotonic() - pruned > 3600:
                 pruned = time.monotonic()
                 with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -210,7 +210,7 @@ async def open_usage(gw: Gateway) -> AsyncIterator[None]:
         yield
     finally:
         await stop_background(task)
-        await counter.flush(gw.pool)
+        await counter.flush(gw.pool, gw.config.database.command_timeout_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ import asyncpg
 from gateway.credits import shares
 from gateway.credits.shares import Taken
 from gateway.foundation.config import Credits
+from gateway.foundation.database import UNAVAILABLE, Conn, bounded
 
 log = logging.getLogger("gateway.credits")
 Clock = Callable[[], float]
@@ -36,7 +38,6 @@ UNLIMITED = -1  # what `spend` answers for a key PostgreSQL says is unlimited
 _EXHAUSTED_SECONDS = 1.0  # an exhausted key is asked about again at most this often
 # A holder unheard of for this many sync intervals counts as gone for the balance shown.
 _SILENT_INTERVALS = 3
-_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Fetched(enum.Enum):
@@ -86,8 +87,10 @@ class CreditLedger:
         *,
         clock: Clock = time.monotonic,
         holder: str | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self._pool = pool
+        self._timeout = timeout  # a statement with its wait for a connection
         self._settings = settings
         self._clock = clock
         self.holder = holder or f"{uuid.uuid4()}"
@@ -170,24 +173,27 @@ class CreditLedger:
         need = max(0, share.spent + share.waiting - share.claimed)
         step = max(need, self._claim_step(share))
         lease, silence = settings.lease_seconds, self._silence
+
+        async def ask(conn: Conn) -> Taken | None:
+            if share.amount - share.claimed >= step:
+                claimed = await shares.claim(
+                    conn, account, self.holder, step, share.spent, lease, silence
+                )
+                if claimed is not None:
+                    return claimed
+            cap = max(settings.max_share, need)
+            return await shares.take(
+                conn, account, self.holder, need, cap, share.spent, lease, step, silence
+            )
+
         try:
-            async with self._pool.acquire() as conn:
-                found: Taken | None = None
-                if share.amount - share.claimed >= step:
-                    found = await shares.claim(
-                        conn, account, self.holder, step, share.spent, lease, silence
-                    )
-                if found is None:
-                    cap = max(settings.max_share, need)
-                    found = await shares.take(
-                        conn, account, self.holder, need, cap, share.spent, lease, step, silence
-                    )
-                    if found is None:
-                        share.unlimited = True
-                        return Fetched.FETCHED
-        except _DB_ERRORS as exc:
+            found = await bounded(self._pool, ask, self._timeout)
+        except UNAVAILABLE as exc:
             log.warning("credits: cannot reach the database: %s", exc.__class__.__name__)
             return Fetched.UNREACHABLE
+        if found is None:
+            share.unlimited = True
+            return Fetched.FETCHED
         if found.fresh:
             share.spent = 0  # the old share was swept: what was claimed of it is spent
         share.step = max(1, found.claimed - share.claimed)
@@ -228,10 +234,12 @@ class CreditLedger:
         held = {a: s.spent for a, s in self.shares.items() if s.amount and s.task is None}
         if not held:
             return
-        async with self._pool.acquire() as conn:
-            alive = await shares.renew(
-                conn, self.holder, held, self._settings.lease_seconds, self._silence
-            )
+        lease = self._settings.lease_seconds
+        alive = await bounded(
+            self._pool,
+            lambda conn: shares.renew(conn, self.holder, held, lease, self._silence),
+            self._timeout,
+        )
         for account in set(held) - alive:
             share = self.shares.get(account)
             if share is not None and share.task is None:
@@ -254,26 +262,31 @@ class CreditLedger:
         for share in chosen.values():
             share.claimed = share.spent
             share.task = returning
+            returning.add_done_callback(functools.partial(_finished, share))
         await asyncio.shield(returning)
 
     async def _give_back(self, chosen: dict[str, Share]) -> Fetched:
+        spent = {account: share.spent for account, share in chosen.items() if share.amount}
         try:
-            spent = {account: share.spent for account, share in chosen.items() if share.amount}
             if spent:
-                async with self._pool.acquire() as conn:
-                    await shares.give_back(conn, self.holder, spent)
-        except _DB_ERRORS as exc:
-            log.warning("credits: cannot give shares back: %s", exc.__class__.__name__)
-        finally:
-            # Given back or not (a share left behind is swept), these are done with.
-            for account, share in chosen.items():
-                if self.shares.get(account) is share:
-                    del self.shares[account]
+                await bounded(
+                    self._pool,
+                    lambda conn: shares.give_back(conn, self.holder, spent),
+                    self._timeout,
+                )
+        except UNAVAILABLE as exc:
+            # Kept, as idle shares: given back at a later round (a failover over within
+            # the lease loses nothing), or spent from again meanwhile. A share swept
+            # before that counts what it claimed as spent: never overspent.
+            log.warning("credits: cannot give shares back (kept): %s", exc.__class__.__name__)
+            return Fetched.UNREACHABLE
+        for account, share in chosen.items():
+            if self.shares.get(account) is share:
+                del self.shares[account]
         return Fetched.FETCHED
 
     async def sweep(self) -> int:
-        async with self._pool.acquire() as conn:
-            return await shares.sweep(conn)
+        return await bounded(self._pool, shares.sweep, self._timeout)
 
     async def run(self, refill: Callable[[], Coroutine[Any, Any, int]] | None = None) -> None:
         """Report every sync interval; sweep (and refill) every tenth of the lease."""
@@ -288,7 +301,7 @@ class CreditLedger:
                     await self.sweep()
                     if refill is not None:
                         await refill()
-            except _DB_ERRORS as exc:
+            except UNAVAILABLE as exc:
                 log.warning("credits: upkeep failed: %s", exc.__class__.__name__)
 
 

@@ -50,7 +50,9 @@ class AdminListen(_Strict, frozen=True, forbid_unknown_fields=True):
 
 
 class Database(_Strict, frozen=True, forbid_unknown_fields=True):
-    url: str | None = None  # PostgreSQL; null: an embedded server under state_dir/pgdata
+    # PostgreSQL; several hosts (db1,db2 with target_session_attrs=read-write) follow a
+    # failover; null: an embedded server under state_dir/pgdata
+    url: str | None = None
     min_pool_size: int = 2  # connections kept open per process
     max_pool_size: int = 10  # connections at most per process
     connect_timeout_seconds: float = 5.0  # to open a connection

@@ -15,11 +15,14 @@ import re
 import shutil
 import subprocess
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.foundation import failover
 from gateway.foundation.config import Config
 
 log = logging.getLogger("gateway.database")
@@ -30,6 +33,8 @@ INVALIDATION_CHANNEL = "gateway_invalidation"
 # Any constant will do; it only has to be the same in every gateway process.
 MIGRATION_LOCK = 0x6761_7465_7761_79
 
+
+T = TypeVar("T")
 
 # A connection of its own (CLI) or one borrowed from the pool (admin API).
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -44,6 +49,17 @@ DATABASE_DOWN = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    asyncpg.TargetServerAttributeNotMatched,  # every host answered, none is a primary
+    asyncpg.ReadOnlySQLTransactionError,  # a primary demoted or fenced under the connection
+)
+# What a lookup or a background writer (usage, last use, credits, webhooks) counts as
+# "not now": the lookup answers 503, the writer keeps what it holds for the next round.
+UNAVAILABLE = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
 )
 
 
@@ -132,10 +148,33 @@ async def _without_transaction(conn: asyncpg.Connection, sql: str) -> None:
         raise
 
 
+async def bounded(pool: asyncpg.Pool, run: Callable[[Any], Awaitable[T]], seconds: float) -> T:
+    """`run` on a pooled connection: taking one and running it share one timeout, so an
+    unreachable server (no reset) costs one wait, not a connect and a statement each. A
+    connection whose statement did not come back in time is terminated, not released:
+    releasing it would wait, with no limit, for a cancel request that cannot reach the
+    server either."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    async with asyncio.timeout_at(deadline):
+        conn = await pool.acquire()
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await run(conn)
+    except TimeoutError:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 async def create_pool(url: str, config: Config) -> asyncpg.Pool:
+    """The pool; with several hosts in `url`, they are asked at once and, when the URL
+    asks for a writable server, a connection whose server turned read-only is left."""
     db = config.database
     pool = await asyncpg.create_pool(
         url,
+        connect=failover.pool_connect,
+        setup=failover.refuse_read_only if failover.wants_writable(url) else None,
         min_size=min(db.min_pool_size, db.max_pool_size),
         max_size=db.max_pool_size,
         timeout=db.connect_timeout_seconds,
@@ -146,7 +185,7 @@ async def create_pool(url: str, config: Config) -> asyncpg.Pool:
 
 
 async def connect(url: str, config: Config) -> asyncpg.Connection:
-    return await asyncpg.connect(
+    return await failover.connect(
         url,
         timeout=config.database.connect_timeout_seconds,
         command_timeout=config.database.command_timeout_seconds,

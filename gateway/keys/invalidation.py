@@ -22,7 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from gateway.foundation.database import INVALIDATION_CHANNEL, Conn
+from gateway.foundation import failover
+from gateway.foundation.database import INVALIDATION_CHANNEL, UNAVAILABLE, Conn
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import Metrics
 
@@ -129,17 +130,20 @@ class Listener:
             finally:
                 self.connected.clear()
                 conn.terminate()
+            # The pool's connections lead where this one did: to a server that may be
+            # gone (a failover) and would keep each request waiting for its timeout.
+            await self._store.replace_connections()
 
     async def _connect(self) -> asyncpg.Connection:
         delay = 0.05
         while True:
             try:
-                conn = await asyncpg.connect(self._url, timeout=2)
+                conn = await failover.connect(self._url, timeout=2)
                 self._lost.clear()
                 conn.add_termination_listener(self._on_lost)
                 await conn.add_listener(CHANNEL, self._on_notify)
                 return conn
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except UNAVAILABLE:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

@@ -23,6 +23,7 @@ from cachetools import TTLCache
 
 from gateway.credits.refill import Refill
 from gateway.foundation.config import Cache
+from gateway.foundation.database import UNAVAILABLE, bounded
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue
@@ -35,7 +36,6 @@ T = TypeVar("T")
 # After a failed query the database counts as down: lookups answer 503 at once rather
 # than each waiting out a timeout, until a probe this often finds it back.
 _PROBE_SECONDS = 0.5
-_DOWN = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _TABLES = {"key": "api_keys", "membership": "memberships"}  # what each lookup reads
 _SELECT_KEY = (
     "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
@@ -343,43 +343,37 @@ class KeyStore:
         self.queries += 1
         try:
             return await self._bounded(run)
-        except _DOWN:
+        except UNAVAILABLE:
             self._went_down()
             raise StoreUnavailable(name) from None
         finally:
             self._observer.query_seconds(name, time.perf_counter() - started)
 
     async def _bounded(self, run: Callable[[Any], Awaitable[T]]) -> T:
-        """`run` on a pooled connection: taking one and the query share one timeout, so
-        an unreachable server (no RST) costs one wait, not a connect and a query each."""
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        async with asyncio.timeout_at(deadline):
-            conn = await self._pool.acquire()
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await run(conn)
-        except TimeoutError:
-            # Unanswered: releasing it would wait for a cancel request that cannot
-            # reach the server either.
-            conn.terminate()
-            raise
-        finally:
-            await self._pool.release(conn)
+        return await bounded(self._pool, run, self._timeout)
 
     def _went_down(self) -> None:
         if self._probe is None:
             self._probe = asyncio.get_running_loop().create_task(self._until_back())
 
     async def _until_back(self) -> None:
-        """While the database is down, one query every `_PROBE_SECONDS` looks for it."""
+        """While the database is down, one query every `_PROBE_SECONDS` looks for it,
+        on new connections."""
+        await self.replace_connections()
         while True:
             await asyncio.sleep(_PROBE_SECONDS)
             try:
                 await self._bounded(_ping)
-            except _DOWN:
+            except UNAVAILABLE:
                 continue
             self._probe = None
             return
+
+    async def replace_connections(self) -> None:
+        """Open new pooled connections as they are next taken (the old ones closed
+        meanwhile): the server they lead to may be gone without a word, each costing a
+        timeout, or no longer the primary."""
+        await self._pool.expire_connections()
 
     @property
     def database_down(self) -> bool:

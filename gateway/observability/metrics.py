@@ -82,6 +82,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.usage_dropped = Counter(
+            "gateway_usage_dropped_requests",
+            "Requests whose usage counts were let go: the database refused them too long",
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, int, float, str | None, str]] = []
         # Series people alert on exist from the start, at 0: "no data" is not "no failures".

@@ -2,8 +2,8 @@
 
 The request path adds to a dict; every `usage.flush_seconds` (and when the process
 stops) the counts go to PostgreSQL in one statement that adds them to what other
-processes and hosts wrote, so the totals are exact. A failed write keeps the
-counts for the next one.
+processes and hosts wrote, so the totals are exact. A failed write (no primary,
+during a failover) keeps the counts for the next one, up to `MAX_KEPT` rows.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from gateway.foundation.database import Conn
+from gateway.foundation.database import UNAVAILABLE, Conn, bounded
 
 log = logging.getLogger("gateway.usage")
 COUNTS = ("allowed", "rejected", "denied", "rate_limited", "credits_exhausted", "credits_spent")
 ALLOWED, REJECTED, DENIED, RATE_LIMITED, CREDITS_EXHAUSTED, CREDITS_SPENT = range(6)
-_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _ADD = """
 INSERT INTO key_usage AS u (key_id, hour, allowed, rejected, denied, rate_limited,
@@ -39,9 +38,21 @@ ON CONFLICT (key_id, hour) DO UPDATE SET
 """
 
 
+# Rows (key, hour) kept while the database cannot take them: a day of 4,000 busy keys.
+MAX_KEPT = 100_000
+
+
 class UsageCounter:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_kept: int = MAX_KEPT,
+        dropped: Callable[[int], None] = lambda requests: None,
+    ) -> None:
         self._clock = clock
+        self._max_kept = max_kept
+        self._dropped = dropped  # told how many requests' counts were let go
         # (key id, the hour's start in epoch seconds) -> counts in the order of COUNTS
         self.pending: dict[tuple[str, int], list[int]] = {}
 
@@ -54,7 +65,7 @@ class UsageCounter:
         if spent:
             counts[CREDITS_SPENT] += spent
 
-    async def flush(self, pool: asyncpg.Pool) -> int:
+    async def flush(self, pool: asyncpg.Pool, seconds: float = 5.0) -> int:
         """Write what was counted since the last flush; how many (key, hour) rows."""
         pending, self.pending = self.pending, {}
         if not pending:
@@ -66,17 +77,28 @@ class UsageCounter:
             for index, value in enumerate(counts):
                 columns[2 + index].append(value)
         try:
-            async with pool.acquire() as conn:
-                await conn.execute(_ADD, *columns)
-        except _DB_ERRORS as exc:
+            await bounded(pool, lambda conn: conn.execute(_ADD, *columns), seconds)
+        except UNAVAILABLE as exc:
             log.warning("usage: cannot write counts (kept for the next flush): %s",
                         exc.__class__.__name__)  # fmt: skip
-            for where, counts in pending.items():
-                kept = self.pending.setdefault(where, [0, 0, 0, 0, 0, 0])
-                for index, value in enumerate(counts):
-                    kept[index] += value
+            self._keep(pending)
             return 0
         return len(pending)
+
+    def _keep(self, pending: dict[tuple[str, int], list[int]]) -> None:
+        """Put unwritten counts back, up to `max_kept` rows: beyond that (a long outage,
+        many keys) the oldest rows' requests are let go and counted as dropped."""
+        for where, counts in pending.items():
+            kept = self.pending.setdefault(where, [0, 0, 0, 0, 0, 0])
+            for index, value in enumerate(counts):
+                kept[index] += value
+        excess = len(self.pending) - self._max_kept
+        if excess > 0:
+            oldest = sorted(self.pending, key=lambda where: where[1])[:excess]
+            lost = sum(sum(self.pending.pop(where)[:CREDITS_SPENT]) for where in oldest)
+            log.error("usage: %d requests' counts dropped (over %d rows kept)",
+                      lost, self._max_kept)  # fmt: skip
+            self._dropped(lost)
 
 
 async def prune(conn: Conn, retention_days: int) -> None:

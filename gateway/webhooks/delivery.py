@@ -23,12 +23,12 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from gateway.foundation.config import Webhooks as Settings
+from gateway.foundation.database import UNAVAILABLE
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.destinations import CheckingResolver, DestinationRefused, Destinations
 
 log = logging.getLogger("gateway.webhooks")
 BATCH = 16
-_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _CLAIM = """
 WITH due AS (
@@ -111,7 +111,7 @@ class Deliverer:
                 try:
                     done = await self.deliver_due()
                     await self._observe_backlog()
-                except _DB_ERRORS as exc:
+                except UNAVAILABLE as exc:
                     log.warning("webhooks: database unavailable: %s", exc.__class__.__name__)
                     done = 0
                 if done < BATCH:

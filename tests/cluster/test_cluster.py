@@ -12,15 +12,14 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
 
+from tests.cluster.clients import FRONT, HEADERS, admin, load, new_key, status_of
 from tests.cluster.topology import (
-    ADMIN_TOKEN,
     BALANCER,
     GATEWAYS,
     REDIS,
@@ -30,8 +29,6 @@ from tests.cluster.topology import (
 
 FULL = bool(os.environ.get("GATEWAY_CLUSTER_FULL"))
 LOAD_SECONDS = 10.0 if FULL else 2.5
-HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-FRONT = f"http://{BALANCER}"
 
 
 @pytest.fixture(scope="module")
@@ -47,74 +44,25 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         built.down()
 
 
-def _admin(name: str) -> str:
-    return f"http://{GATEWAYS[name]}:8081"
-
-
-async def _key(http: aiohttp.ClientSession, **extra: Any) -> dict[str, Any]:
-    body = {"user_id": f"cl-{time.monotonic_ns()}", "name": "k", "scopes": ["me:read"], **extra}
-    async with http.post(_admin("g1") + "/admin/v1/keys", json=body, headers=HEADERS) as r:
-        assert r.status == 201, await r.text()
-        return dict(await r.json())
-
-
-async def _status(http: aiohttp.ClientSession, url: str, key: str) -> int:
-    async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
-        await response.read()
-        return response.status
-
-
-async def _load(
-    url: str,
-    key: str,
-    seconds: float,
-    connections: int = 16,
-    pause: float = 0.0,
-    until: asyncio.Event | None = None,
-) -> list[tuple[float, int]]:
-    """(time since start, status) of every request made through `url` for `seconds`,
-    or until `until` is set; a connection error counts as status 0."""
-    seen: list[tuple[float, int]] = []
-    started = time.monotonic()
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=15)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-
-        async def client() -> None:
-            while (now := time.monotonic() - started) < seconds and not (
-                until is not None and until.is_set()
-            ):
-                try:
-                    status = await _status(http, url, key)
-                except (aiohttp.ClientError, TimeoutError):
-                    status = 0
-                seen.append((now, status))
-                if pause:
-                    await asyncio.sleep(pause)
-
-        await asyncio.gather(*(client() for _ in range(connections)))
-    return seen
-
-
 async def test_revoke_and_disable_through_one_host_reach_all_three_within_a_second(
     net: Cluster,
 ) -> None:
     async with aiohttp.ClientSession() as http:
         for change in ("revoke", "disable"):
-            key = await _key(http)
+            key = await new_key(http)
             for address in GATEWAYS.values():  # cached on every host
-                assert await _status(http, f"http://{address}:8080/v1/me", key["key"]) == 200
+                assert await status_of(http, f"http://{address}:8080/v1/me", key["key"]) == 200
             if change == "revoke":
-                request = http.delete(_admin("g1") + f"/admin/v1/keys/{key['id']}", headers=HEADERS)
+                request = http.delete(admin("g1") + f"/admin/v1/keys/{key['id']}", headers=HEADERS)
             else:
-                request = http.patch(_admin("g1") + f"/admin/v1/keys/{key['id']}",
+                request = http.patch(admin("g1") + f"/admin/v1/keys/{key['id']}",
                                      json={"enabled": False}, headers=HEADERS)  # fmt: skip
             started = time.monotonic()
             async with request as r:
                 assert r.status in (200, 204)
             took = {}
             for name, address in GATEWAYS.items():
-                while await _status(http, f"http://{address}:8080/v1/me", key["key"]) != 401:
+                while await status_of(http, f"http://{address}:8080/v1/me", key["key"]) != 401:
                     assert time.monotonic() - started < 1.0, f"{change} not on {name} within 1 s"
                     await asyncio.sleep(0.01)
                 took[name] = time.monotonic() - started
@@ -125,8 +73,8 @@ async def test_revoke_and_disable_through_one_host_reach_all_three_within_a_seco
 
 async def test_a_by_key_limit_is_shared_by_the_three_hosts(net: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        key = await _key(http)
-    seen = await _load(f"{FRONT}/limited/1", key["key"], LOAD_SECONDS, connections=16)
+        key = await new_key(http)
+    seen = await load(f"{FRONT}/limited/1", key["key"], LOAD_SECONDS, connections=16)
     statuses = Counter(status for _, status in seen)
     allowed = 20 * LOAD_SECONDS * 1.1 + 20  # limit x 1.1 + burst
     print(f"\nlimit 20/s burst 20 through three hosts for {LOAD_SECONDS:g} s: {dict(statuses)}"
@@ -138,7 +86,7 @@ async def test_a_by_key_limit_is_shared_by_the_three_hosts(net: Cluster) -> None
 async def test_credits_spent_through_three_hosts_are_never_overspent(net: Cluster) -> None:
     granted = 3000 if FULL else 1000
     async with aiohttp.ClientSession() as http:
-        key = await _key(http, credits={"remaining": granted})
+        key = await new_key(http, credits={"remaining": granted})
     admitted = 0
     quiet_since = time.monotonic()
     deadline = time.monotonic() + 60
@@ -148,7 +96,7 @@ async def test_credits_spent_through_three_hosts_are_never_overspent(net: Cluste
         async def client() -> None:
             nonlocal admitted, quiet_since
             while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
-                status = await _status(http, f"{FRONT}/v1/me", key["key"])
+                status = await status_of(http, f"{FRONT}/v1/me", key["key"])
                 if status == 200:
                     admitted += 1
                     quiet_since = time.monotonic()
@@ -171,7 +119,7 @@ async def test_credits_held_by_a_host_killed_come_back(net: Cluster) -> None:
     can still be spent."""
     granted = 300
     async with aiohttp.ClientSession() as http:
-        key = await _key(http, credits={"remaining": granted})
+        key = await new_key(http, credits={"remaining": granted})
     victim = net.hosts["g3"]
     admitted = 0
     stop = asyncio.Event()
@@ -181,7 +129,7 @@ async def test_credits_held_by_a_host_killed_come_back(net: Cluster) -> None:
         async def client() -> None:
             nonlocal admitted
             while not stop.is_set():
-                status = await _status(http, f"{FRONT}/v1/me", key["key"])
+                status = await status_of(http, f"{FRONT}/v1/me", key["key"])
                 admitted += status == 200
                 await asyncio.sleep(0.02)
 
@@ -221,13 +169,13 @@ async def test_credits_held_by_a_host_killed_come_back(net: Cluster) -> None:
 
 
 async def _balance(http: aiohttp.ClientSession, key_id: str) -> int:
-    async with http.get(_admin("g1") + f"/admin/v1/keys/{key_id}", headers=HEADERS) as r:
+    async with http.get(admin("g1") + f"/admin/v1/keys/{key_id}", headers=HEADERS) as r:
         return int((await r.json())["credits"]["remaining"])
 
 
 async def test_a_host_killed_under_load_fails_only_its_requests_in_flight(net: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        key = await _key(http)
+        key = await new_key(http)
     victim = net.hosts["g3"]
 
     async def kill_later() -> float:
@@ -236,7 +184,7 @@ async def test_a_host_killed_under_load_fails_only_its_requests_in_flight(net: C
         return 1.5
 
     seen, killed_at = await asyncio.gather(
-        _load(f"{FRONT}/v1/me", key["key"], LOAD_SECONDS + 1.5, connections=16), kill_later()
+        load(f"{FRONT}/v1/me", key["key"], LOAD_SECONDS + 1.5, connections=16), kill_later()
     )
     failed = [(at, status) for at, status in seen if status != 200]
     late = [at for at, _ in failed if at > killed_at + 2]
@@ -249,7 +197,7 @@ async def test_a_host_killed_under_load_fails_only_its_requests_in_flight(net: C
 
 async def test_a_rolling_sigterm_restart_under_load_fails_nothing(net: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        key = await _key(http)
+        key = await new_key(http)
     # The load runs until half a second after the last host is back (a busy machine
     # restarts slower), within a bound; the full run keeps it up 14 s whatever.
     seconds = 3 * 4.0 + 2 if FULL else 30.0
@@ -271,7 +219,7 @@ async def test_a_rolling_sigterm_restart_under_load_fails_nothing(net: Cluster) 
         return took
 
     seen, took = await asyncio.gather(
-        _load(f"{FRONT}/v1/me", key["key"], seconds, connections=16, until=rolled), roll()
+        load(f"{FRONT}/v1/me", key["key"], seconds, connections=16, until=rolled), roll()
     )
     statuses = Counter(status for _, status in seen)
     print(f"\nrolling SIGTERM restart of all three in {took:.1f} s under load: {dict(statuses)}")
@@ -281,12 +229,12 @@ async def test_a_rolling_sigterm_restart_under_load_fails_nothing(net: Cluster) 
 
 async def test_redis_cut_from_one_host_gives_no_5xx_and_it_rejoins(net: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        key = await _key(http)
+        key = await new_key(http)
     g2 = net.hosts["g2"]
     url = f"http://{GATEWAYS['g2']}:8080/limited/1"
     assert g2.run("ip", "route", "add", "blackhole", f"{REDIS}/32").returncode == 0
     try:
-        seen = await _load(url, key["key"], 2.0, connections=4, pause=0.02)
+        seen = await load(url, key["key"], 2.0, connections=4, pause=0.02)
     finally:
         g2.run("ip", "route", "del", "blackhole", f"{REDIS}/32")
     restored = time.monotonic()
@@ -302,9 +250,9 @@ async def test_redis_cut_from_one_host_gives_no_5xx_and_it_rejoins(net: Cluster)
 
 async def test_cached_keys_are_served_while_postgresql_restarts(net: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        key = await _key(http)
+        key = await new_key(http)
         for address in GATEWAYS.values():
-            assert await _status(http, f"http://{address}:8080/v1/me", key["key"]) == 200
+            assert await status_of(http, f"http://{address}:8080/v1/me", key["key"]) == 200
     pg = net.hosts["pg"]
 
     async def restart() -> float:
@@ -315,14 +263,14 @@ async def test_cached_keys_are_served_while_postgresql_restarts(net: Cluster) ->
         return time.monotonic()
 
     seen, back = await asyncio.gather(
-        _load(f"{FRONT}/v1/me", key["key"], 3.0, connections=8, pause=0.01), restart()
+        load(f"{FRONT}/v1/me", key["key"], 3.0, connections=8, pause=0.01), restart()
     )
     statuses = Counter(status for _, status in seen)
     async with aiohttp.ClientSession() as http:
         while True:  # recovery: a key no host has seen, served again
             try:
-                fresh = await _key(http)
-                if await _status(http, f"{FRONT}/v1/me", fresh["key"]) == 200:
+                fresh = await new_key(http)
+                if await status_of(http, f"{FRONT}/v1/me", fresh["key"]) == 200:
                     break
             except (aiohttp.ClientError, AssertionError):
                 pass
@@ -338,12 +286,12 @@ async def test_the_balancer_is_trusted_and_the_client_is_seen(net: Cluster) -> N
     """`trusted_proxies` names the balancer: `by: ip` limits and `allowed_cidrs` see
     the client (the test process, on the bridge), not the balancer."""
     async with aiohttp.ClientSession() as http:
-        statuses = [await _status(http, f"{FRONT}/guarded/{n}", "") for n in range(7)]
+        statuses = [await status_of(http, f"{FRONT}/guarded/{n}", "") for n in range(7)]
         assert statuses == [200] * 5 + [429] * 2  # per-ip: 5 a minute, counted for us
-        here = await _key(http, allowed_cidrs=[f"{BALANCER.rsplit('.', 1)[0]}.1/32"])
-        balancer_only = await _key(http, allowed_cidrs=[f"{BALANCER}/32"])
-        assert await _status(http, f"{FRONT}/v1/me", here["key"]) == 200
-        assert await _status(http, f"{FRONT}/v1/me", balancer_only["key"]) == 403
+        here = await new_key(http, allowed_cidrs=[f"{BALANCER.rsplit('.', 1)[0]}.1/32"])
+        balancer_only = await new_key(http, allowed_cidrs=[f"{BALANCER}/32"])
+        assert await status_of(http, f"{FRONT}/v1/me", here["key"]) == 200
+        assert await status_of(http, f"{FRONT}/v1/me", balancer_only["key"]) == 403
 
 
 async def test_the_host_delivering_a_webhook_dies_and_every_event_arrives(net: Cluster) -> None:
@@ -373,10 +321,10 @@ async def test_the_host_delivering_a_webhook_dies_and_every_event_arrives(net: C
         async with aiohttp.ClientSession() as http:
             body = {"url": f"http://{bridge}:{port}/hook", "events": ["key.created"]}
             async with http.post(
-                _admin("g1") + "/admin/v1/webhooks", json=body, headers=HEADERS
+                admin("g1") + "/admin/v1/webhooks", json=body, headers=HEADERS
             ) as r:
                 endpoint = await r.json()
-            made = [await _key(http) for _ in range(5)]
+            made = [await new_key(http) for _ in range(5)]
             await asyncio.wait_for(first.wait(), 10)
             holder = next(n for n, a in GATEWAYS.items() if a == seen[0][1])
             await asyncio.to_thread(net.hosts[holder].kill)
@@ -389,7 +337,7 @@ async def test_the_host_delivering_a_webhook_dies_and_every_event_arrives(net: C
                 assert time.monotonic() - killed < 20, f"delivered {len(seen)} of {len(made)}"
                 await asyncio.sleep(0.1)
             took = time.monotonic() - killed
-            async with http.delete(_admin("g1" if holder != "g1" else "g2")
+            async with http.delete(admin("g1" if holder != "g1" else "g2")
                                    + f"/admin/v1/webhooks/{endpoint['id']}", headers=HEADERS):  # fmt: skip
                 pass
     finally:

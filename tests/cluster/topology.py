@@ -30,6 +30,7 @@ NET = "10.77.0"
 BRIDGE = "gwc-br"
 GATEWAYS = {"g1": f"{NET}.11", "g2": f"{NET}.12", "g3": f"{NET}.13"}
 BALANCER, POSTGRES, REDIS, UPSTREAM = f"{NET}.10", f"{NET}.20", f"{NET}.21", f"{NET}.30"
+STANDBY = f"{NET}.22"  # a streaming standby of POSTGRES, in a cluster built with one
 ADMIN_TOKEN = "cluster-admin-token-0123456789"
 
 
@@ -108,11 +109,19 @@ class Host:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, gateway_extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, gateway_extra: dict[str, Any] | None = None, *, standby: bool = False
+    ) -> None:
         self.dir = workdir
         self.extra = gateway_extra or {}
         self.hosts: dict[str, Host] = {}
+        self.standby = standby
         self.database_url = f"postgresql://postgres@{POSTGRES}:5432/postgres"
+        if standby:  # as a team with a failover manager writes it
+            self.database_url = (
+                f"postgresql://postgres@{POSTGRES}:5432,{STANDBY}:5432/postgres"
+                "?target_session_attrs=read-write"
+            )
         self.pgroot: Path | None = None
 
     # ---- building ----------------------------------------------------------------
@@ -148,11 +157,57 @@ class Cluster:
         subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "initdb"), "-D", str(data),
                         "-U", "postgres", "--auth=trust"], check=True, capture_output=True)  # fmt: skip
         with (data / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {NET}.0/24 trust\n")
-        host.argv = ["runuser", "-u", "postgres", "--", str(bindir / "postgres"), "-D", str(data),
-                     "-c", f"listen_addresses={POSTGRES}", "-c", "unix_socket_directories=",
-                     "-c", "max_connections=200", "-c", "fsync=off"]  # fmt: skip
+            hba.write(f"host all all {NET}.0/24 trust\nhost replication all {NET}.0/24 trust\n")
+        host.argv = self._postgres_argv(data, POSTGRES)
+        if self.standby:
+            # Synchronous, as a team that must lose no committed write runs it (Patroni's
+            # synchronous_mode): a commit waits until the standby has it.
+            host.argv += ["-c", "synchronous_standby_names=*"]
         host.start()
+
+    def _postgres_argv(self, data: Path, address: str) -> list[str]:
+        bindir = _postgres_bin()
+        assert bindir is not None
+        return ["runuser", "-u", "postgres", "--", str(bindir / "postgres"), "-D", str(data),
+                "-c", f"listen_addresses={address}", "-c", "unix_socket_directories=",
+                "-c", "max_connections=200", "-c", "fsync=off"]  # fmt: skip
+
+    def _standby(self) -> None:
+        """A streaming standby, made as a failover manager makes one (`pg_basebackup -R`)."""
+        host = self._host("pg2", STANDBY)
+        bindir = _postgres_bin()
+        assert bindir is not None and self.pgroot is not None
+        data = self.pgroot / "standby"
+        data.mkdir(mode=0o700)
+        shutil.chown(data, "postgres", "postgres")
+        made = host.run("runuser", "-u", "postgres", "--", str(bindir / "pg_basebackup"),
+                        "-h", POSTGRES, "-U", "postgres", "-D", str(data), "-R", "-X", "stream")  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(f"pg_basebackup: {made.stderr.decode().strip()}")
+        host.argv = self._postgres_argv(data, STANDBY)
+        host.start()
+        self._wait_port(STANDBY, 5432)
+
+    def promote(self) -> None:
+        """Promote the standby, as a failover manager does once the primary is lost."""
+        bindir = _postgres_bin()
+        assert bindir is not None and self.pgroot is not None
+        subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D",
+                        str(self.pgroot / "standby"), "-w", "promote"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def vanish(self, name: str) -> None:
+        """The host dies and its address goes silent: its processes are killed, and
+        nothing answers there any more, not even a reset."""
+        host = self.hosts[name]
+        assert host.run("ip", "link", "set", "eth0", "down").returncode == 0
+        pids = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True,
+                              text=True, check=False).stdout.split()  # fmt: skip
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        if host.process is not None:
+            host.process.wait(10)
 
     def _redis(self) -> None:
         host = self._host("redis", REDIS)
@@ -255,6 +310,8 @@ http {{
         self._redis()
         self._upstream()
         self._wait_port(POSTGRES, 5432)
+        if self.standby:
+            self._standby()
         self._gateways()
         for name in GATEWAYS:
             self.hosts[name].start()
@@ -330,6 +387,14 @@ http {{
                     with contextlib.suppress(ProcessLookupError, ValueError):
                         os.kill(int(pid), signal.SIGKILL)
                 subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        # A namespace outlives its deletion while a socket in it still retransmits to a
+        # host that vanished; its veth pair goes with the outer end.
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                               check=False).stdout.splitlines()  # fmt: skip
+        for line in links:
+            name = line.split(": ")[1].split("@")[0] if ": " in line else ""
+            if name.startswith("gwc-") and name.endswith("-o"):
+                subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
 
 
