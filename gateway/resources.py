@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 
 from gateway.credits import balance
 from gateway.credits.ledger import CreditLedger
@@ -31,6 +30,7 @@ from gateway.observability.accesslog import AccessLog
 from gateway.policy.reloader import ActivePolicies
 from gateway.ratelimit.limiter import Backend, RateLimiter, sweep_periodically
 from gateway.ratelimit.local import LocalBackend
+from gateway.ratelimit.redis_client import RedisClient, client_for
 from gateway.ratelimit.shared import SharedBackend
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
@@ -273,14 +273,12 @@ async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
     settings = gw.config.rate_limiting
     local = LocalBackend(time.monotonic)
     backend: Backend = local
-    client: aioredis.Redis | None = None
+    client: RedisClient | None = None
     tasks = [asyncio.create_task(sweep_periodically(local))]
     if settings.backend == "redis":
         assert settings.redis_url is not None
         # Short timeouts: a dead Redis must fail fast into on_backend_error.
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.25
-        )
+        client = client_for(settings.redis_url, timeout=0.25)
         shared = SharedBackend(
             client,
             sync_interval=settings.sync_interval_ms / 1000,

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway.foundation import config_sources
+from gateway.foundation import config_sources, redis_urls
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 
@@ -232,7 +232,9 @@ class Decisions(_Strict, frozen=True, forbid_unknown_fields=True):
 
 class RateLimiting(_Strict, frozen=True, forbid_unknown_fields=True):
     backend: str = "local"  # local: per process | redis: shared by every process and host
-    redis_url: str | None = None  # redis:// (or rediss://) URL; GATEWAY_REDIS_URL sets it
+    # redis:// (rediss://) for one server, redis+sentinel://s1,s2,s3/master/0 or
+    # redis+cluster://n1,n2,n3; GATEWAY_REDIS_URL sets it
+    redis_url: str | None = None
     on_backend_error: str = "local"  # local | open | closed (503)
     sync_interval_ms: int = 50  # how often leases are topped up from Redis
 
@@ -610,10 +612,14 @@ def _check_rate_limiting(settings: RateLimiting) -> list[str]:
         out.append("rate_limiting.backend: must be local or redis")
     if settings.on_backend_error not in ("local", "open", "closed"):
         out.append("rate_limiting.on_backend_error: must be local, open or closed")
-    if settings.backend == "redis" and not (settings.redis_url or "").startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
-        out.append("rate_limiting.redis_url: a redis:// URL is required with backend redis")
+    if settings.backend == "redis":
+        if not settings.redis_url:
+            out.append("rate_limiting.redis_url: a redis:// URL is required with backend redis")
+        else:
+            try:
+                redis_urls.parse(settings.redis_url)
+            except ValueError as exc:
+                out.append(f"rate_limiting.redis_url: {exc}")
     if not 5 <= settings.sync_interval_ms <= 10_000:
         out.append("rate_limiting.sync_interval_ms: must be between 5 and 10000")
     return out

@@ -19,17 +19,20 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.observability.metrics import Metrics
 from gateway.policy.ratelimits import RateLimit
 from gateway.ratelimit.gcra import Verdict
 from gateway.ratelimit.local import Ask, LocalBackend
+from gateway.ratelimit.redis_client import RedisClient, drop_idle_connections
 
 log = logging.getLogger("gateway.ratelimit")
-REDIS_DOWN = (RedisError, OSError, TimeoutError)
+# RedisClusterException is not a RedisError: a slot no node serves, among others.
+REDIS_DOWN = (RedisError, RedisClusterException, OSError, TimeoutError)
 IDLE_LEASE_SECONDS = 60.0
 # KEYS[1]: the subject's TAT. ARGV: interval and tolerance (µs), tokens wanted.
 # Returns the tokens granted and how far the TAT now runs ahead of Redis's now (µs).
@@ -67,7 +70,7 @@ class _Lease:
 class SharedBackend:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         sync_interval: float,
         on_error: str,
@@ -104,7 +107,7 @@ class SharedBackend:
                 except REDIS_DOWN:
                     # Pooled connections Redis closed (it restarted) fail once each:
                     # drop the idle ones; only a failure on a new one means Redis is gone.
-                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                    await drop_idle_connections(self._redis)
                     await self._lease(wanted)
             except REDIS_DOWN as exc:
                 self._went_down(exc)
@@ -171,16 +174,26 @@ class SharedBackend:
             await self._lease(wanted)
 
     async def _lease(self, wanted: Sequence[tuple[RateLimit, str, int]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for limit, subject, want in wanted:
-                args = [round(limit.interval * 1e6), round(limit.tolerance * 1e6), want]
-                await self._script(keys=[_key(limit, subject)], args=args, client=pipe)
-            answers = await pipe.execute()
+        answers = await self._run_scripts(wanted)
         now = self._clock()
         for (limit, subject, _), (granted, ahead) in zip(wanted, answers, strict=True):
             lease = self._leases.setdefault((limit.identity, subject), _Lease(limit, last_used=now))
             lease.tokens += int(granted)
             lease.tat_at = now + int(ahead) / 1e6
+
+    async def _run_scripts(self, wanted: Sequence[tuple[RateLimit, str, int]]) -> list[Any]:
+        """One script call per subject (one key each, so a Cluster routes each to its
+        slot's node), pipelined. A Cluster pipeline refuses EVALSHA (its nodes need
+        not have the script: the first call, a replica just promoted), so there the
+        script itself is sent; elsewhere the pipeline loads it when the server lacks it."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for limit, subject, want in wanted:
+                args = [round(limit.interval * 1e6), round(limit.tolerance * 1e6), want]
+                if isinstance(pipe, ClusterPipeline):
+                    pipe.eval(LEASE_SCRIPT, 1, _key(limit, subject), *args)
+                else:
+                    await self._script(keys=[_key(limit, subject)], args=args, client=pipe)
+            return list(await pipe.execute())
 
     def _went_down(self, exc: BaseException) -> None:
         self._metrics.rate_limit_backend_errors.inc()

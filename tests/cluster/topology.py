@@ -8,6 +8,7 @@ says which is missing."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,19 @@ BRIDGE = "gwc-br"
 GATEWAYS = {"g1": f"{NET}.11", "g2": f"{NET}.12", "g3": f"{NET}.13"}
 BALANCER, POSTGRES, REDIS, UPSTREAM = f"{NET}.10", f"{NET}.20", f"{NET}.21", f"{NET}.30"
 STANDBY = f"{NET}.22"  # a streaming standby of POSTGRES, in a cluster built with one
+# Redis hosts of a Sentinel or Cluster set-up: REDIS and these two.
+REDIS_HOSTS = {"r1": REDIS, "r2": f"{NET}.23", "r3": f"{NET}.24"}
+MASTER_NAME = "gateway"
 ADMIN_TOKEN = "cluster-admin-token-0123456789"
+
+
+def _redis_argv(address: str, port: int, cluster: Path | None = None) -> list[str]:
+    argv = ["redis-server", "--bind", address, "--port", str(port), "--save", "",
+            "--appendonly", "no", "--protected-mode", "no"]  # fmt: skip
+    if cluster is not None:
+        argv += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                 "--cluster-config-file", str(cluster / f"nodes-{address}-{port}.conf")]  # fmt: skip
+    return argv
 
 
 def _postgres_bin() -> Path | None:
@@ -43,7 +56,7 @@ def reason() -> str | None:
     """Why the cluster cannot be built here (None: it can)."""
     if os.geteuid() != 0:
         return "the cluster test needs root (network namespaces)"
-    for tool in ("ip", "nginx", "redis-server", "runuser"):
+    for tool in ("ip", "nginx", "redis-server", "redis-cli", "runuser"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             return (
                 f"the cluster test needs {tool} (apt-get install iproute2 nginx-light redis-server)"
@@ -68,10 +81,11 @@ class Host:
     process: subprocess.Popen[bytes] | None = None
     argv: list[str] = field(default_factory=list)
     log: Path | None = None
+    on: str | None = None  # another process on the host of that name (its namespace)
 
     @property
     def netns(self) -> str:
-        return f"gwc-{self.name}"
+        return f"gwc-{self.on or self.name}"
 
     def start(self) -> None:
         assert self.log is not None
@@ -110,7 +124,12 @@ class Host:
 
 class Cluster:
     def __init__(
-        self, workdir: Path, gateway_extra: dict[str, Any] | None = None, *, standby: bool = False
+        self,
+        workdir: Path,
+        gateway_extra: dict[str, Any] | None = None,
+        *,
+        standby: bool = False,
+        redis: str = "server",
     ) -> None:
         self.dir = workdir
         self.extra = gateway_extra or {}
@@ -123,6 +142,14 @@ class Cluster:
                 "?target_session_attrs=read-write"
             )
         self.pgroot: Path | None = None
+        self.redis = redis  # server, sentinel or cluster
+        nodes = ",".join(f"{address}:{26379 if redis == 'sentinel' else 6379}"
+                         for address in REDIS_HOSTS.values())  # fmt: skip
+        self.redis_url = {
+            "server": f"redis://{REDIS}:6379/0",
+            "sentinel": f"redis+sentinel://{nodes}/{MASTER_NAME}/0",
+            "cluster": f"redis+cluster://{nodes}",
+        }[redis]
 
     # ---- building ----------------------------------------------------------------
 
@@ -210,10 +237,96 @@ class Cluster:
             host.process.wait(10)
 
     def _redis(self) -> None:
-        host = self._host("redis", REDIS)
-        host.argv = ["redis-server", "--bind", REDIS, "--port", "6379", "--save", "",
-                     "--appendonly", "no", "--protected-mode", "no"]  # fmt: skip
-        host.start()
+        if self.redis == "sentinel":
+            self._redis_sentinel()
+        elif self.redis == "cluster":
+            self._redis_cluster()
+        else:
+            host = self._host("redis", REDIS)
+            host.argv = _redis_argv(REDIS, 6379)
+            host.start()
+
+    def _process(self, name: str, on: str, argv: list[str]) -> Host:
+        """Another process on the host `on` (its address, its namespace)."""
+        process = Host(name, self.hosts[on].address, argv=argv, log=self.dir / f"{name}.log", on=on)
+        self.hosts[name] = process
+        process.start()
+        return process
+
+    def _redis_sentinel(self) -> None:
+        """A master (r1), its replica (r2) and three Sentinels (r1, r2, r3), quorum 2."""
+        for name, address in REDIS_HOSTS.items():
+            self._host(name, address)
+        master = REDIS_HOSTS["r1"]
+        self.hosts["r1"].argv = _redis_argv(master, 6379)
+        self.hosts["r1"].start()
+        self.hosts["r2"].argv = [
+            *_redis_argv(REDIS_HOSTS["r2"], 6379),
+            "--replicaof",
+            master,
+            "6379",
+        ]
+        self.hosts["r2"].start()
+        # The Sentinels learn of the replica from the master's INFO, every 10 s: start
+        # them once it is in sync, so that the first one tells them.
+        replica = f"{REDIS_HOSTS['r2']}:6379"
+        self._until("the replica in sync", lambda: "master_link_status:up"
+                    in self.redis_cli(replica, "info", "replication"))  # fmt: skip
+        for name, address in REDIS_HOSTS.items():
+            conf = self.dir / f"sentinel-{name}.conf"
+            conf.write_text(
+                f"port 26379\nbind {address}\nprotected-mode no\ndir {self.dir}\n"
+                f"sentinel monitor {MASTER_NAME} {master} 6379 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+            )
+            self._process(f"sentinel-{name}", name, ["redis-server", str(conf), "--sentinel"])
+        for address in REDIS_HOSTS.values():
+            self._wait_port(address, 26379)
+
+        def ready(sentinel: str) -> bool:
+            said = self.redis_cli(f"{sentinel}:26379", "sentinel", "master", MASTER_NAME).split()
+            fields = dict(zip(said[::2], said[1::2], strict=False))
+            return fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2"
+
+        for address in REDIS_HOSTS.values():
+            self._until(f"the Sentinel on {address} knowing the replica and the others",
+                        functools.partial(ready, address))  # fmt: skip
+
+    def _redis_cluster(self) -> None:
+        """Three masters (port 6379 on r1, r2, r3), each with a replica on another host
+        (port 6380), as `redis-cli --cluster create` places them."""
+        for name, address in REDIS_HOSTS.items():
+            host = self._host(name, address)
+            host.argv = _redis_argv(address, 6379, cluster=self.dir)
+            host.start()
+            self._process(f"{name}-replica", name, _redis_argv(address, 6380, cluster=self.dir))
+        nodes = [f"{a}:{p}" for p in (6379, 6380) for a in REDIS_HOSTS.values()]
+        for node in nodes:
+            address, port = node.split(":")
+            self._wait_port(address, int(port))
+        made = subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas",
+                               "1", "--cluster-yes"], capture_output=True, text=True, check=False)  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create: {made.stdout[-500:]}{made.stderr}")
+        self._until("the Redis Cluster serving every slot",
+                    lambda: all(self.redis_cluster_ok(node) for node in nodes))  # fmt: skip
+
+    def _until(self, what: str, done: Callable[[], bool], within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: not within {within:g} s")
+            time.sleep(0.2)
+
+    def redis_cli(self, node: str, *argv: str) -> str:
+        address, port = node.split(":")
+        done = subprocess.run(["redis-cli", "-h", address, "-p", port, *argv],
+                              capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        return done.stdout
+
+    def redis_cluster_ok(self, node: str) -> bool:
+        return "cluster_state:ok" in self.redis_cli(node, "cluster", "info")
 
     def _upstream(self) -> None:
         host = self._host("up", UPSTREAM)
@@ -232,7 +345,7 @@ class Cluster:
             "upstreams": {"core": {"url": f"http://{UPSTREAM}:9000"}},
             "rate_limiting": {
                 "backend": "redis",
-                "redis_url": f"redis://{REDIS}:6379/0",
+                "redis_url": self.redis_url,
                 "on_backend_error": "local",
             },
             "trusted_proxies": [f"{BALANCER}/32"],
