@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     expiry.add_argument("--expires-in-days", type=int)
     expiry.add_argument("--expires-at")
     _credit_flags(create)
+    create.add_argument("--meta", metavar="JSON", help='metadata for upstreams: {"plan": "pro"}')
     create.add_argument("--json", action="store_true")
     listing = add(key_cmds, "list", help="newest first; every user's keys unless --user")
     listing.add_argument("--user", help="this user's keys, all of them (the admin API's listing)")
@@ -109,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     update.add_argument("--name")
     update.add_argument("--description")
+    metadata = update.add_mutually_exclusive_group()
+    metadata.add_argument("--meta", metavar="JSON", help="replace the key's metadata")
+    metadata.add_argument("--no-meta", action="store_true", help="remove the key's metadata")
     update.add_argument("--json", action="store_true")
     credits = add(key_cmds, "credits", help="set, add to or take from a key's credit balance")
     credits.add_argument("id")
@@ -329,6 +334,8 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
     credits = _credits_given(args)
     if credits is not None:
         body["credits"] = credits
+    if args.meta is not None:
+        body["meta"] = _meta_flag(args.meta)
     catalogue = Catalogue({name: d.implies for name, d in config.scopes.items()})
     spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
@@ -383,6 +390,8 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
         raise CommandError("--unlimited-credits: not with --credits or --refill")
     if credits is not None or args.unlimited_credits:
         body["credits"] = credits
+    if args.meta is not None or args.no_meta:
+        body["meta"] = None if args.no_meta else _meta_flag(args.meta)
     if not body:
         raise CommandError("nothing to change: give --disable, --enable, --cidr, --limit, …")
     errors = validation.check_update(body, management.UPDATABLE, _key_limits(config))
@@ -394,6 +403,13 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
         raise CommandError(f"no key {args.id}") from None
     _print(updated, args.json, _key_line)
     return 0
+
+
+def _meta_flag(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"--meta: not JSON ({exc})") from None
 
 
 _REFILL_FLAG = re.compile(r"(\d+)/(day|month)(?:@(\d+))?")

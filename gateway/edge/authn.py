@@ -102,6 +102,7 @@ class Authenticator:
             parent.principal.expires_header,
             parent.limits,
             parent.credits,
+            parent.meta,
         )
 
     async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:

@@ -23,16 +23,17 @@ from gateway.credits.shares import HELD
 from gateway.foundation.database import Conn
 from gateway.keys import format as key_format
 from gateway.keys.invalidation import notify_key, notify_user
+from gateway.keys.principal import compact_json
 from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits
 from gateway.usage.report import UsageRange, buckets, usage_json
 
 _KEY_FIELDS = (
     "id, user_id, name, description, scopes, display_prefix, created_at, expires_at,"
     " revoked_at, last_used_at, last_used_address, enabled, allowed_cidrs, rate_limits,"
-    f" {balance.BALANCE} AS credits_balance, credits_refill"
+    f" {balance.BALANCE} AS credits_balance, credits_refill, meta"
 )
 # What `update_key` may change; all but the first two reach the request path (a NOTIFY).
-UPDATABLE = ("name", "description", "enabled", "allowed_cidrs", "rate_limits", "credits")
+UPDATABLE = ("name", "description", "enabled", "allowed_cidrs", "rate_limits", "credits", "meta")
 
 
 class NotFound(Exception):
@@ -71,6 +72,7 @@ def key_json(row: asyncpg.Record | dict[str, Any], now: datetime) -> dict[str, A
         "allowed_cidrs": [str(network) for network in row["allowed_cidrs"]],
         "rate_limits": _json_object(row["rate_limits"]),
         "credits": balance.credits_json(row["credits_balance"], row["credits_refill"]),
+        "meta": None if row["meta"] is None else _json_object(row["meta"]),
     }
 
 
@@ -93,9 +95,9 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
     row = await conn.fetchrow(
         "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
         " expires_at, description, enabled, allowed_cidrs, rate_limits,"
-        " credits_remaining, credits_refill, credits_refilled_at, credits_basis)"
+        " credits_remaining, credits_refill, credits_refilled_at, credits_basis, meta)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::cidr[], $11::jsonb, $12, $13::jsonb,"
-        " CASE WHEN $12::bigint IS NULL THEN NULL ELSE now() END, $12)"
+        " CASE WHEN $12::bigint IS NULL THEN NULL ELSE now() END, $12, $14::jsonb)"
         f" RETURNING {_KEY_FIELDS}",
         uuid.uuid4(),
         key_format.digest(secret),
@@ -110,6 +112,7 @@ async def _insert_key(conn: Conn, spec: KeySpec, prefix: str) -> dict[str, Any]:
         json.dumps(spec.rate_limits or {}),
         remaining,
         None if refill is None else json.dumps(refill.as_json()),
+        None if spec.meta is None else compact_json(spec.meta).decode(),
     )
     assert row is not None
     return {**key_json(row, datetime.now(UTC)), "key": secret}
@@ -119,7 +122,7 @@ def _described(key: dict[str, Any]) -> dict[str, Any]:
     """What the audit trail keeps of a key: never its secret or hash."""
     described = (
         "name", "description", "scopes", "expires_at", "enabled", "allowed_cidrs", "rate_limits",
-        "credits",
+        "credits", "meta",
     )  # fmt: skip
     return {name: key[name] for name in described}
 
@@ -237,7 +240,8 @@ async def update_key(
             " credits_refill = CASE WHEN $8 THEN $10::jsonb ELSE credits_refill END,"
             " credits_refilled_at = CASE WHEN $8 THEN now() ELSE credits_refilled_at END,"
             " credits_basis = CASE WHEN $8 THEN $9::bigint ELSE credits_basis END,"
-            " credits_alerted = CASE WHEN $8 THEN 0 ELSE credits_alerted END"
+            " credits_alerted = CASE WHEN $8 THEN 0 ELSE credits_alerted END,"
+            " meta = CASE WHEN $11 THEN $12::jsonb ELSE meta END"
             f" WHERE id = $1 RETURNING {_KEY_FIELDS}",
             old["id"],
             changes.get("name"),
@@ -249,6 +253,8 @@ async def update_key(
             "credits" in changes,
             remaining,
             None if refill is None else json.dumps(refill.as_json()),
+            "meta" in changes,
+            None if changes.get("meta") is None else compact_json(changes["meta"]).decode(),
         )
         now = datetime.now(UTC)
         assert row is not None
@@ -337,7 +343,8 @@ async def rotate_key(
     `expires_at` is given, expiry); the old one ends after the grace."""
     async with conn.transaction():
         old = await conn.fetchrow(
-            "SELECT id, key_hash, user_id, name, description, scopes, expires_at, revoked_at"
+            "SELECT id, key_hash, user_id, name, description, scopes, expires_at, revoked_at,"
+            " allowed_cidrs, rate_limits, meta"
             f" FROM api_keys WHERE {_OWNED} FOR UPDATE",
             _uuid(key_id),
             owner,
@@ -351,7 +358,18 @@ async def rotate_key(
             raise Conflict("only an active key can be rotated")
         expiry = old["expires_at"] if expires_at is SAME_EXPIRY else expires_at
         assert expiry is None or isinstance(expiry, datetime)
-        spec = KeySpec(old["user_id"], old["name"], list(old["scopes"]), expiry, old["description"])
+        # The new key is what the old one was, controls and metadata included (a key
+        # pinned to a network must not come back unpinned); its credits move below.
+        spec = KeySpec(
+            old["user_id"],
+            old["name"],
+            list(old["scopes"]),
+            expiry,
+            old["description"],
+            allowed_cidrs=tuple(str(network) for network in old["allowed_cidrs"]),
+            rate_limits=_json_object(old["rate_limits"]) or None,
+            meta=None if old["meta"] is None else _json_object(old["meta"]),
+        )
         created = await _insert_key(conn, spec, prefix)
         await conn.execute(
             "UPDATE api_keys SET rotated_to = $2,"

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.credits.refill import Refill
 from gateway.policy.ratelimits import RateLimit
 
 AuthKind = Literal["api_key", "actor_token"]
 # What the upstream (or a front proxy) is told of who a request speaks for (§6).
-IDENTITY_HEADERS = ("X-Gateway-User-Id", "X-Gateway-Key-Id", "X-Gateway-Scopes", "X-Gateway-Auth")
+IDENTITY_HEADERS = (
+    "X-Gateway-User-Id",
+    "X-Gateway-Key-Id",
+    "X-Gateway-Scopes",
+    "X-Gateway-Auth",
+    "X-Gateway-Key-Meta",  # the key's metadata (§21): base64url of its JSON; empty: none
+)
 Network = IPv4Network | IPv6Network
+
+
+def compact_json(value: object) -> bytes:
+    """JSON as the gateway stores and forwards it: no spaces, UTF-8."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +49,24 @@ class Principal:
     # This key's own numbers for named `by: key` limits, by name (the key's rate_limits).
     limits: dict[str, RateLimit] | None = None
     credits: CreditAccount | None = None  # None: unlimited
-    # The X-Gateway-User-Id, -Key-Id, -Scopes and -Auth header lines, as bytes: built
-    # once per credential (a key's principal lives in the cache), not per request.
+    meta: dict[str, Any] | None = None  # the key's metadata (§21)
+    # X-Gateway-Key-Meta's value: base64url of the compact JSON, no padding; "" for none.
+    meta_header: str = field(init=False, compare=False, repr=False)
+    # The identity header lines (`IDENTITY_HEADERS`), as bytes: built once per credential
+    # (a key's principal lives in the cache), not per request.
     identity_lines: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        encoded = ""
+        if self.meta is not None:
+            encoded = base64.urlsafe_b64encode(compact_json(self.meta)).rstrip(b"=").decode()
+        object.__setattr__(self, "meta_header", encoded)
         lines = "".join(f"{name}: {value}\r\n" for name, value in self.identity_headers())
         object.__setattr__(self, "identity_lines", lines.encode("utf-8", "surrogateescape"))
 
     def identity_headers(self) -> list[tuple[str, str]]:
         """`IDENTITY_HEADERS` with this principal's values."""
-        values = (self.user_id, self.key_id, self.scope_header, self.auth)
+        values = (self.user_id, self.key_id, self.scope_header, self.auth, self.meta_header)
         return list(zip(IDENTITY_HEADERS, values, strict=True))
 
     def allows_address(self, client: str) -> bool:

@@ -44,6 +44,11 @@ _PROPERTIES: dict[str, Any] = {
     "allowed_cidrs": {"type": "array", "items": {"type": "string"}},
     "rate_limits": {"type": "object"},
     "credits": {**CREDITS, "required": ["remaining", "refill"]},
+    "meta": {
+        "type": ["object", "null"],
+        "description": "set by admins; given to upstreams as the identity JWT's `meta` claim"
+        " and X-Gateway-Key-Meta (base64url of the JSON, no padding)",
+    },
 }
 # Request fields of key controls (creation and PATCH).
 CONTROLS: dict[str, Any] = {
@@ -68,6 +73,10 @@ CONTROLS: dict[str, Any] = {
         },
     },
     "credits": CREDITS,
+    "meta": {
+        "type": ["object", "null"],
+        "description": "any JSON object of at most 2048 bytes as compact JSON; null: none",
+    },
 }
 _REQUIRED = ["id", "name", "scopes", "display_prefix", "status", "created_at"]
 
@@ -76,12 +85,13 @@ KEY: dict[str, Any] = {
     "required": ["user_id", *_REQUIRED],
     "properties": _PROPERTIES,
 }
-# The self-service API shows a person their own keys: no `user_id`.
+# The self-service API shows a person their own keys: no `user_id`, no admin's `meta`.
+_ADMIN_ONLY = ("user_id", "meta")
 OWN_KEY: dict[str, Any] = {
     "type": "object",
     "required": _REQUIRED,
-    "not": {"required": ["user_id"]},
-    "properties": {name: schema for name, schema in _PROPERTIES.items() if name != "user_id"},
+    "not": {"anyOf": [{"required": [name]} for name in _ADMIN_ONLY]},
+    "properties": {name: schema for name, schema in _PROPERTIES.items() if name not in _ADMIN_ONLY},
 }
 
 

@@ -40,7 +40,7 @@ _TABLES = {"key": "api_keys", "membership": "memberships"}  # what each lookup r
 _SELECT_KEY = (
     "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
     " coalesce(rotated_to, id)::text AS credit_account, credits_remaining IS NOT NULL AS limited,"
-    " credits_refill,"
+    " credits_refill, meta,"
     " extract(epoch FROM expires_at)::float8 AS expires_at,"
     " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
 )
@@ -85,6 +85,7 @@ class KeyRecord:
     networks: tuple[Network, ...] = ()  # allowed_cidrs
     limits: dict[str, RateLimit] | None = None  # per-key numbers of `by: key` limits
     credits: CreditAccount | None = None  # None: unlimited
+    meta: dict[str, Any] | None = None  # given to upstreams (§21)
     # Who a request with this key is: built once per load, not once per request.
     principal: Principal = field(init=False, compare=False, repr=False)
 
@@ -100,6 +101,7 @@ class KeyRecord:
             rfc3339(self.expires_at) if self.expires_at is not None else None,
             self.limits,
             self.credits,
+            self.meta,
         )
         object.__setattr__(self, "principal", principal)
 
@@ -317,6 +319,7 @@ class KeyStore:
                 if row["limited"]
                 else None
             ),
+            meta=None if row["meta"] is None else json.loads(row["meta"]),
         )
 
     async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.credits.refill import Refill, check_credits, normal_credits
 from gateway.foundation.timestamps import parse_time
+from gateway.keys.principal import compact_json
 from gateway.policy.scopes import Catalogue
 
 Errors = list[tuple[str, str]]
@@ -33,6 +34,7 @@ class KeySpec:
     allowed_cidrs: tuple[str, ...] = ()
     rate_limits: dict[str, dict[str, float]] | None = None
     credits: tuple[int, Refill | None] | None = None  # (remaining, refill); None: unlimited
+    meta: dict[str, Any] | None = None  # given to upstreams (§21); set by admins only
 
 
 def check_controls(body: dict[str, Any], key_limits: Collection[str] = ()) -> Errors:
@@ -45,9 +47,26 @@ def check_controls(body: dict[str, Any], key_limits: Collection[str] = ()) -> Er
         errors += _check_cidrs(body["allowed_cidrs"])
     if "rate_limits" in body:
         errors += _check_key_limits(body["rate_limits"], key_limits)
+    if "meta" in body:
+        errors += check_meta(body["meta"])
     if "credits" in body:
         errors += check_credits(body["credits"])
     return errors
+
+
+MAX_META_BYTES = 2048
+
+
+def check_meta(value: object) -> Errors:
+    """A JSON object (or null: none) of at most 2 KiB as compact JSON."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [("meta", "must be a JSON object")]
+    size = len(compact_json(value))
+    if size > MAX_META_BYTES:
+        return [("meta", f"must be at most {MAX_META_BYTES} bytes as JSON ({size} given)")]
+    return []
 
 
 def _check_key_limits(value: object, key_limits: Collection[str]) -> Errors:
@@ -143,6 +162,7 @@ def validate_key(
         normal_cidrs(body.get("allowed_cidrs", [])),
         normal_key_limits(body.get("rate_limits", {})),
         None if body.get("credits") is None else normal_credits(body["credits"]),
+        body.get("meta"),
     )
 
 
@@ -158,6 +178,7 @@ _CREATE_FIELDS = frozenset(
         "allowed_cidrs",
         "rate_limits",
         "credits",
+        "meta",
     }
 )
 

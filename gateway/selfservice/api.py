@@ -40,8 +40,9 @@ _STATUSES = {"active": {"active", "rotating"}, "inactive": {"expired", "revoked"
 
 
 def _own(key: dict[str, Any]) -> dict[str, Any]:
-    """A key as the page shows it: the admin API's shape without `user_id`."""
-    return {name: value for name, value in key.items() if name != "user_id"}
+    """A key as the page shows it: the admin API's shape without `user_id` and the
+    admin's `meta` (which may hold what the owner is not to see: a plan, an account)."""
+    return {name: value for name, value in key.items() if name not in ("user_id", "meta")}
 
 
 def _not_found() -> Problem:

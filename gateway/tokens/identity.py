@@ -24,29 +24,37 @@ class IdentityTokens:
         self._signer = signer
         self._issuer = issuer
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        self._cache: dict[tuple[str, str, str, str, str], tuple[str, float]] = {}
         self.signed = 0  # counted: tests show a hot key is not signed per request
 
     def token(self, principal: Principal, upstream: str) -> str:
         now = self._clock()
-        # An actor token may carry fewer scopes than its key: the scopes are in the key.
-        key = (principal.key_id, principal.auth, principal.scope_header, upstream)
+        # An actor token may carry fewer scopes than its key: the scopes are in the key;
+        # so is the metadata, which an admin may change at any time.
+        key = (
+            principal.key_id,
+            principal.auth,
+            principal.scope_header,
+            upstream,
+            principal.meta_header,
+        )
         cached = self._cache.get(key)
         if cached is not None and cached[1] - now >= RESIGN_BELOW_SECONDS:
             return cached[0]
         issued = int(now)
-        token = self._signer.sign(
-            {
-                "iss": self._issuer,
-                "aud": upstream,
-                "sub": principal.user_id,
-                "key_id": principal.key_id,
-                "scope": principal.scope_header,
-                "auth": principal.auth,
-                "iat": issued,
-                "exp": issued + LIFETIME_SECONDS,
-            }
-        )
+        claims: dict[str, object] = {
+            "iss": self._issuer,
+            "aud": upstream,
+            "sub": principal.user_id,
+            "key_id": principal.key_id,
+            "scope": principal.scope_header,
+            "auth": principal.auth,
+            "iat": issued,
+            "exp": issued + LIFETIME_SECONDS,
+        }
+        if principal.meta is not None:
+            claims["meta"] = principal.meta
+        token = self._signer.sign(claims)
         self.signed += 1
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()

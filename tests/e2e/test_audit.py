@@ -69,7 +69,7 @@ async def test_every_admin_action_is_recorded_once_with_its_request(
     assert first["details"] == {"name": "ci", "description": "nightly", "scopes": ["me:read"],
                                 "expires_at": None, "enabled": True,
                                 "allowed_cidrs": [], "rate_limits": {},
-                                "credits": None}  # fmt: skip
+                                "credits": None, "meta": None}  # fmt: skip
     rotation = found[-2]
     assert rotation["request_id"] == rotated_rid and rotation["details"]["new_key_id"] == new["id"]
     assert rotation["details"]["grace_seconds"] == 60

@@ -48,7 +48,7 @@ async def test_allowed_requests_carry_the_decided_identity(
     front: Front, gateway: RunningGateway, upstream: RecordingUpstream, http: aiohttp.ClientSession
 ) -> None:
     user = unique("lin")
-    key = await gateway.create_key(user, ["me:read"])
+    key = await gateway.create_key(user, ["me:read"], meta={"plan": "pro"})
     async with http.get(
         front.url + "/v1/me?q=1", headers={"Authorization": f"Bearer {key['key']}"}
     ) as r:
@@ -59,6 +59,7 @@ async def test_allowed_requests_carry_the_decided_identity(
     assert seen.headers["X-Gateway-Key-Id"] == key["id"]
     assert seen.headers["X-Gateway-Scopes"] == "me:read"
     assert seen.headers["X-Gateway-Auth"] == "api_key" and seen.headers["X-Gateway-Route"] == "me"
+    assert seen.headers["X-Gateway-Key-Meta"] == "eyJwbGFuIjoicHJvIn0"  # {"plan":"pro"}
     assert seen.headers["X-Real-IP"] == "127.0.0.1"
     assert "Authorization" not in seen.headers and "X-API-Key" not in seen.headers
     async with http.get(front.url + "/v1/me", headers={"X-API-Key": key["key"]}) as r:
@@ -68,6 +69,7 @@ async def test_allowed_requests_carry_the_decided_identity(
 
 SPOOFS = [
     {"X-Gateway-User-Id": "admin", "X-Gateway-Scopes": "everything"},
+    {"X-Gateway-Key-Meta": "eyJwbGFuIjoiZW50ZXJwcmlzZSJ9"},
     {"X-Gateway-Identity": "forged.jwt.value"},
     {"X-Gateway-Deny-Status": "200", "X-Gateway-Anything": "1"},
 ]
