@@ -22,7 +22,7 @@ from gateway.foundation import config as config_module
 from gateway.foundation import database
 from gateway.foundation.config import Config, ConfigError
 from gateway.foundation.problems import Problem
-from gateway.keys import management, validation
+from gateway.keys import lifetime, management, organizations, validation
 from gateway.policy.explain import explain, route_table
 from gateway.policy.loader import PolicyError, load_dir
 from gateway.policy.scopes import Catalogue
@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how long the old key keeps working, up to 604800 (default: 0, it stops at once)",
     )
+    rotate.add_argument(
+        "--expires-in-days", type=int, metavar="N", help="else the old key's expiry"
+    )
     rotate.add_argument("--json", action="store_true")
 
     hook_cmds = add(commands, "webhooks", help="endpoints that receive key events").add_subparsers(
@@ -168,6 +171,15 @@ def _parser() -> argparse.ArgumentParser:
         target = member.add_mutually_exclusive_group(required=True)
         target.add_argument("--organization")
         target.add_argument("--project")
+
+    orgs_command = add(commands, "orgs", help="an organization's key policy")
+    org_cmds = orgs_command.add_subparsers(dest="action", required=True)
+    org_policy = add(org_cmds, "policy", help="show or set the longest key lifetime it accepts")
+    org_policy.add_argument("organization")
+    lifetime_flags = org_policy.add_mutually_exclusive_group()
+    lifetime_flags.add_argument("--max-lifetime-days", type=int, metavar="N")
+    lifetime_flags.add_argument("--clear", action="store_true", help="no limit of its own")
+    org_policy.add_argument("--json", action="store_true")
 
     policy_command = add(commands, "policy", help="check policy files; explain a decision")
     policy_cmds = policy_command.add_subparsers(dest="action", required=True)
@@ -293,7 +305,10 @@ async def _with_database(config: Config, args: argparse.Namespace) -> int:
             print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
             return 0
         handler = _HANDLERS[(args.command, args.action)]
-        return await handler(conn, config, args)
+        try:
+            return await handler(conn, config, args)
+        except Problem as exc:  # a refusal of the key policy, as the APIs say it
+            raise CommandError(f"{exc.slug}: {exc.detail}") from None
     finally:
         await conn.close()
 
@@ -340,6 +355,7 @@ async def _keys_create(conn: asyncpg.Connection, config: Config, args: argparse.
     spec = validation.validate_key(body, catalogue, datetime.now(UTC))
     if isinstance(spec, list):
         raise _flag_error(spec)
+    lifetime.check_new(spec.expires_at, datetime.now(UTC), config.key_policy.max_lifetime_days)
     created = await management.create_key(conn, spec, config.keys.prefix, actor=CLI)
     _print(created, args.json, _created)
     return 0
@@ -353,17 +369,22 @@ async def _keys_list(conn: asyncpg.Connection, config: Config, args: argparse.Na
         raise CommandError("--limit: must be from 1 to 1000")
     if args.user is not None:
         # The admin API's listing, as it answers it (`--json` is that JSON).
-        _print({"keys": await management.list_keys(conn, args.user)}, args.json, _key_page)
+        keys = await management.list_keys(conn, args.user)
+        _print({"keys": _blocked(keys, config)}, args.json, _key_page)
         return 0
     try:
         found, cursor = await management.page_of_keys(conn, None, args.limit, args.cursor)
     except management.NotFound:
         raise CommandError(f"--cursor: no key {args.cursor}") from None
-    page: dict[str, Any] = {"keys": found}
+    page: dict[str, Any] = {"keys": _blocked(found, config)}
     if cursor is not None:
         page["next_cursor"] = cursor
     _print(page, args.json, _key_page)
     return 0
+
+
+def _blocked(keys: list[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
+    return [lifetime.mark_blocked(key, config.key_policy.max_lifetime_days) for key in keys]
 
 
 def _key_page(page: dict[str, Any]) -> str:
@@ -399,6 +420,7 @@ async def _keys_update(conn: asyncpg.Connection, config: Config, args: argparse.
         raise _flag_error(errors)
     try:
         updated = await management.update_key(conn, args.id, None, body, actor=CLI)
+        updated = lifetime.mark_blocked(updated, config.key_policy.max_lifetime_days)
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
     _print(updated, args.json, _key_line)
@@ -591,9 +613,20 @@ async def _keys_revoke(conn: asyncpg.Connection, config: Config, args: argparse.
 async def _keys_rotate(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
     if args.grace_seconds < 0:
         raise CommandError("--grace-seconds must not be negative")
+    expiry: object = management.SAME_EXPIRY
+    if args.expires_in_days is not None:
+        if not 1 <= args.expires_in_days <= 36500:
+            raise CommandError("--expires-in-days: must be from 1 to 36500")
+        expiry = datetime.now(UTC) + timedelta(days=args.expires_in_days)
     try:
         created = await management.rotate_key(
-            conn, args.id, args.grace_seconds, config.keys.prefix, actor=CLI
+            conn,
+            args.id,
+            args.grace_seconds,
+            config.keys.prefix,
+            actor=CLI,
+            expires_at=expiry,
+            max_lifetime_days=config.key_policy.max_lifetime_days,
         )
     except management.NotFound:
         raise CommandError(f"no key {args.id}") from None
@@ -601,6 +634,30 @@ async def _keys_rotate(conn: asyncpg.Connection, config: Config, args: argparse.
         raise CommandError(str(exc)) from None
     _print(created, args.json, _created)
     return 0
+
+
+async def _org_policy(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    try:
+        if args.max_lifetime_days is None and not args.clear:
+            found = await organizations.get_policy(conn, args.organization)
+        else:
+            body = {"max_lifetime_days": None if args.clear else args.max_lifetime_days}
+            errors = organizations.check_days(body)
+            if errors:
+                raise CommandError(f"--max-lifetime-days: {errors[0][1]}")
+            found = await organizations.set_policy(
+                conn, args.organization, body["max_lifetime_days"], actor=CLI
+            )
+    except organizations.UnknownOrganization:
+        raise CommandError(f"no membership names organization {args.organization!r}") from None
+    _print(found, args.json, _org_policy_line)
+    return 0
+
+
+def _org_policy_line(policy: dict[str, Any]) -> str:
+    days = policy["max_lifetime_days"]
+    limit = "no limit of its own" if days is None else f"keys must expire within {days} days"
+    return f"{policy['organization']}: {limit}"
 
 
 async def _members(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
@@ -672,6 +729,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "rotate"): _keys_rotate,
     ("keys", "credits"): _keys_credits,
     ("keys", "usage"): _keys_usage,
+    ("orgs", "policy"): _org_policy,
     ("members", "add"): _members,
     ("members", "remove"): _members,
     ("audit", "show"): _audit,

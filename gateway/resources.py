@@ -25,6 +25,7 @@ from gateway.credits.ledger import CreditLedger
 from gateway.foundation import database
 from gateway.foundation.config import ConfigError
 from gateway.keys.invalidation import Listener
+from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.store import KeyStore
 from gateway.observability.accesslog import AccessLog
 from gateway.policy.reloader import ActivePolicies
@@ -159,6 +160,27 @@ async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
         yield
     finally:
         await stop_background(task)
+
+
+@contextlib.asynccontextmanager
+async def open_organization_policies(gw: Gateway) -> AsyncIterator[None]:
+    """Each organization's key policy, in memory: read at start, changed by NOTIFY,
+    read again when the listener may have missed a change."""
+    organizations = OrganizationPolicies()
+    await organizations.load(gw.pool, gw.config.database.command_timeout_seconds)
+    gw.organizations = organizations
+
+    def changed(payload: str | None) -> None:
+        if payload is None:
+            organizations.reload_soon(gw.pool)
+        else:
+            organizations.changed(payload)
+
+    gw.listener.organization_policy = changed
+    try:
+        yield
+    finally:
+        await organizations.close()
 
 
 @contextlib.asynccontextmanager

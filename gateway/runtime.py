@@ -42,6 +42,7 @@ from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.config import Config
 from gateway.foundation.readiness import Readiness
 from gateway.keys.invalidation import Listener
+from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.store import Clock, KeyStore
 from gateway.leaks.reports import LeakReports
 from gateway.leaks.signatures import GithubKeys
@@ -92,6 +93,7 @@ class Gateway:
     store: KeyStore
     tracing: Tracing | None
     listener: Listener
+    organizations: OrganizationPolicies
     policies: ActivePolicies
     limiter: RateLimiter
     ledger: CreditLedger
@@ -121,6 +123,7 @@ class Gateway:
                 resources.open_database,
                 resources.open_store,
                 resources.open_invalidation,
+                resources.open_organization_policies,
                 resources.open_credits,
                 resources.open_usage,
                 resources.open_webhooks,
@@ -156,8 +159,17 @@ class Gateway:
         config = self.config
         signer = resources.load_signer(self)
         self.identity_tokens = IdentityTokens(signer, config.tokens.issuer)
-        authenticator = Authenticator(self.store, signer, config.keys.prefix)
-        decider = Decider(self.policies, authenticator, self.store, self.limiter, self.ledger)
+        authenticator = Authenticator(
+            self.store, signer, config.keys.prefix, config.key_policy.max_lifetime_days
+        )
+        decider = Decider(
+            self.policies,
+            authenticator,
+            self.store,
+            self.limiter,
+            self.ledger,
+            self.organizations,
+        )
         self.upstreams = {
             name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()
         }

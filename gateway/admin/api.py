@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -21,7 +22,7 @@ from gateway.credits import balance
 from gateway.foundation.database import DATABASE_DOWN
 from gateway.foundation.jsonbody import json_response, read_object
 from gateway.foundation.problems import Problem, invalid_fields
-from gateway.keys import management, validation
+from gateway.keys import lifetime, management, organizations, validation
 from gateway.keys.validation import whole_number
 from gateway.usage.report import parse_range
 from gateway.webhooks import endpoints as webhooks
@@ -111,10 +112,20 @@ async def create_key(request: web.Request) -> web.Response:
     )
     if isinstance(spec, list):
         raise invalid_fields(spec)
+    lifetime.check_new(spec.expires_at, datetime.now(UTC), _max_days(request))
     async with request.app[POOL].acquire() as conn:
         prefix = request.app[CONFIG].keys.prefix
         created = await management.create_key(conn, spec, prefix, actor=_actor(request))
     return json_response(created, 201)
+
+
+def _max_days(request: web.Request) -> int | None:
+    return request.app[CONFIG].key_policy.max_lifetime_days
+
+
+def _shown(request: web.Request, key: dict[str, Any]) -> dict[str, Any]:
+    """A key as listed: `blocked` when over the key policy's lifetime."""
+    return lifetime.mark_blocked(key, _max_days(request))
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -123,14 +134,15 @@ async def list_keys(request: web.Request) -> web.Response:
     if errors or user_id is None:
         raise invalid_fields(errors)
     async with request.app[POOL].acquire() as conn:
-        return json_response({"keys": await management.list_keys(conn, user_id)})
+        keys = await management.list_keys(conn, user_id)
+    return json_response({"keys": [_shown(request, key) for key in keys]})
 
 
 async def get_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     try:
         async with request.app[POOL].acquire() as conn:
-            return json_response(await management.get_key(conn, key_id))
+            return json_response(_shown(request, await management.get_key(conn, key_id)))
     except management.NotFound:
         raise _not_found(key_id) from None
 
@@ -146,7 +158,7 @@ async def update_key(request: web.Request) -> web.Response:
             updated = await management.update_key(conn, key_id, None, body, actor=_actor(request))
     except management.NotFound:
         raise _not_found(key_id) from None
-    return json_response(updated)
+    return json_response(_shown(request, updated))
 
 
 async def change_credits(request: web.Request) -> web.Response:
@@ -244,17 +256,27 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def rotate_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     body = await read_object(request, empty_is_object=True)
-    errors = [(name, "unknown field") for name in sorted(set(body) - {"grace_seconds"})]
+    fields = {"grace_seconds", "expires_in_days", "expires_at"}
+    errors = [(name, "unknown field") for name in sorted(set(body) - fields)]
     grace = whole_number(body.get("grace_seconds", 0))
     if grace is None or not 0 <= grace <= 30 * 86400:
         errors.append(("grace_seconds", "must be a whole number from 0 to 2592000"))
+    expires_at, expiry_errors = validation.expiry(body, datetime.now(UTC))
+    errors += expiry_errors
     if errors or grace is None:
         raise invalid_fields(errors)
+    given = "expires_in_days" in body or "expires_at" in body
     try:
         async with request.app[POOL].acquire() as conn:
             prefix = request.app[CONFIG].keys.prefix
             created = await management.rotate_key(
-                conn, key_id, grace, prefix, actor=_actor(request)
+                conn,
+                key_id,
+                grace,
+                prefix,
+                actor=_actor(request),
+                expires_at=expires_at if given else management.SAME_EXPIRY,
+                max_lifetime_days=_max_days(request),
             )
     except management.NotFound:
         raise _not_found(key_id) from None
@@ -278,6 +300,32 @@ async def put_membership(request: web.Request) -> web.Response:
 
 async def delete_membership(request: web.Request) -> web.Response:
     return await _membership(request, member=False)
+
+
+async def organization_policy(request: web.Request) -> web.Response:
+    """GET or PUT an organization's key policy; 404 for an organization no membership
+    names (a typo would otherwise set a policy nobody is bound by)."""
+    organization = request.match_info["organization"]
+    days: int | None = None
+    if request.method == "PUT":
+        body = await read_object(request)
+        errors = organizations.check_days(body)
+        if errors:
+            raise invalid_fields(errors)
+        days = body["max_lifetime_days"]
+    try:
+        async with request.app[POOL].acquire() as conn:
+            if request.method == "PUT":
+                found = await organizations.set_policy(
+                    conn, organization, days, actor=_actor(request)
+                )
+            else:
+                found = await organizations.get_policy(conn, organization)
+    except organizations.UnknownOrganization:
+        raise Problem(
+            404, "organization-not-found", f"no membership names organization {organization!r}"
+        ) from None
+    return json_response(found)
 
 
 async def audit_events(request: web.Request) -> web.Response:
@@ -350,6 +398,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/webhook-deliveries/{id}/retry", retry_delivery)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
+    policy = "/admin/v1/organizations/{organization}/key-policy"
+    app.router.add_get(policy, organization_policy)
+    app.router.add_put(policy, organization_policy)
     app.router.add_get("/admin/v1/audit", audit_events)
     app.router.add_get("/admin/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)

@@ -19,6 +19,33 @@ _MEMBERSHIP = {
         "resource_id": {"type": "string", "minLength": 1, "maxLength": 200},
     },
 }
+_EXPIRY: dict[str, Any] = {
+    "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+    "expires_at": {"type": "string", "format": "date-time"},
+}
+_ORG_POLICY_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["max_lifetime_days"],
+    "additionalProperties": False,
+    "properties": {
+        "max_lifetime_days": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": 36500,
+            "description": "keys used on this organization's routes must expire within this"
+            " many days of their creation; null: no limit",
+        }
+    },
+}
+_ORG_POLICY: dict[str, Any] = {
+    "type": "object",
+    "required": ["organization", "max_lifetime_days", "updated_at"],
+    "properties": {
+        "organization": {"type": "string"},
+        "max_lifetime_days": {"type": ["integer", "null"]},
+        "updated_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
 _CREATE = {
     "type": "object",
     "required": ["user_id", "name", "scopes"],
@@ -28,8 +55,7 @@ _CREATE = {
         "name": {"type": "string", "minLength": 1, "maxLength": 100},
         "description": {"type": ["string", "null"], "maxLength": 500},
         "scopes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-        "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
-        "expires_at": {"type": "string", "format": "date-time"},
+        **_EXPIRY,
         **CONTROLS,
     },
 }
@@ -268,7 +294,10 @@ DOCUMENT: dict[str, Any] = {
                                         "type": "integer",
                                         "minimum": 0,
                                         "maximum": 2592000,
-                                    }
+                                    },
+                                    # else the new key expires when the old one would
+                                    "expires_in_days": _EXPIRY["expires_in_days"],
+                                    "expires_at": _EXPIRY["expires_at"],
                                 },
                             }
                         }
@@ -415,6 +444,34 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"204": {"description": "Done"}, **_ERRORS},
             }
             for method in ("put", "delete")
+        },
+        "/admin/v1/organizations/{organization}/key-policy": {
+            "parameters": [
+                {
+                    "name": "organization",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "get": {
+                "responses": {
+                    "200": _answer("The organization's key policy", _ORG_POLICY),
+                    "404": _problem("No membership names this organization"),
+                    **_ERRORS,
+                },
+            },
+            "put": {
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ORG_POLICY_BODY}},
+                },
+                "responses": {
+                    "200": _answer("Set; applied by every gateway within a second", _ORG_POLICY),
+                    "404": _problem("No membership names this organization"),
+                    **_ERRORS,
+                },
+            },
         },
         "/admin/v1/audit": {
             "get": {

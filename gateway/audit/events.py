@@ -28,6 +28,7 @@ ACTIONS = (
     "webhook.created",
     "webhook.deleted",
     "webhook.secret_rotated",
+    "organization.key_policy_updated",
 )
 MAX_PAGE = 1000
 

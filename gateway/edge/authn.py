@@ -12,6 +12,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.foundation.problems import Problem, database_unavailable, unauthorized
 from gateway.keys import format as key_format
+from gateway.keys import lifetime
 from gateway.keys.principal import Principal
 from gateway.keys.store import MISSING, KeyRecord, KeyStore, StoreUnavailable
 from gateway.tokens.actor import Signer, TokenRejected
@@ -43,10 +44,13 @@ class RefusedKey(Problem):
 
 
 class Authenticator:
-    def __init__(self, store: KeyStore, signer: Signer, prefix: str) -> None:
+    def __init__(
+        self, store: KeyStore, signer: Signer, prefix: str, max_lifetime_days: int | None = None
+    ) -> None:
         self._store = store
         self._signer = signer
         self._prefix = prefix
+        self._max_days = max_lifetime_days  # key_policy (§21): over it, a key is blocked
 
     def authenticate(
         self, headers: CIMultiDictProxy[str], client: str
@@ -103,6 +107,7 @@ class Authenticator:
             parent.limits,
             parent.credits,
             parent.meta,
+            parent.principal.lifetime,
         )
 
     async def _lookup(self, pending: Awaitable[KeyRecord | None]) -> KeyRecord | None:
@@ -119,3 +124,7 @@ class Authenticator:
         if status != "active":
             slug = f"{status}-credential"
             raise RefusedKey(record.id, slug, f"{what}{status} credential".strip())
+        if self._max_days is not None and lifetime.exceeds(
+            record.created_at, record.expires_at, self._max_days
+        ):
+            raise RefusedKey(record.id, lifetime.SLUG, lifetime.blocked_detail(self._max_days))

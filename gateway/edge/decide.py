@@ -16,6 +16,7 @@ from gateway.edge.authn import Authenticator
 from gateway.edge.charge import charge
 from gateway.edge.safety import Target
 from gateway.foundation.problems import Problem, database_unavailable
+from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
 from gateway.policy.authz import authorize
@@ -86,8 +87,10 @@ class Decider:
         store: KeyStore,
         limiter: RateLimiter,
         ledger: CreditLedger,
+        organizations: OrganizationPolicies,
     ) -> None:
         self._policies = policies
+        self._organizations = organizations
         self._authn = authenticator
         self._store = store
         self._limiter = limiter
@@ -149,3 +152,6 @@ class Decider:
             except StoreUnavailable:
                 raise database_unavailable() from None
         authorize(principal.scopes, match, memberships)
+        for kind, param in match.route.member_of:
+            if kind == "organization":
+                self._organizations.check(match.params[param], principal.lifetime)

@@ -310,6 +310,12 @@ class Tracing(_Strict, frozen=True, forbid_unknown_fields=True):
     export_timeout_seconds: float = 5.0  # each batch, retries included
 
 
+class KeyPolicy(_Strict, frozen=True, forbid_unknown_fields=True):
+    # Every new key must expire within this many days of its creation; a key over it
+    # (made before the limit) is blocked, not revoked. null: no limit.
+    max_lifetime_days: int | None = None
+
+
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     state_dir: str = ".gateway"  # the embedded database and a dev signing key live here
     listen: Listen = msgspec.field(default_factory=Listen)
@@ -320,6 +326,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True):
     # name → where routes forward (a policy file's `upstream:`)
     upstreams: dict[str, Upstream] = msgspec.field(default_factory=_default_upstreams)
     keys: Keys = msgspec.field(default_factory=Keys)
+    key_policy: KeyPolicy = msgspec.field(default_factory=KeyPolicy)
     tokens: Tokens = msgspec.field(default_factory=Tokens)
     limits: Limits = msgspec.field(default_factory=Limits)
     cors: Cors = msgspec.field(default_factory=Cors)
@@ -462,6 +469,9 @@ def _check(config: Config, path: Path) -> None:
         *_check_signing_keys(config.tokens.signing_keys),
         *(["logging.format: must be json or text"]
           if config.logging.format not in (None, "json", "text") else []),
+        *(["key_policy.max_lifetime_days: must be from 1 to 36500 (or null: no limit)"]
+          if config.key_policy.max_lifetime_days is not None
+          and not 1 <= config.key_policy.max_lifetime_days <= 36500 else []),
     ]  # fmt: skip
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")

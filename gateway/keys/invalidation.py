@@ -46,6 +46,7 @@ def apply(
     metrics: Metrics,
     credits_changed: Callable[[str], None] | None = None,
     webhooks_due: Callable[[], None] | None = None,
+    organization_policy: Callable[[str], None] | None = None,
 ) -> None:
     kind, _, rest = payload.partition(":")
     if kind == "key":
@@ -60,6 +61,9 @@ def apply(
         if webhooks_due is not None:
             webhooks_due()
         return
+    elif kind == "orgpolicy":
+        if organization_policy is not None:
+            organization_policy(rest)
     else:
         return
     metrics.invalidations.labels(kind).inc()
@@ -81,6 +85,9 @@ class Listener:
         # Told a key's credits changed (its id); told None when messages may have been missed.
         self.credits_changed: Callable[[str | None], None] | None = None
         self.webhooks_due: Callable[[], None] | None = None  # a new event is in the outbox
+        # Told an organization's key policy changed (`DAYS:ORG`); None: changes may have
+        # been missed (a reconnection), read them all again.
+        self.organization_policy: Callable[[str | None], None] | None = None
         self._echoes: dict[str, asyncio.Future[None]] = {}
 
     async def caught_up(self, conn: Conn) -> None:
@@ -106,7 +113,14 @@ class Listener:
             if echo is not None and not echo.done():
                 echo.set_result(None)
             return
-        apply(self._store, str(payload), self._metrics, self.credits_changed, self.webhooks_due)
+        apply(
+            self._store,
+            str(payload),
+            self._metrics,
+            self.credits_changed,
+            self.webhooks_due,
+            self.organization_policy,
+        )
 
     def _on_lost(self, _conn: Any) -> None:
         self._lost.set()
@@ -120,6 +134,8 @@ class Listener:
                 self._store.flush()
                 if self.credits_changed is not None:
                     self.credits_changed(None)
+                if self.organization_policy is not None:
+                    self.organization_policy(None)
                 self.reconnects += 1
                 self._metrics.invalidations.labels("flush").inc()
                 log.warning("invalidation listener reconnected; cache flushed")

@@ -22,6 +22,7 @@ from gateway.credits.refill import normal_credits
 from gateway.credits.shares import HELD
 from gateway.foundation.database import Conn
 from gateway.keys import format as key_format
+from gateway.keys import lifetime
 from gateway.keys.invalidation import notify_key, notify_user
 from gateway.keys.principal import compact_json
 from gateway.keys.validation import KeySpec, normal_cidrs, normal_key_limits
@@ -338,9 +339,11 @@ async def rotate_key(
     actor: Actor,
     owner: str | None = None,
     expires_at: datetime | object | None = SAME_EXPIRY,
+    max_lifetime_days: int | None = None,
 ) -> dict[str, Any]:
     """A new key with the same name, description, user and scopes (and, unless
-    `expires_at` is given, expiry); the old one ends after the grace."""
+    `expires_at` is given, expiry); the old one ends after the grace. A new key's
+    expiry past `max_lifetime_days` (the key policy) is refused."""
     async with conn.transaction():
         old = await conn.fetchrow(
             "SELECT id, key_hash, user_id, name, description, scopes, expires_at, revoked_at,"
@@ -358,6 +361,7 @@ async def rotate_key(
             raise Conflict("only an active key can be rotated")
         expiry = old["expires_at"] if expires_at is SAME_EXPIRY else expires_at
         assert expiry is None or isinstance(expiry, datetime)
+        lifetime.check_new(expiry, now, max_lifetime_days)
         # The new key is what the old one was, controls and metadata included (a key
         # pinned to a network must not come back unpinned); its credits move below.
         spec = KeySpec(

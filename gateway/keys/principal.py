@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Literal
@@ -50,6 +51,8 @@ class Principal:
     limits: dict[str, RateLimit] | None = None
     credits: CreditAccount | None = None  # None: unlimited
     meta: dict[str, Any] | None = None  # the key's metadata (§21)
+    # Seconds from the key's creation to its expiry (inf: none), for lifetime policies.
+    lifetime: float = math.inf
     # X-Gateway-Key-Meta's value: base64url of the compact JSON, no padding; "" for none.
     meta_header: str = field(init=False, compare=False, repr=False)
     # The identity header lines (`IDENTITY_HEADERS`), as bytes: built once per credential

@@ -31,8 +31,9 @@ _PROPERTIES: dict[str, Any] = {
     "description": {"type": ["string", "null"], "maxLength": 500},
     "scopes": {"type": "array", "items": {"type": "string"}},
     "display_prefix": {"type": "string"},
-    # rotating: replaced by a rotation, still working until `grace_ends_at`
-    "status": {"enum": ["active", "rotating", "expired", "revoked"]},
+    # rotating: replaced by a rotation, still working until `grace_ends_at`; blocked: its
+    # lifetime is over key_policy.max_lifetime_days (it works again if the limit is raised)
+    "status": {"enum": ["active", "rotating", "blocked", "expired", "revoked"]},
     "grace_ends_at": _TIME,
     "created_at": {"type": "string", "format": "date-time"},
     "expires_at": _TIME,

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import ipaddress
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ _SELECT_KEY = (
     " coalesce(rotated_to, id)::text AS credit_account, credits_remaining IS NOT NULL AS limited,"
     " credits_refill, meta,"
     " extract(epoch FROM expires_at)::float8 AS expires_at,"
+    " extract(epoch FROM created_at)::float8 AS created_at,"
     " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
 )
 _KEY_BY_HASH = _SELECT_KEY + " WHERE key_hash = $1"
@@ -86,6 +88,7 @@ class KeyRecord:
     limits: dict[str, RateLimit] | None = None  # per-key numbers of `by: key` limits
     credits: CreditAccount | None = None  # None: unlimited
     meta: dict[str, Any] | None = None  # given to upstreams (§21)
+    created_at: float = 0.0  # its lifetime runs from here to `expires_at` (§21)
     # Who a request with this key is: built once per load, not once per request.
     principal: Principal = field(init=False, compare=False, repr=False)
 
@@ -102,6 +105,7 @@ class KeyRecord:
             self.limits,
             self.credits,
             self.meta,
+            math.inf if self.expires_at is None else self.expires_at - self.created_at,
         )
         object.__setattr__(self, "principal", principal)
 
@@ -320,6 +324,7 @@ class KeyStore:
                 else None
             ),
             meta=None if row["meta"] is None else json.loads(row["meta"]),
+            created_at=row["created_at"],
         )
 
     async def _load_memberships(self, user_id: str) -> frozenset[tuple[str, str]]:

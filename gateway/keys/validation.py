@@ -147,7 +147,7 @@ def validate_key(
     errors += _text("user_id", user_id, 200) + _text("name", name, 100)
     errors += check_description(body.get("description"))
     errors += check_scopes(scopes, catalogue.names)
-    expires_at, expiry_errors = _expiry(body, now)
+    expires_at, expiry_errors = expiry(body, now)
     errors += expiry_errors + check_controls(body, key_limits)
     if errors:
         return errors
@@ -229,7 +229,8 @@ def validate_user_id(value: object) -> Errors:
     return _text("user_id", value, 200)
 
 
-def _expiry(body: dict[str, Any], now: datetime) -> tuple[datetime | None, Errors]:
+def expiry(body: dict[str, Any], now: datetime) -> tuple[datetime | None, Errors]:
+    """`expires_in_days` or `expires_at` (neither: None, no expiry)."""
     days, at = body.get("expires_in_days"), body.get("expires_at")
     if days is not None and at is not None:
         return None, [("expires_at", "give expires_in_days or expires_at, not both")]

@@ -18,7 +18,7 @@ from gateway.foundation.jsonbody import MAX_BODY, json_reply, parse_object
 from gateway.foundation.problems import Problem, invalid_fields
 from gateway.foundation.timestamps import parse_time
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.keys import management
+from gateway.keys import lifetime, management
 from gateway.keys.validation import (
     Errors,
     KeySpec,
@@ -36,7 +36,9 @@ MAX_GRACE_SECONDS = 7 * 86400
 _CREATE_FIELDS = frozenset(
     {"name", "description", "scopes", "expires_in_days", "expires_at", "never"}
 )
-_STATUSES = {"active": {"active", "rotating"}, "inactive": {"expired", "revoked"}}
+# A blocked key (over the key policy's lifetime) is listed with the active ones: it may
+# work again, and its owner is to see it and replace it.
+_STATUSES = {"active": {"active", "rotating", "blocked"}, "inactive": {"expired", "revoked"}}
 
 
 def _own(key: dict[str, Any]) -> dict[str, Any]:
@@ -56,8 +58,10 @@ class KeysApi:
         scopes: dict[str, ScopeDef],
         pool: asyncpg.Pool,
         key_prefix: str,
+        max_lifetime_days: int | None = None,
     ) -> None:
         self._settings = settings
+        self._max_days = max_lifetime_days  # the key policy's, over the page's own
         self._pool = pool
         self._prefix = key_prefix
         allowed = settings.allowed_scopes or list(scopes)
@@ -68,21 +72,28 @@ class KeysApi:
         ]
 
     def session(self, user: SessionUser) -> Reply:
-        days = self._settings.expiry_days
         return json_reply(
             {
                 "user": {"id": user.id, "name": user.name},
                 "scopes": self._catalogue,
-                "expiry_days": {
-                    "presets": days.presets,
-                    "default": days.default,
-                    "max": days.max,
-                    "allow_never": days.allow_never,
-                },
+                "expiry_days": self._offered(),
                 "max_keys": self._settings.max_keys_per_user,
             },
             headers=NO_STORE,
         )
+
+    def _offered(self) -> dict[str, Any]:
+        """The expiries the page offers: the page's own, within the key policy's limit
+        (`policy_max`, for the page to say why)."""
+        days, limit = self._settings.expiry_days, self._max_days
+        longest = days.max if limit is None else min(days.max, limit)
+        return {
+            "presets": [preset for preset in days.presets if preset <= longest],
+            "default": min(days.default, longest),
+            "max": longest,
+            "allow_never": days.allow_never and limit is None,
+            "policy_max": limit,
+        }
 
     async def list(self, request: OwnedRequest, user: SessionUser) -> Reply:
         status = request.query.get("status", "active")
@@ -92,9 +103,10 @@ class KeysApi:
             keys = await management.list_keys(conn, user.id)
             totals = await recent_totals(conn, [key["id"] for key in keys])
         wanted = _STATUSES.get(status)
+        marked = [lifetime.mark_blocked(key, self._max_days) for key in keys]
         shown = [
             {**_own(key), "requests_30_days": totals.get(key["id"], 0)}
-            for key in keys
+            for key in marked
             if wanted is None or key["status"] in wanted
         ]
         # Newest first, as a settings page lists them.
@@ -138,7 +150,7 @@ class KeysApi:
                 updated = await management.update_key(conn, key_id, user.id, body, actor=actor)
         except management.NotFound:
             raise _not_found() from None
-        return json_reply(_own(updated), headers=NO_STORE)
+        return json_reply(_own(lifetime.mark_blocked(updated, self._max_days)), headers=NO_STORE)
 
     async def rotate(
         self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor
@@ -155,6 +167,7 @@ class KeysApi:
                     actor=actor,
                     owner=user.id,
                     expires_at=expires_at,
+                    max_lifetime_days=self._max_days,
                 )
         except management.NotFound:
             raise _not_found() from None
@@ -193,6 +206,8 @@ class KeysApi:
         if len(given) + never > 1:
             return None, [("expires_at", "give one of expires_in_days, expires_at or never")]
         if never:
+            if self._max_days is not None:
+                raise lifetime.too_long(self._max_days)
             if not days.allow_never:
                 return None, [("never", f"keys must expire within {days.max} days")]
             return None, []
@@ -202,10 +217,13 @@ class KeysApi:
                 when = parse_time(body["expires_at"])
             except ValueError as exc:
                 return None, [("expires_at", str(exc))]
+            lifetime.check_new(when, now, self._max_days)
             if not now < when <= latest + timedelta(minutes=1):
                 return None, [("expires_at", f"must be in the next {days.max} days")]
             return when, []
-        count = whole_number(body.get("expires_in_days", days.default))
+        count = whole_number(body.get("expires_in_days", min(days.default, self._offered()["max"])))
+        if count is not None and count >= 1:
+            lifetime.check_new(now + timedelta(days=count), now, self._max_days)
         if count is None or not 1 <= count <= days.max:
             return None, [("expires_in_days", f"must be a whole number from 1 to {days.max}")]
         return now + timedelta(days=count), []

@@ -64,6 +64,8 @@ _SESSION = {
                 "default": {"type": "integer"},
                 "max": {"type": "integer"},
                 "allow_never": {"type": "boolean"},
+                # key_policy.max_lifetime_days, when it bounds what is offered
+                "policy_max": {"type": ["integer", "null"]},
             },
         },
         "max_keys": {"type": "integer"},

@@ -220,7 +220,13 @@ def from_config(
     return SelfService(
         settings,
         Page(settings),
-        KeysApi(settings, config.scopes, pool, config.keys.prefix),
+        KeysApi(
+            settings,
+            config.scopes,
+            pool,
+            config.keys.prefix,
+            config.key_policy.max_lifetime_days,
+        ),
         SessionVerifier(session, Jwks(load)),
         config.cors.allow_origins,
         caught_up,

@@ -117,7 +117,7 @@ async def test_session_describes_the_user_catalogue_and_limits(alice: Person) ->
         "implies": ["projects:read"],
     }
     assert data["expiry_days"] == {"presets": [7, 30, 60, 90], "default": 30, "max": 365,
-                                   "allow_never": False}  # fmt: skip
+                                   "allow_never": False, "policy_max": None}  # fmt: skip
     assert data["max_keys"] == 3
 
 

@@ -228,6 +228,9 @@ function updateExpiry() {
     const max = state.expiry ? state.expiry.max : 365;
     text = `Choose a date from tomorrow to ${max} days from now.`;
   }
+  const policy = state.expiry && state.expiry.policy_max;
+  // Say why longer expiries are not offered: the key policy, not the page.
+  if (policy) text += ` Keys must expire within ${policy} days (key policy).`;
   $("expiry-result").textContent = text;
 }
 
@@ -453,6 +456,12 @@ function usageFigure(key, buckets, available) {
 
 function statusCell(key) {
   const status = shownStatus(key);
+  if (status === "blocked") {
+    const limit = state.expiry && state.expiry.policy_max;
+    return cell("Status", el("span", { class: "status status-blocked", text: "blocked" }),
+      el("span", { class: "grace", text: limit
+        ? `over the ${limit}-day key policy: create a new key` : "over the key policy" }));
+  }
   if (status !== "rotating") {
     return cell("Status", el("span", { class: `status status-${status}`, text: status }));
   }
@@ -469,8 +478,8 @@ function rowActions(key) {
   if (key.status === "active") {
     actions.append(button("toggle", key.enabled ? "Disable" : "Enable"), button("rotate", "Rotate"));
   }
-  // A replaced key in its grace can still be ended at once.
-  if (key.status === "active" || key.status === "rotating") {
+  // A replaced key in its grace, or one the key policy blocks, can still be deleted.
+  if (key.status === "active" || key.status === "rotating" || key.status === "blocked") {
     actions.append(button("delete", "Delete", "danger-text"));
   }
   return cell("Actions", actions);
