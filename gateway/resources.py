@@ -25,6 +25,7 @@ from gateway.credits.ledger import CreditLedger
 from gateway.foundation import database
 from gateway.foundation.config import ConfigError
 from gateway.keys.invalidation import Listener
+from gateway.keys.networks import NetworkLog
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.store import KeyStore
 from gateway.observability.accesslog import AccessLog
@@ -112,11 +113,20 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
     )
     gw.store = store
     gw.readiness.database_down = lambda: store.database_down
+    notice = gw.config.key_policy.new_network_notice
+    if notice.enabled:
+        store.networks = NetworkLog(notice, options.clock)
+    seconds = gw.config.database.command_timeout_seconds
+
+    async def flush() -> None:
+        await store.flush_last_used()
+        if store.networks is not None:
+            await store.networks.flush(gw.pool, seconds)
 
     async def flush_periodically() -> None:
         while True:
             await asyncio.sleep(options.last_used_interval)
-            await store.flush_last_used()
+            await flush()
 
     tasks = [asyncio.create_task(flush_periodically())]
     if options.freeze_gc:
@@ -125,7 +135,7 @@ async def open_store(gw: Gateway) -> AsyncIterator[None]:
         yield
     finally:
         await stop_background(*tasks)
-        await store.flush_last_used()
+        await flush()
         await store.close()
 
 

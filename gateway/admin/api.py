@@ -22,7 +22,7 @@ from gateway.credits import balance
 from gateway.foundation.database import DATABASE_DOWN
 from gateway.foundation.jsonbody import json_response, read_object
 from gateway.foundation.problems import Problem, invalid_fields
-from gateway.keys import lifetime, management, organizations, validation
+from gateway.keys import lifetime, management, networks, organizations, validation
 from gateway.keys.validation import whole_number
 from gateway.usage.report import parse_range
 from gateway.webhooks import endpoints as webhooks
@@ -159,6 +159,18 @@ async def update_key(request: web.Request) -> web.Response:
     except management.NotFound:
         raise _not_found(key_id) from None
     return json_response(_shown(request, updated))
+
+
+async def key_networks(request: web.Request) -> web.Response:
+    """The networks the key was used from in the last 30 days (the new-network notice)."""
+    key_id = request.match_info["id"]
+    try:
+        async with request.app[POOL].acquire() as conn:
+            await management.get_key(conn, key_id)
+            found = await networks.recent(conn, key_id)
+    except management.NotFound:
+        raise _not_found(key_id) from None
+    return json_response({"networks": found})
 
 
 async def change_credits(request: web.Request) -> web.Response:
@@ -389,6 +401,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/keys/{id}/rotate", rotate_key)
     app.router.add_post("/admin/v1/keys/{id}/credits", change_credits)
     app.router.add_get("/admin/v1/keys/{id}/usage", key_usage)
+    app.router.add_get("/admin/v1/keys/{id}/networks", key_networks)
     app.router.add_post("/admin/v1/webhooks", create_webhook)
     app.router.add_get("/admin/v1/webhooks", list_webhooks)
     app.router.add_get("/admin/v1/webhooks/{id}", webhook_call)

@@ -7,7 +7,15 @@ from typing import Any
 from gateway.audit.events import ACTIONS
 from gateway.audit.outbox import EVENT_TYPES
 from gateway.foundation.problems import PROBLEM_SCHEMA
-from gateway.keys.schemas import CONTROLS, CREDITS, KEY, NEW_KEY, USAGE, USAGE_PARAMETERS
+from gateway.keys.schemas import (
+    CONTROLS,
+    CREDITS,
+    KEY,
+    NETWORKS,
+    NEW_KEY,
+    USAGE,
+    USAGE_PARAMETERS,
+)
 
 _MEMBERSHIP = {
     "type": "object",
@@ -346,6 +354,20 @@ DOCUMENT: dict[str, Any] = {
                     "200": {
                         "description": "Buckets (zeros included)",
                         "content": {"application/json": {"schema": USAGE}},
+                    },
+                    "404": _problem("No such key"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/admin/v1/keys/{id}/networks": {
+            "get": {
+                "summary": "The networks the key was used from in the last 30 days",
+                "parameters": _KEY_ID,
+                "responses": {
+                    "200": {
+                        "description": "Latest first (recorded with the new-network notice on)",
+                        "content": {"application/json": {"schema": NETWORKS}},
                     },
                     "404": _problem("No such key"),
                     **_ERRORS,

@@ -29,6 +29,7 @@ ACTIONS = (
     "webhook.deleted",
     "webhook.secret_rotated",
     "organization.key_policy_updated",
+    "key.new_network",
 )
 MAX_PAGE = 1000
 

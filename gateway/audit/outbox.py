@@ -22,6 +22,7 @@ EVENT_TYPES = (
     "key.leaked",
     "key.credits_low",
     "key.credits_exhausted",
+    "key.new_network",
     "membership.added",
     "membership.removed",
 )

@@ -310,10 +310,19 @@ class Tracing(_Strict, frozen=True, forbid_unknown_fields=True):
     export_timeout_seconds: float = 5.0  # each batch, retries included
 
 
+class NewNetworkNotice(_Strict, frozen=True, forbid_unknown_fields=True):
+    # announce (key.new_network) the first use of a key from a network not seen for it
+    enabled: bool = False
+    ipv4_prefix: int = 24  # a "network" is the client address's /24 (IPv4)
+    ipv6_prefix: int = 48  # or /48 (IPv6)
+    remember_days: int = 30  # a network unseen this long is new again
+
+
 class KeyPolicy(_Strict, frozen=True, forbid_unknown_fields=True):
     # Every new key must expire within this many days of its creation; a key over it
     # (made before the limit) is blocked, not revoked. null: no limit.
     max_lifetime_days: int | None = None
+    new_network_notice: NewNetworkNotice = msgspec.field(default_factory=NewNetworkNotice)
 
 
 class Config(_Strict, frozen=True, forbid_unknown_fields=True):
@@ -472,6 +481,7 @@ def _check(config: Config, path: Path) -> None:
         *(["key_policy.max_lifetime_days: must be from 1 to 36500 (or null: no limit)"]
           if config.key_policy.max_lifetime_days is not None
           and not 1 <= config.key_policy.max_lifetime_days <= 36500 else []),
+        *_check_new_network_notice(config.key_policy.new_network_notice),
     ]  # fmt: skip
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
@@ -613,6 +623,18 @@ def _check_networks(key: str, cidrs: list[str]) -> list[str]:
             ipaddress.ip_network(cidr)
         except ValueError as exc:
             out.append(f"{key}[{index}]: {exc}")
+    return out
+
+
+def _check_new_network_notice(notice: NewNetworkNotice) -> list[str]:
+    where = "key_policy.new_network_notice"
+    out = []
+    if not 8 <= notice.ipv4_prefix <= 32:
+        out.append(f"{where}.ipv4_prefix: must be from 8 to 32")
+    if not 16 <= notice.ipv6_prefix <= 128:
+        out.append(f"{where}.ipv6_prefix: must be from 16 to 128")
+    if not 1 <= notice.remember_days <= 365:
+        out.append(f"{where}.remember_days: must be from 1 to 365")
     return out
 
 

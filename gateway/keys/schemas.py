@@ -109,6 +109,27 @@ def with_secret(ref: str) -> dict[str, Any]:
 NEW_KEY = with_secret("Key")
 
 
+# The networks a key was used from in the last 30 days (the new-network notice, §21).
+NETWORKS: dict[str, Any] = {
+    "type": "object",
+    "required": ["networks"],
+    "properties": {
+        "networks": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "required": ["network", "first_seen_at", "last_seen_at"],
+                "properties": {
+                    "network": {"type": "string", "description": "e.g. 203.0.113.0/24"},
+                    "first_seen_at": {"type": "string", "format": "date-time"},
+                    "last_seen_at": {"type": "string", "format": "date-time"},
+                },
+            },
+        }
+    },
+}
+
 _BUCKET_COUNT = {"type": "integer", "minimum": 0}
 USAGE: dict[str, Any] = {
     "type": "object",

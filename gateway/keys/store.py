@@ -25,6 +25,7 @@ from cachetools import TTLCache
 from gateway.credits.refill import Refill
 from gateway.foundation.config import Cache
 from gateway.foundation.database import UNAVAILABLE, bounded
+from gateway.keys.networks import NetworkLog
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
 from gateway.policy.scopes import Catalogue
@@ -242,6 +243,7 @@ class KeyStore:
         self._timeout = timeout
         self._probe: asyncio.Task[None] | None = None  # while the database is down
         self.last_used: dict[str, tuple[float, str]] = {}  # key id → (when, from where)
+        self.networks: NetworkLog | None = None  # the new-network notice, when on
         self.queries = 0  # counted for tests and benchmarks: a hit makes none
 
     def now(self) -> float:
@@ -287,6 +289,9 @@ class KeyStore:
     def touch(self, key_id: str, client: str) -> None:
         """Note a use, from the client address; `flush_last_used` writes them in one batch."""
         self.last_used[key_id] = (self._clock(), client)
+        networks = self.networks
+        if networks is not None:
+            networks.note(key_id, client)
 
     def invalidate_key(self, key_id: str, digest: bytes | None) -> None:
         self._by_id.drop(key_id)

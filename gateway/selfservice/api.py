@@ -18,7 +18,7 @@ from gateway.foundation.jsonbody import MAX_BODY, json_reply, parse_object
 from gateway.foundation.problems import Problem, invalid_fields
 from gateway.foundation.timestamps import parse_time
 from gateway.http1.messages import OwnedRequest, Reply
-from gateway.keys import lifetime, management
+from gateway.keys import lifetime, management, networks
 from gateway.keys.validation import (
     Errors,
     KeySpec,
@@ -136,6 +136,16 @@ class KeysApi:
         except management.NotFound:
             raise _not_found() from None
         return json_reply(found, headers=NO_STORE)
+
+    async def networks(self, user: SessionUser, key_id: str) -> Reply:
+        """The networks the person's key was used from in the last 30 days."""
+        try:
+            async with self._pool.acquire() as conn:
+                await management.get_key(conn, key_id, user.id)
+                found = await networks.recent(conn, key_id)
+        except management.NotFound:
+            raise _not_found() from None
+        return json_reply({"networks": found}, headers=NO_STORE)
 
     async def update(
         self, request: OwnedRequest, user: SessionUser, key_id: str, actor: Actor

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.foundation.problems import PROBLEM_SCHEMA
-from gateway.keys.schemas import OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
+from gateway.keys.schemas import NETWORKS, OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 _DESCRIPTION = {"type": ["string", "null"], "maxLength": 500}
@@ -203,6 +203,18 @@ def document(base: str) -> dict[str, Any]:
                         **_KEY_ERRORS,
                     },
                     parameters=USAGE_PARAMETERS,
+                ),
+            },
+            f"{base}/v1/keys/{{id}}/networks": {
+                "parameters": _ID,
+                "get": _operation(
+                    {
+                        "200": {
+                            "description": "Networks of the last 30 days, latest first",
+                            "content": _json(NETWORKS),
+                        },
+                        **_KEY_ERRORS,
+                    },
                 ),
             },
             f"{base}/v1/openapi.json": {

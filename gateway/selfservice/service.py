@@ -52,6 +52,7 @@ def _routes(api: KeysApi) -> dict[tuple[str, str], Call]:
         ("keys/{id}", "DELETE"): revoke,
         ("keys/{id}/rotate", "POST"): api.rotate,
         ("keys/{id}/usage", "GET"): lambda r, u, key_id, _a: api.usage(r, u, key_id),
+        ("keys/{id}/networks", "GET"): lambda _r, u, key_id, _a: api.networks(u, key_id),
     }
 
 

@@ -381,8 +381,11 @@ async function toggleUsage(key, button) {
     return;
   }
   let data;
+  let seen;
   try {
-    data = await call("GET", `/keys/${encodeURIComponent(key.id)}/usage?granularity=day`);
+    const id = encodeURIComponent(key.id);
+    [data, seen] = await Promise.all([call("GET", `/keys/${id}/usage?granularity=day`),
+      call("GET", `/keys/${id}/networks`)]);
   } catch (error) {
     reportFailure("The usage could not be loaded", error);
     return;
@@ -390,9 +393,25 @@ async function toggleUsage(key, button) {
   const owner = button.closest("tr");
   const room = owner.getBoundingClientRect().width - 32;  // the row, less the cell's padding
   const row = el("tr", { id: `usage-${key.id}`, class: "usage-row" },
-    el("td", { colspan: "8" }, usageFigure(key, data.buckets, room)));
+    el("td", { colspan: "8" }, usageFigure(key, data.buckets, room), networksList(seen.networks)));
   owner.after(row);
   button.setAttribute("aria-expanded", "true");
+}
+
+// Where the key was used from in 30 days (recorded when the new-network notice is on).
+function networksList(networks) {
+  if (!networks.length) return document.createTextNode("");
+  const count = networks.length;
+  const list = el("ul", { class: "networks" });
+  for (const n of networks) {
+    const first = dayFormat.format(new Date(n.first_seen_at));
+    const last = dayFormat.format(new Date(n.last_seen_at));
+    list.append(el("li", {}, el("code", { text: n.network }),
+      el("span", { class: "seen", text: first === last ? ` on ${first}` : ` ${first} – ${last}` })));
+  }
+  return el("div", { class: "networks-used" },
+    el("p", { class: "usage-note", text: `Used from ${count} network${count === 1 ? "" : "s"} in 30 days:` }),
+    list);
 }
 
 function refused(bucket) {
