@@ -37,10 +37,11 @@ from gateway.edge.listener import guard, server_limits
 from gateway.edge.pipeline import Pipeline
 from gateway.edge.record import Recorder
 from gateway.edge.upgrade import WebSocketDoor
-from gateway.forward.proxy import Forwarder
+from gateway.forward.proxy import Forwarder, HeaderRules
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.config import Config
 from gateway.foundation.readiness import Readiness
+from gateway.http1.wire import HeaderNames
 from gateway.keys.invalidation import Listener
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.store import Clock, KeyStore
@@ -173,11 +174,14 @@ class Gateway:
         self.upstreams = {
             name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()
         }
-        websockets = WebSocketDoor(recorder, config.limits.websocket_idle_seconds)
+        # The header memos of this gateway: owned here, handed to what reads headers.
+        names = HeaderNames()
+        rules = HeaderRules(names)
+        websockets = WebSocketDoor(recorder, config.limits.websocket_idle_seconds, rules)
         pipeline = Pipeline(
             decider=decider,
             authenticator=authenticator,
-            forwarder=Forwarder(config.limits),
+            forwarder=Forwarder(config.limits, rules),
             upstreams=self.upstreams,
             cors=Cors(config.cors),
             tokens=TokenEndpoint(signer, config.tokens),
@@ -188,7 +192,7 @@ class Gateway:
             self_service=self_service.from_config(config, self.pool, self.http, self.caught_up),
             leak_reports=self._leak_reports(),
         )
-        return pipeline, DecisionEndpoints(decider, recorder), websockets
+        return pipeline, DecisionEndpoints(decider, recorder, names), websockets
 
     def _leak_reports(self) -> LeakReports | None:
         settings = self.config.leak_reports

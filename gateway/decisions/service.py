@@ -17,11 +17,13 @@ from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
 from gateway.foundation.problems import Problem
+from gateway.http1.wire import HeaderNames
 
 
 class DecisionEndpoints:
-    def __init__(self, decider: Decider, recorder: Recorder) -> None:
+    def __init__(self, decider: Decider, recorder: Recorder, names: HeaderNames) -> None:
         self._decider = decider
+        self._names = names
         self.serve = Envelope(recorder, self._decide, self._refuse, "decisions").serve
 
     async def _decide(
@@ -33,7 +35,7 @@ class DecisionEndpoints:
         outcome.endpoint, read = found
         asked = read(exchange)
         outcome.asked = (asked.method, asked.uri)
-        refuse_forbidden_headers(exchange)
+        refuse_forbidden_headers(exchange, self._names)
         target = safety.check_target(asked.method, asked.uri)
         decision = await self._decider.decide(
             asked.method, target, exchange.headers, asked.client, outcome

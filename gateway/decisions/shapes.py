@@ -11,7 +11,7 @@ from typing import Protocol
 from multidict import CIMultiDictProxy
 
 from gateway.foundation.problems import Problem
-from gateway.http1.wire import folded
+from gateway.http1.wire import HeaderNames
 
 EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
 
@@ -34,12 +34,12 @@ class Asking(Protocol):
 _METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 
 
-def refuse_forbidden_headers(request: Asking) -> None:
+def refuse_forbidden_headers(request: Asking, names: HeaderNames) -> None:
     """400 `forbidden-header` for a method override (an upstream that honours one would
     run a method the policy never checked) or any `X-Gateway-*` header (the identity
     the front proxy adds must be the gateway's alone)."""
     for raw_name, _ in request.raw_headers:
-        name = folded(raw_name)
+        name = names.folded(raw_name)
         if name in _METHOD_OVERRIDES or name.startswith("x-gateway-"):
             shown = raw_name.decode("latin-1")
             raise Problem(400, "forbidden-header", f"the request may not carry {shown}")

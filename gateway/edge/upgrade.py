@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 from gateway.edge.decide import Outcome
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.forward.proxy import Identity, request_head
+from gateway.forward.proxy import HeaderRules, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.problems import Problem
 from gateway.foundation.timers import Deadline
@@ -185,8 +185,9 @@ class Pipe:
 
 
 class WebSocketDoor:
-    def __init__(self, recorder: Recorder, idle_seconds: float) -> None:
+    def __init__(self, recorder: Recorder, idle_seconds: float, rules: HeaderRules) -> None:
         self._recorder = recorder
+        self._rules = rules
         self._idle_seconds = idle_seconds
         self._pipes: set[Pipe] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -208,7 +209,7 @@ class WebSocketDoor:
             raise Problem(400, "upgrade-with-body", "an upgrade request cannot carry a body")
         trace = outcome.trace
         propagated: Sequence[tuple[str, str]] = trace.upstream_headers() if trace else ()
-        head = request_head(
+        head = self._rules.request_head(
             exchange, identity, request_id, upstream, raw_target, _UPGRADE, propagated
         )
         pipe = Pipe(self._idle_seconds)

@@ -21,16 +21,7 @@ from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.config import Limits
 from gateway.foundation.problems import Problem
 from gateway.http1.messages import BodyError
-from gateway.http1.wire import (
-    HOP_BY_HOP,
-    LAST_CHUNK,
-    Memo,
-    chunk,
-    connection_named,
-    encode_headers,
-    folded,
-    listed,
-)
+from gateway.http1.wire import HOP_BY_HOP, LAST_CHUNK, HeaderNames, Memo, chunk, encode_headers
 from gateway.keys.principal import Principal
 from gateway.tracing.spans import PROPAGATED, RequestTrace
 
@@ -110,62 +101,80 @@ def _forwarding_headers(request: Incoming, request_id: str) -> list[tuple[str, s
     ]
 
 
-def request_head(
-    request: Incoming,
-    identity: Identity,
-    request_id: str,
-    upstream: UpstreamTarget,
-    raw_target: str,
-    framing: bytes,
-    propagated: Sequence[tuple[str, str]] = (),
-) -> bytes:
-    """The request line and headers sent upstream, as bytes, ready for one write.
-    `propagated`: the trace context (§19), in place of the client's. `framing`: the
-    body's framing lines (or an upgrade's `Connection`/`Upgrade`)."""
-    origin = upstream.origin
-    target = (origin.path_prefix + raw_target).encode("ascii")
-    parts = [
-        b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (request.method.encode(), target, origin.host_header)
-    ]
-    named = _connection_tokens(request.headers)
-    if propagated and "traceparent" in request.headers:
-        named |= PROPAGATED  # the client's context is replaced by ours
-    for name, value in request.raw_headers:  # inline: this runs for every header of every request
-        if not _NEVER_FORWARDED.get(name) and not (named and folded(name) in named):
-            parts += (name, b": ", value, b"\r\n")
-    added = _forwarding_headers(request, request_id)
-    if identity.token is not None:
-        added.append(("X-Gateway-Identity", identity.token))
-    if propagated:
-        added += propagated
-    for name_text, text in added:
-        parts.append(b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape")))
-    if identity.principal is not None and identity.headers:
-        parts.append(identity.principal.identity_lines)
-    parts.append(framing)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+class HeaderRules:
+    """Which headers travel between a client and its upstream (§6.6), decided per
+    header name and remembered: one per gateway, made by the composition root."""
 
+    def __init__(self, names: HeaderNames) -> None:
+        self._names = names
+        # By spelling: the same few names arrive on every message.
+        self._never_forwarded: Memo[bytes, bool] = Memo(self._request_drops, 4096)
+        self._dropped_from_response: Memo[bytes, bool] = Memo(self._response_drops, 4096)
 
-def _request_drops(name: bytes) -> bool:
-    name_ = folded(name)
-    return name_ in _REQUEST_DROP or name_ == "content-length" or name_.startswith("x-gateway-")
+    def request_head(
+        self,
+        request: Incoming,
+        identity: Identity,
+        request_id: str,
+        upstream: UpstreamTarget,
+        raw_target: str,
+        framing: bytes,
+        propagated: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        """The request line and headers sent upstream, as bytes, ready for one write.
+        `propagated`: the trace context (§19), in place of the client's. `framing`: the
+        body's framing lines (or an upgrade's `Connection`/`Upgrade`)."""
+        origin = upstream.origin
+        target = (origin.path_prefix + raw_target).encode("ascii")
+        parts = [
+            b"%b %b HTTP/1.1\r\nHost: %b\r\n"
+            % (request.method.encode(), target, origin.host_header)
+        ]
+        named = self._connection_tokens(request.headers)
+        if propagated and "traceparent" in request.headers:
+            named |= PROPAGATED  # the client's context is replaced by ours
+        names, dropped = self._names, self._never_forwarded
+        for name, value in request.raw_headers:  # inline: this runs for every header
+            if not dropped.get(name) and not (named and names.folded(name) in named):
+                parts += (name, b": ", value, b"\r\n")
+        added = _forwarding_headers(request, request_id)
+        if identity.token is not None:
+            added.append(("X-Gateway-Identity", identity.token))
+        if propagated:
+            added += propagated
+        for name_text, text in added:
+            line = b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape"))
+            parts.append(line)
+        if identity.principal is not None and identity.headers:
+            parts.append(identity.principal.identity_lines)
+        parts.append(framing)
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
+    def response_lines(self, answer: Answer) -> bytes:
+        """The upstream's response header lines that travel on: no hop-by-hop header,
+        none its `Connection` names, no framing (the gateway frames the body itself)."""
+        names, dropped = self._names, self._dropped_from_response
+        named = names.connection_named(answer.headers)
+        parts: list[bytes] = []
+        for name, value in answer.headers:  # inline: this runs for every header
+            if not dropped.get(name) and not (named and names.folded(name) in named):
+                parts += (name, b": ", value, b"\r\n")
+        return b"".join(parts)
 
-def _response_drops(name: bytes) -> bool:
-    return folded(name) in _RESPONSE_DROP
+    def _request_drops(self, name: bytes) -> bool:
+        name_ = self._names.folded(name)
+        return name_ in _REQUEST_DROP or name_ == "content-length" or name_.startswith("x-gateway-")
 
+    def _response_drops(self, name: bytes) -> bool:
+        return self._names.folded(name) in _RESPONSE_DROP
 
-# By spelling: the same few names arrive on every message.
-_NEVER_FORWARDED = Memo(_request_drops, 4096)
-_DROPPED_FROM_RESPONSE = Memo(_response_drops, 4096)
-
-
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("Connection", [])
-    if not values:
-        return frozenset()
-    return frozenset().union(*[listed(v.encode("latin-1", "replace")) for v in values])
+    def _connection_tokens(self, headers: CIMultiDictProxy[str]) -> frozenset[str]:
+        values = headers.getall("Connection", [])
+        if not values:
+            return frozenset()
+        listed = self._names.listed
+        return frozenset().union(*[listed(v.encode("latin-1", "replace")) for v in values])
 
 
 class Downstream(Incoming, Protocol):
@@ -197,7 +206,8 @@ class Forwarder:
     """Streams requests to their upstream over the lean client's pooled connections and
     relays the answer to the gateway's own server (WebSocket upgrades: `edge.upgrade`)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, rules: HeaderRules) -> None:
+        self._rules = rules
         self._max_body = limits.max_body_bytes
         self._buffer = limits.buffer_body_bytes
         self._min_rate = limits.min_body_bytes_per_second
@@ -223,18 +233,37 @@ class Forwarder:
         body, stream, framing = await self._body(exchange, length)
         if trace is None or not trace.recording:
             propagated = trace.upstream_headers() if trace is not None else ()
-            head = request_head(
+            head = self._rules.request_head(
                 exchange, identity, request_id, upstream, raw_target, framing, propagated
             )
-            await _exchange(exchange, upstream, head, body, stream, extra, timing)
+            await self._exchange(exchange, upstream, head, body, stream, extra, timing)
             return
         with trace.upstream_span(exchange.method, upstream.base + raw_target) as span:
             propagated = trace.upstream_headers(span)
-            head = request_head(
+            head = self._rules.request_head(
                 exchange, identity, request_id, upstream, raw_target, framing, propagated
             )
-            status = await _exchange(exchange, upstream, head, body, stream, extra, timing)
+            status = await self._exchange(exchange, upstream, head, body, stream, extra, timing)
             span.set_attribute("http.response.status_code", status)
+
+    async def _exchange(
+        self,
+        exchange: Downstream,
+        upstream: UpstreamTarget,
+        head: bytes,
+        body: bytes,
+        stream: Stream | None,
+        extra: dict[str, str],
+        timing: dict[str, float],
+    ) -> int:
+        """Send the request and relay the answer; the upstream's status."""
+        answer = await _send(upstream, head, exchange.method, body, stream, timing)
+        try:
+            lines = self._rules.response_lines(answer) + encode_headers(extra)
+            await _relay_answer(exchange, answer, lines, upstream.timeout_seconds)
+        finally:
+            answer.release()
+        return answer.status
 
     async def _body(
         self, exchange: Downstream, length: int | None
@@ -268,24 +297,6 @@ class Forwarder:
         if length is not None:
             return b"", Stream(chunks, chunked=False), b"Content-Length: %d\r\n" % length
         return b"", Stream(chunks, chunked=True), b"Transfer-Encoding: chunked\r\n"
-
-
-async def _exchange(
-    exchange: Downstream,
-    upstream: UpstreamTarget,
-    head: bytes,
-    body: bytes,
-    stream: Stream | None,
-    extra: dict[str, str],
-    timing: dict[str, float],
-) -> int:
-    """Send the request and relay the answer; the upstream's status."""
-    answer = await _send(upstream, head, exchange.method, body, stream, timing)
-    try:
-        await _relay_answer(exchange, answer, extra, upstream.timeout_seconds)
-    finally:
-        answer.release()
-    return answer.status
 
 
 async def _send(
@@ -338,10 +349,7 @@ def _failure(exc: Exception) -> Problem:
     return Problem(502, "upstream-unreachable", "the upstream failed")
 
 
-async def _relay_answer(
-    exchange: Downstream, answer: Answer, extra: dict[str, str], seconds: float
-) -> None:
-    lines = _kept_response_lines(answer) + encode_headers(extra)
+async def _relay_answer(exchange: Downstream, answer: Answer, lines: bytes, seconds: float) -> None:
     status, reason, length = answer.status, answer.reason.encode("latin-1"), answer.content_length
     if exchange.method == "HEAD" or status in _BODILESS:
         # No body follows, whatever Content-Length says (for HEAD it describes a GET).
@@ -381,14 +389,3 @@ async def _relay_answer(
         return  # the client left; the unread answer closes its upstream connection
     if chunked:
         exchange.write(LAST_CHUNK)
-
-
-def _kept_response_lines(answer: Answer) -> bytes:
-    """The upstream's response header lines that travel on: no hop-by-hop header, none
-    its `Connection` names, no framing (the gateway frames the body itself)."""
-    named = connection_named(answer.headers)
-    parts: list[bytes] = []
-    for name, value in answer.headers:  # inline: this runs for every header of every response
-        if not _DROPPED_FROM_RESPONSE.get(name) and not (named and folded(name) in named):
-            parts += (name, b": ", value, b"\r\n")
-    return b"".join(parts)

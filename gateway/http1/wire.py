@@ -78,15 +78,6 @@ def _fold(name: bytes) -> str:
     return name.lower().replace(b"_", b"-").decode("latin-1")
 
 
-_FOLDED = Memo(_fold, 4096)
-
-
-def folded(name: bytes) -> str:
-    """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"
-    (X_Gateway_User_Id would become the identity header on their side)."""
-    return _FOLDED.get(name)
-
-
 def _names(value: bytes) -> frozenset[str]:
     return frozenset(
         token.strip().lower().replace("_", "-")
@@ -95,22 +86,33 @@ def _names(value: bytes) -> frozenset[str]:
     )
 
 
-# By value: the same one ("keep-alive", "close") arrives on nearly every message.
-_LISTED = Memo(_names, 256)
+class HeaderNames:
+    """Header names as the gateway compares them, and `Connection` lists as it reads
+    them, remembered: the same few recur on every message. One per gateway, made by
+    the composition root and handed to what reads headers, so that no module keeps
+    state of its own."""
 
+    def __init__(self) -> None:
+        self._folded: Memo[bytes, str] = Memo(_fold, 4096)  # by spelling
+        # By value: the same one ("keep-alive", "close") arrives on nearly every message.
+        self._listed: Memo[bytes, frozenset[str]] = Memo(_names, 256)
 
-def listed(value: bytes) -> frozenset[str]:
-    """The header names a `Connection` header's value names (hop-by-hop by name)."""
-    return _LISTED.get(value)
+    def folded(self, name: bytes) -> str:
+        """A header name compared as CGI/WSGI backends read it: lower case, "_" as "-"
+        (X_Gateway_User_Id would become the identity header on their side)."""
+        return self._folded.get(name)
 
+    def listed(self, value: bytes) -> frozenset[str]:
+        """The header names a `Connection` header's value names (hop-by-hop by name)."""
+        return self._listed.get(value)
 
-def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
-    """Every name the message's `Connection` headers list."""
-    named: frozenset[str] = frozenset()
-    for name, value in headers:
-        if len(name) == 10 and folded(name) == "connection":
-            named |= listed(value)
-    return named
+    def connection_named(self, headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
+        """Every name the message's `Connection` headers list."""
+        named: frozenset[str] = frozenset()
+        for name, value in headers:
+            if len(name) == 10 and self._folded.get(name) == "connection":
+                named |= self._listed.get(value)
+        return named
 
 
 class HttpDate:

@@ -3,7 +3,7 @@ whatever names the network sends."""
 
 from __future__ import annotations
 
-from gateway.http1.wire import Memo, connection_named, folded, listed
+from gateway.http1.wire import HeaderNames, Memo
 
 
 def test_a_memo_answers_like_its_function_and_keeps_at_most_size_results() -> None:
@@ -34,8 +34,16 @@ def test_a_false_result_is_remembered_too() -> None:
 
 
 def test_header_names_fold_as_backends_read_them() -> None:
-    assert folded(b"X_Gateway_User_Id") == "x-gateway-user-id"
-    assert folded(b"Content-Length") == "content-length"
-    assert listed(b"Keep-Alive, X_Secret ,") == frozenset({"keep-alive", "x-secret"})
+    names = HeaderNames()
+    assert names.folded(b"X_Gateway_User_Id") == "x-gateway-user-id"
+    assert names.folded(b"Content-Length") == "content-length"
+    assert names.listed(b"Keep-Alive, X_Secret ,") == frozenset({"keep-alive", "x-secret"})
     headers = [(b"Connection", b"close"), (b"CONNECTION", b"X-A"), (b"Connectio", b"X-B")]
-    assert connection_named(headers) == frozenset({"close", "x-a"})
+    assert names.connection_named(headers) == frozenset({"close", "x-a"})
+
+
+def test_each_gateway_has_its_own_memos() -> None:
+    """No module keeps state: two gateways in one process (tests, embedding) share none."""
+    first, second = HeaderNames(), HeaderNames()
+    first.folded(b"X-One")
+    assert first._folded._known and not second._folded._known
