@@ -97,26 +97,22 @@ async def _revoked_everywhere(http: aiohttp.ClientSession, key: dict[str, str]) 
     return time.monotonic() - started
 
 
-async def _allowed(key_id: str) -> int:
+async def _on_the_new_primary(sql: str, key_id: str) -> int:
     conn = await asyncpg.connect(f"postgresql://postgres@{STANDBY}:5432/postgres", timeout=5)
     try:
-        total = await conn.fetchval(
-            "SELECT coalesce(sum(allowed), 0) FROM key_usage WHERE key_id = $1::uuid", key_id
-        )
+        return int(await conn.fetchval(sql, key_id))
     finally:
         await conn.close()
-    return int(total)
+
+
+async def _allowed(key_id: str) -> int:
+    sql = "SELECT coalesce(sum(allowed), 0) FROM key_usage WHERE key_id = $1::uuid"
+    return await _on_the_new_primary(sql, key_id)
 
 
 async def _remaining(key_id: str) -> int:
-    conn = await asyncpg.connect(f"postgresql://postgres@{STANDBY}:5432/postgres", timeout=5)
-    try:
-        left = await conn.fetchval(
-            "SELECT credits_remaining FROM api_keys WHERE id = $1::uuid", key_id
-        )
-    finally:
-        await conn.close()
-    return int(left)
+    sql = "SELECT credits_remaining FROM api_keys WHERE id = $1::uuid"
+    return await _on_the_new_primary(sql, key_id)
 
 
 async def test_the_primary_vanishes_under_load_and_the_standby_is_promoted(net: Cluster) -> None:

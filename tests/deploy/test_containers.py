@@ -231,7 +231,10 @@ async def test_the_compose_stack_runs_as_the_readme_prints_it(
         # podman-compose does not wait for health (no systemd timers here): wait as
         # `docker compose up` does for the `service_healthy` conditions.
         for service in ("gateway-1", "gateway-2"):
-            await _until(f"http://{_address(service)}:8081/readyz")
+            try:
+                await _until(f"http://{_address(service)}:8081/readyz")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_logs(repo, service)}") from None
         rest = commands[up_at + 1 : stop_at]
         up = await _shell(["bash", "-c", _script(rest, port, tail='echo "KEY=$KEY"\n')], repo)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
