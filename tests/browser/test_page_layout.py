@@ -1,9 +1,12 @@
 """The page fits (§11), measured in a real headless Chromium: five realistic keys — four
-scopes each, descriptions, long names, one in a rotation's grace, last-used times — at
-the desktop widths people use and on a 390 px phone."""
+scopes each, descriptions, long names, one in a rotation's grace, one blocked by the key
+policy, last-used times, the networks a key was used from — at the desktop widths
+people use and on a 390 px phone."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -11,11 +14,19 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from tests.browser.test_api_keys_page import Page, gateway, status_with, step
+from tests.browser.test_api_keys_page import Page, status_with, step
 from tests.hostapp import HostIdentity, host
-from tests.support import RunningGateway, admin_headers, unique
+from tests.support import (
+    RecordingUpstream,
+    RunningGateway,
+    admin_headers,
+    bearer,
+    make_config,
+    running_gateway,
+    unique,
+)
 
-__all__ = ["gateway", "host"]  # fixtures
+__all__ = ["host"]  # a fixture
 SCOPES = ["me:read", "projects:read", "projects:write", "actor_tokens:create"]
 KEYS = [
     ("Figma plugin — design team's shared work laptop (Berlin office)",
@@ -27,6 +38,25 @@ KEYS = [
      "x" * 120),
 ]  # fmt: skip
 DESKTOP = [1024, 1280, 1440, 1920]
+NETWORKS = ["2001:db8:85a3:8d3:1319:8a2e:370:7348", "203.0.113.7", "198.51.100.20"]
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, database_url: str, upstream: RecordingUpstream, host: HostIdentity
+) -> AsyncIterator[RunningGateway]:
+    """The page's gateway with a key policy (a key made without an expiry is blocked)
+    and the new-network notice on, behind a trusted balancer (the test)."""
+    config = make_config(
+        tmp_path,
+        database_url,
+        upstream.url,
+        self_service=host.session_config(),
+        key_policy={"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}},
+        trusted_proxies=["127.0.0.1/32"],
+    )
+    async with running_gateway(config) as running:
+        yield running
 
 
 @pytest.fixture
@@ -36,6 +66,8 @@ async def five_keys(gateway: RunningGateway, http: aiohttp.ClientSession) -> tup
     made = []
     for name, description in KEYS:
         extra: dict[str, Any] = {"description": description} if description else {}
+        if name != KEYS[3][0]:  # made without an expiry: over the policy, blocked
+            extra["expires_in_days"] = 90
         made.append(await gateway.create_key(user, SCOPES, name=name, **extra))
     for key in made[:3]:
         assert await status_with(http, gateway, key["key"]) == 200
@@ -53,6 +85,14 @@ async def five_keys(gateway: RunningGateway, http: aiohttp.ClientSession) -> tup
         headers=admin_headers(),
     ) as r:
         assert r.status == 201, await r.text()
+        replacement = (await r.json())["key"]
+    for client in NETWORKS:  # the key that replaced it, used from three networks
+        async with http.get(
+            gateway.proxy + "/v1/me", headers={**bearer(replacement), "X-Forwarded-For": client}
+        ) as used:
+            assert used.status == 200
+    assert gateway.store.networks is not None
+    await gateway.store.networks.flush(gateway.pool)
     return user, made[2]["id"]
 
 
@@ -104,6 +144,8 @@ async def test_five_keys_fit_every_desktop_width(
         found["addresses"] = [
             a.text for a in page.driver.find_elements(By.CSS_SELECTOR, "#keys .last-address")
         ]
+        blocked = page.row(KEYS[3][0]).find_element(By.CSS_SELECTOR, "td[data-label=Status]")
+        found["blocked"] = blocked.text
         return found
 
     found = await step(at_width)
@@ -124,6 +166,7 @@ async def test_five_keys_fit_every_desktop_width(
     assert [name for _, name in found["order"]].count("Reporting") == 2
     assert found["replaced"].startswith("Replaced") and "works until" in found["replaced"]
     assert found["replaced_buttons"][-1] == "Delete" and "Rotate" not in found["replaced_buttons"]
+    assert found["blocked"].startswith("Blocked") and "3650-day key policy" in found["blocked"]
 
 
 async def test_five_keys_as_cards_on_a_phone_with_a_full_width_chart(
@@ -151,8 +194,11 @@ async def test_five_keys_as_cards_on_a_phone_with_a_full_width_chart(
             const box = chart.getBoundingClientRect();
             const ticks = [...chart.querySelectorAll('.tick')].map(
               t => t.getBoundingClientRect().height);
+            const nets = [...document.querySelectorAll('.networks li')].map(
+              n => n.getBoundingClientRect().right);
             return {chartWidth: box.width, chartHeight: box.height, cardWidth: card.width,
-                    smallestLabel: Math.min(...ticks)};
+                    smallestLabel: Math.min(...ticks), networks: nets,
+                    cardRight: card.right};
             """
         ))  # fmt: skip
         return found
@@ -163,3 +209,6 @@ async def test_five_keys_as_cards_on_a_phone_with_a_full_width_chart(
         assert button["right"] <= found["view"] + 0.5 and button["inner"] <= button["outer"]
     assert found["chartWidth"] >= found["cardWidth"] - 40, found  # the card's width, less padding
     assert found["smallestLabel"] >= 10, found
+    # The three networks under the chart, each inside the card (an IPv6 /48 included).
+    assert len(found["networks"]) == len(NETWORKS), found
+    assert max(found["networks"]) <= found["cardRight"] + 0.5, found
