@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 
+import asyncpg
+
 from gateway.foundation.config import Config
 from gateway.observability.diagnostics import configure_logging
 from gateway.runtime import Gateway, Options
@@ -60,7 +62,10 @@ async def _run(config: Config, options: Options) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
-    async with Gateway(config, options) as gateway:
+    async with contextlib.AsyncExitStack() as stack:
+        gateway = await _start(stack, config, options, stop)
+        if gateway is None:
+            return
         await stop.wait()
         gateway.readiness.draining = True
         drain = config.shutdown.drain_seconds
@@ -69,6 +74,32 @@ async def _run(config: Config, options: Options) -> None:
             await asyncio.wait_for(hurry.wait(), drain)
         log.info("stopping: no new connections; finishing requests in flight")
     log.info("stopped")
+
+
+# The database may still be starting beside the gateway (compose, a pod): a start that
+# times out waiting for it is tried again, 1, 2, 4 and 8 s later, before giving up.
+_START_ATTEMPTS = 5
+_NOT_YET = (TimeoutError, ConnectionError, asyncpg.CannotConnectNowError)
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack, config: Config, options: Options, stop: asyncio.Event
+) -> Gateway | None:
+    """The running gateway, or None when a signal came while waiting to start."""
+    for attempt in range(_START_ATTEMPTS):
+        try:
+            return await stack.enter_async_context(Gateway(config, options))
+        except _NOT_YET as exc:
+            if attempt == _START_ATTEMPTS - 1:
+                raise
+            wait = 2**attempt
+            log.warning("the database did not answer at start (%s): trying again in %d s",
+                        exc.__class__.__name__, wait)  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            if stop.is_set():
+                return None
+    return None
 
 
 # glibc's mallopt parameters (malloc.h).
