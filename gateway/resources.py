@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import asyncpg
 
-from gateway.credits import balance
+from gateway.credits import balance, pools, shares
 from gateway.credits.ledger import CreditLedger
 from gateway.foundation import database
 from gateway.foundation.config import ConfigError
@@ -200,22 +200,33 @@ async def open_credits(gw: Gateway) -> AsyncIterator[None]:
     stops — after the listeners, so no request in flight still spends."""
     seconds = gw.config.database.command_timeout_seconds
     ledger = CreditLedger(gw.pool, gw.config.credits, timeout=seconds)
-    gw.ledger = ledger
-    gw.listener.credits_changed = ledger.changed
+    pooled = CreditLedger(gw.pool, gw.config.credits, timeout=seconds, kind=shares.USERS)
+    gw.ledger, gw.pools = ledger, pooled
+
+    def changed(account: str | None) -> None:  # ids are UUIDs: a key's or a pool's
+        ledger.changed(account)
+        pooled.changed(account)
+
+    gw.listener.credits_changed = changed
 
     async def refill() -> int:
         return await database.bounded(gw.pool, balance.refill_due, seconds)
 
-    task = asyncio.create_task(ledger.run(refill))
+    async def refill_pools() -> int:
+        return await database.bounded(gw.pool, pools.refill_due, seconds)
+
+    tasks = [asyncio.create_task(ledger.run(refill)), asyncio.create_task(pooled.run(refill_pools))]
     try:
         yield
     finally:
-        await stop_background(task)
-        try:
-            await ledger.give_back()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("credits: could not give shares back (they return in %s s): %s",
-                        gw.config.credits.lease_seconds, exc.__class__.__name__)  # fmt: skip
+        for task in tasks:
+            await stop_background(task)
+        for spending in (ledger, pooled):
+            try:
+                await spending.give_back()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("credits: could not give shares back (they return in %s s): %s",
+                            gw.config.credits.lease_seconds, exc.__class__.__name__)  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -98,6 +98,7 @@ class Gateway:
     policies: ActivePolicies
     limiter: RateLimiter
     ledger: CreditLedger
+    pools: CreditLedger  # users' credit pools (§21)
     usage: UsageCounter
     access_log: AccessLog | None
     http: aiohttp.ClientSession
@@ -170,6 +171,7 @@ class Gateway:
             self.limiter,
             self.ledger,
             self.organizations,
+            self.pools,
         )
         self.upstreams = {
             name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()

@@ -18,7 +18,8 @@ from gateway.admin.openapi import DOCUMENT
 from gateway.appkeys import CAUGHT_UP, CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
-from gateway.credits import balance
+from gateway.credits import balance, pools
+from gateway.credits.refill import check_credits
 from gateway.foundation.database import DATABASE_DOWN
 from gateway.foundation.jsonbody import json_response, read_object
 from gateway.foundation.problems import Problem, invalid_fields
@@ -188,6 +189,33 @@ async def change_credits(request: web.Request) -> web.Response:
     except management.Conflict as exc:
         raise Problem(409, "unlimited-credits", str(exc)) from None
     return json_response({"credits": credits})
+
+
+async def user_credits(request: web.Request) -> web.Response:
+    """The user's credit pool (§21): GET it, PUT `{remaining, refill}`, POST `{"set": N |
+    null}`, `{"increment": N}` or `{"decrement": N}`, DELETE it. Answers `{"user_id",
+    "credits"}`, `credits` null when the user has none (their keys are unlimited)."""
+    user_id, method = request.match_info["id"], request.method
+    body = await read_object(request) if method in ("PUT", "POST") else {}
+    errors = check_credits(body) if method == "PUT" else []
+    if method == "POST":
+        errors = balance.check_change(body)
+    if errors:
+        raise invalid_fields(errors)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            if method == "GET":
+                found = await pools.get(conn, user_id)
+            elif method == "POST":
+                found = await pools.change(conn, user_id, body, actor=_actor(request))
+            else:
+                given = body if method == "PUT" else None
+                found = await pools.put(conn, user_id, given, actor=_actor(request))
+    except pools.NoPool:
+        raise Problem(
+            409, "unlimited-credits", "the user has no credit pool: set a balance first"
+        ) from None
+    return json_response({"user_id": user_id, "credits": found})
 
 
 async def key_usage(request: web.Request) -> web.Response:
@@ -409,6 +437,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/v1/webhooks/{id}/{action:rotate-secret}", webhook_call)
     app.router.add_get("/admin/v1/webhooks/{id}/{action:deliveries}", webhook_call)
     app.router.add_post("/admin/v1/webhook-deliveries/{id}/retry", retry_delivery)
+    for method in ("GET", "PUT", "POST", "DELETE"):
+        app.router.add_route(method, "/admin/v1/users/{id}/credits", user_credits)
     app.router.add_put("/admin/v1/memberships", put_membership)
     app.router.add_delete("/admin/v1/memberships", delete_membership)
     policy = "/admin/v1/organizations/{organization}/key-policy"

@@ -17,6 +17,16 @@ from gateway.keys.schemas import (
     USAGE_PARAMETERS,
 )
 
+_POOL_BODY: dict[str, Any] = {
+    **CREDITS,
+    "type": "object",
+    "description": "The pool's balance and refill; without `remaining`, a refill starts full.",
+}
+_USER_CREDITS: dict[str, Any] = {
+    "type": "object",
+    "required": ["user_id", "credits"],
+    "properties": {"user_id": {"type": "string"}, "credits": CREDITS},
+}
 _MEMBERSHIP = {
     "type": "object",
     "required": ["user_id", "resource_type", "resource_id"],
@@ -345,6 +355,43 @@ DOCUMENT: dict[str, Any] = {
                     **_ERRORS,
                 },
             }
+        },
+        "/admin/v1/users/{id}/credits": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "get": {
+                "summary": "A user's credit pool, spent by each of their keys without its own",
+                "responses": {
+                    "200": _answer("The pool (credits null: none)", _USER_CREDITS),
+                    **_ERRORS,
+                },
+            },
+            "put": {
+                "summary": "Make or replace the user's pool",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _POOL_BODY}},
+                },
+                "responses": {"200": _answer("The pool after", _USER_CREDITS), **_ERRORS},
+            },
+            "post": {
+                "summary": "Set (null: remove), increment or decrement the user's pool",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _CREDIT_CHANGE}},
+                },
+                "responses": {
+                    "200": _answer("The pool after", _USER_CREDITS),
+                    "409": _problem("An increment or decrement for a user without a pool"),
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Remove the user's pool: their keys without credits of their own"
+                " are unlimited again",
+                "responses": {"200": _answer("No pool", _USER_CREDITS), **_ERRORS},
+            },
         },
         "/admin/v1/keys/{id}/usage": {
             "get": {

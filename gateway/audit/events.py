@@ -30,6 +30,8 @@ ACTIONS = (
     "webhook.secret_rotated",
     "organization.key_policy_updated",
     "key.new_network",
+    "user.credits",
+    "user.refilled",
 )
 MAX_PAGE = 1000
 

@@ -23,6 +23,8 @@ EVENT_TYPES = (
     "key.credits_low",
     "key.credits_exhausted",
     "key.new_network",
+    "user.credits_low",
+    "user.credits_exhausted",
     "membership.added",
     "membership.removed",
 )

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from gateway.credits import shares
-from gateway.credits.shares import Taken
+from gateway.credits.shares import Balances, Taken
 from gateway.foundation.config import Credits
 from gateway.foundation.database import UNAVAILABLE, Conn, bounded
 
@@ -88,8 +88,11 @@ class CreditLedger:
         clock: Clock = time.monotonic,
         holder: str | None = None,
         timeout: float = 5.0,
+        kind: Balances = shares.KEYS,
     ) -> None:
+        """`kind`: the balances this ledger spends, keys' own or users' pools (§21)."""
         self._pool = pool
+        self._kind = kind
         self._timeout = timeout  # a statement with its wait for a connection
         self._settings = settings
         self._clock = clock
@@ -177,13 +180,13 @@ class CreditLedger:
         async def ask(conn: Conn) -> Taken | None:
             if share.amount - share.claimed >= step:
                 claimed = await shares.claim(
-                    conn, account, self.holder, step, share.spent, lease, silence
+                    conn, self._kind, account, self.holder, step, share.spent, lease, silence
                 )
                 if claimed is not None:
                     return claimed
             cap = max(settings.max_share, need)
             return await shares.take(
-                conn, account, self.holder, need, cap, share.spent, lease, step, silence
+                conn, self._kind, account, self.holder, need, cap, share.spent, lease, step, silence
             )
 
         try:
@@ -237,7 +240,7 @@ class CreditLedger:
         lease = self._settings.lease_seconds
         alive = await bounded(
             self._pool,
-            lambda conn: shares.renew(conn, self.holder, held, lease, self._silence),
+            lambda conn: shares.renew(conn, self._kind, self.holder, held, lease, self._silence),
             self._timeout,
         )
         for account in set(held) - alive:
@@ -271,7 +274,7 @@ class CreditLedger:
             if spent:
                 await bounded(
                     self._pool,
-                    lambda conn: shares.give_back(conn, self.holder, spent),
+                    lambda conn: shares.give_back(conn, self._kind, self.holder, spent),
                     self._timeout,
                 )
         except UNAVAILABLE as exc:
@@ -286,7 +289,7 @@ class CreditLedger:
         return Fetched.FETCHED
 
     async def sweep(self) -> int:
-        return await bounded(self._pool, shares.sweep, self._timeout)
+        return await bounded(self._pool, lambda conn: shares.sweep(conn, self._kind), self._timeout)
 
     async def run(self, refill: Callable[[], Coroutine[Any, Any, int]] | None = None) -> None:
         """Report every sync interval; sweep (and refill) every tenth of the lease."""

@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from multidict import CIMultiDictProxy
 
 from gateway.foundation.problems import Problem, database_unavailable, unauthorized
+from gateway.foundation.soon import Later, Soon
 from gateway.keys import format as key_format
 from gateway.keys import lifetime
 from gateway.keys.principal import Principal
@@ -52,28 +53,26 @@ class Authenticator:
         self._prefix = prefix
         self._max_days = max_lifetime_days  # key_policy (§21): over it, a key is blocked
 
-    def authenticate(
-        self, headers: CIMultiDictProxy[str], client: str
-    ) -> Principal | Awaitable[Principal]:
+    def authenticate(self, headers: CIMultiDictProxy[str], client: str) -> Soon[Principal]:
         """The principal at once for a cached API key (no coroutine on the hot path),
-        else an awaitable of it; raises the 401 at once when it can tell. `client`: the
+        else a `Later`; raises the 401 at once when it can tell. `client`: the
         client address, recorded as where the key was last used from."""
         token = credential(headers)
         if token is None:
             raise unauthorized("missing-credential", "missing credential")
         if token.count(".") == 2:
-            return self._actor_token(token, client)
+            return Later(self._actor_token(token, client))
         if not key_format.is_well_formed(token, self._prefix):
             raise unauthorized("malformed-credential", "malformed credential")
         digest = key_format.digest(token)
         record = self._store.cached_by_hash(digest)
         if record is MISSING:
-            return self._looked_up(digest, client)
+            return Later(self._looked_up(digest, client))
         return self._accepted(record, client)
 
     async def principal(self, headers: CIMultiDictProxy[str], client: str) -> Principal:
         found = self.authenticate(headers, client)
-        return found if isinstance(found, Principal) else await found
+        return await found if isinstance(found, Later) else found
 
     async def _looked_up(self, digest: bytes, client: str) -> Principal:
         return self._accepted(await self._lookup(self._store.by_hash(digest)), client)

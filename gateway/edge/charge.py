@@ -5,27 +5,25 @@ other check passed, so a refused request spends nothing."""
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from gateway.credits.ledger import UNLIMITED, CreditLedger, CreditsExhausted, CreditsUnavailable
 from gateway.foundation.problems import Problem, database_unavailable
+from gateway.foundation.soon import Later, Soon
 from gateway.keys.principal import CreditAccount
 
 
-def charge(
-    ledger: CreditLedger, account: CreditAccount, cost: int
-) -> int | Awaitable[int | None] | None:
+def charge(ledger: CreditLedger, account: CreditAccount, cost: int) -> Soon[int | None]:
     """Spend `cost` credits; the balance after (for X-Credits-Remaining), or None when
     there is nothing to say (a free route before the key's first paid request, or a key
     that turned out to be unlimited). From the share this process holds at once;
-    an awaitable only when the share must be fetched first."""
+    a `Later` only when the share must be fetched first."""
     if cost == 0:
         return ledger.balance(account.key_id)
     left = ledger.try_spend(account.key_id, cost)
     if left is not None:
         return left
-    return _charge_after_fetch(ledger, account, cost)
+    return Later(_charge_after_fetch(ledger, account, cost))
 
 
 async def _charge_after_fetch(
@@ -42,8 +40,9 @@ async def _charge_after_fetch(
 
 def exhausted(account: CreditAccount) -> Problem:
     headers = {"X-Credits-Remaining": "0"}
+    whose = "this key's user has" if account.pooled else "this key has"
     if account.refill is not None:
         now = datetime.now(UTC)
         wait = (account.refill.next_at(now) - now).total_seconds()
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return Problem(429, "credits-exhausted", "this key has no credits left", headers=headers)
+    return Problem(429, "credits-exhausted", f"{whose} no credits left", headers=headers)

@@ -16,6 +16,7 @@ from gateway.edge.authn import Authenticator
 from gateway.edge.charge import charge
 from gateway.edge.safety import Target
 from gateway.foundation.problems import Problem, database_unavailable
+from gateway.foundation.soon import Later
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
@@ -88,13 +89,16 @@ class Decider:
         limiter: RateLimiter,
         ledger: CreditLedger,
         organizations: OrganizationPolicies,
+        pools: CreditLedger | None = None,
     ) -> None:
+        """`ledger` spends keys' own balances; `pools`, users' pools (§21)."""
         self._policies = policies
         self._organizations = organizations
         self._authn = authenticator
         self._store = store
         self._limiter = limiter
         self._ledger = ledger
+        self._pools = pools or ledger
 
     async def decide(
         self,
@@ -120,13 +124,13 @@ class Decider:
         limits = LimitState(route.rate_limit_policy) if route.rate_limits else None
         if limits is not None:
             outcome.limits = limits
-            pending = self._limiter.before_authentication(route, client, limits)
-            if pending is not None:
-                await pending
+            waits = self._limiter.before_authentication(route, client, limits)
+            if isinstance(waits, Later):
+                await waits
         if route.public:
             return Decision(route, None)
         found = self._authn.authenticate(headers, client)
-        principal = found if isinstance(found, Principal) else await found
+        principal = await found if isinstance(found, Later) else found
         outcome.principal = principal
         check_address(principal, client)
         if route.member_of:
@@ -134,12 +138,14 @@ class Decider:
         else:
             authorize(principal.scopes, match, _NO_MEMBERSHIPS)
         if limits is not None:
-            pending = self._limiter.after_authorization(route, principal, limits)
-            if pending is not None:
-                await pending
+            waits = self._limiter.after_authorization(route, principal, limits)
+            if isinstance(waits, Later):
+                await waits
         if principal.credits is not None:
-            left = charge(self._ledger, principal.credits, route.cost)
-            outcome.credits_left = left if left is None or isinstance(left, int) else await left
+            account = principal.credits
+            ledger = self._pools if account.pooled else self._ledger
+            left = charge(ledger, account, route.cost)
+            outcome.credits_left = await left if isinstance(left, Later) else left
             if outcome.credits_left is not None:
                 outcome.credits_spent = route.cost
         return Decision(route, principal)

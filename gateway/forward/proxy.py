@@ -146,7 +146,7 @@ class HeaderRules:
             line = b"%b: %b\r\n" % (name_text.encode(), text.encode("utf-8", "surrogateescape"))
             parts.append(line)
         if identity.principal is not None and identity.headers:
-            parts.append(identity.principal.identity_lines)
+            parts.append(identity.principal.upstream_lines)
         parts.append(framing)
         parts.append(b"\r\n")
         return b"".join(parts)

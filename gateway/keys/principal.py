@@ -31,11 +31,13 @@ def compact_json(value: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class CreditAccount:
-    """Whose credit balance a key spends: its own, or (a rotated key in its grace) its
-    successor's; with the refill schedule for `Retry-After`."""
+    """Whose credit balance a key spends: its own, (a rotated key in its grace) its
+    successor's, or (`pooled`, §21) its user's pool; with the refill schedule for
+    `Retry-After`. `key_id`: the id of that balance (the pool's own id when pooled)."""
 
     key_id: str
     refill: Refill | None = None
+    pooled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +58,23 @@ class Principal:
     # X-Gateway-Key-Meta's value: base64url of the compact JSON, no padding; "" for none.
     meta_header: str = field(init=False, compare=False, repr=False)
     # The identity header lines (`IDENTITY_HEADERS`), as bytes: built once per credential
-    # (a key's principal lives in the cache), not per request.
+    # (a key's principal lives in the cache), not per request. A decision answer carries
+    # every one, empty or not, so a front proxy overwrites whatever a client sent;
+    # an upstream (the gateway drops every client `X-Gateway-*` header) is sent only
+    # those with a value: a key without metadata adds no empty line to every request.
     identity_lines: bytes = field(init=False, compare=False, repr=False)
+    upstream_lines: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         encoded = ""
         if self.meta is not None:
             encoded = base64.urlsafe_b64encode(compact_json(self.meta)).rstrip(b"=").decode()
         object.__setattr__(self, "meta_header", encoded)
-        lines = "".join(f"{name}: {value}\r\n" for name, value in self.identity_headers())
+        headers = self.identity_headers()
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
         object.__setattr__(self, "identity_lines", lines.encode("utf-8", "surrogateescape"))
+        sent = "".join(f"{name}: {value}\r\n" for name, value in headers if value)
+        object.__setattr__(self, "upstream_lines", sent.encode("utf-8", "surrogateescape"))
 
     def identity_headers(self) -> list[tuple[str, str]]:
         """`IDENTITY_HEADERS` with this principal's values."""

@@ -39,16 +39,23 @@ T = TypeVar("T")
 # than each waiting out a timeout, until a probe this often finds it back.
 _PROBE_SECONDS = 0.5
 _TABLES = {"key": "api_keys", "membership": "memberships"}  # what each lookup reads
+# A key with a balance of its own spends it (a rotated key, its successor's); one
+# without spends its user's pool when there is one (§21), else nothing: unlimited.
 _SELECT_KEY = (
-    "SELECT id::text AS id, user_id, name, scopes, enabled, allowed_cidrs, rate_limits,"
-    " coalesce(rotated_to, id)::text AS credit_account, credits_remaining IS NOT NULL AS limited,"
-    " credits_refill, meta,"
-    " extract(epoch FROM expires_at)::float8 AS expires_at,"
-    " extract(epoch FROM created_at)::float8 AS created_at,"
-    " extract(epoch FROM revoked_at)::float8 AS revoked_at FROM api_keys"
+    "SELECT k.id::text AS id, k.user_id, k.name, k.scopes, k.enabled, k.allowed_cidrs,"
+    " k.rate_limits, k.meta,"
+    " (CASE WHEN k.credits_remaining IS NOT NULL THEN coalesce(k.rotated_to, k.id)"
+    " ELSE p.id END)::text AS credit_account,"
+    " k.credits_remaining IS NULL AND p.id IS NOT NULL AS pooled,"
+    " CASE WHEN k.credits_remaining IS NOT NULL THEN k.credits_refill"
+    " ELSE p.credits_refill END AS credits_refill,"
+    " extract(epoch FROM k.expires_at)::float8 AS expires_at,"
+    " extract(epoch FROM k.created_at)::float8 AS created_at,"
+    " extract(epoch FROM k.revoked_at)::float8 AS revoked_at"
+    " FROM api_keys AS k LEFT JOIN user_credits AS p ON p.user_id = k.user_id"
 )
-_KEY_BY_HASH = _SELECT_KEY + " WHERE key_hash = $1"
-_KEY_BY_ID = _SELECT_KEY + " WHERE id = $1::uuid"
+_KEY_BY_HASH = _SELECT_KEY + " WHERE k.key_hash = $1"
+_KEY_BY_ID = _SELECT_KEY + " WHERE k.id = $1::uuid"
 
 
 async def _ping(conn: Any) -> object:
@@ -324,8 +331,10 @@ class KeyStore:
             networks=tuple(row["allowed_cidrs"]),
             limits=key_limits(row["rate_limits"]),
             credits=(
-                CreditAccount(row["credit_account"], Refill.stored(row["credits_refill"]))
-                if row["limited"]
+                CreditAccount(
+                    row["credit_account"], Refill.stored(row["credits_refill"]), row["pooled"]
+                )
+                if row["credit_account"] is not None
                 else None
             ),
             meta=None if row["meta"] is None else json.loads(row["meta"]),

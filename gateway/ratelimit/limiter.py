@@ -5,10 +5,11 @@ limited route. `by: ip` limits run before authentication, the others after autho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.foundation.problems import Problem
+from gateway.foundation.soon import Later, Soon
 from gateway.keys.principal import Principal
 from gateway.observability.metrics import Metrics
 from gateway.policy.ratelimits import policy_header
@@ -33,7 +34,7 @@ class LimitState:
 
 
 class RateLimiter:
-    """Each check returns None once decided, or an awaitable to await for the verdict:
+    """Each check returns None once decided, or a `Later` to await for the verdict:
     the local backend decides at once, so a limited route costs it no coroutine."""
 
     def __init__(self, backend: Backend, metrics: Metrics) -> None:
@@ -41,9 +42,7 @@ class RateLimiter:
         self._metrics = metrics
         self._local = backend if isinstance(backend, LocalBackend) else None
 
-    def before_authentication(
-        self, route: Route, client: str, state: LimitState
-    ) -> Awaitable[None] | None:
+    def before_authentication(self, route: Route, client: str, state: LimitState) -> Soon[None]:
         limits = route.address_limits
         if not limits:
             return None
@@ -54,7 +53,7 @@ class RateLimiter:
 
     def after_authorization(
         self, route: Route, principal: Principal | None, state: LimitState
-    ) -> Awaitable[None] | None:
+    ) -> Soon[None]:
         if principal is None or not route.identity_limits:
             return None
         limits = route.identity_limits
@@ -76,9 +75,9 @@ class RateLimiter:
         ]
         return self._admit(asks, state)
 
-    def _admit(self, asks: list[Ask], state: LimitState) -> Awaitable[None] | None:
+    def _admit(self, asks: list[Ask], state: LimitState) -> Soon[None]:
         if self._local is None:
-            return self._admit_shared(asks, state)
+            return Later(self._admit_shared(asks, state))
         self._settle(self._local.take_now(asks), state)
         return None
 

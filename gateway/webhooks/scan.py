@@ -5,13 +5,14 @@ each event once (the key remembers what was announced):
 - `key.expiring` 30, 7 and 1 days before `expires_at` (the nearest threshold only, for
   a key made closer to its end than 30 days), `key.expired` once it has;
 - `key.credits_low` once the balance is at most 10 % of the last set or refill amount,
-  `key.credits_exhausted` once it is 0 — once per period: a set or refill starts anew.
+  `key.credits_exhausted` once it is 0 — once per period: a set or refill starts anew;
+  `user.credits_low` and `user.credits_exhausted` likewise for a user's pool (§21).
 """
 
 from __future__ import annotations
 
 from gateway.audit.outbox import enqueue
-from gateway.credits.shares import HELD
+from gateway.credits.shares import HELD, USERS
 from gateway.foundation.database import Conn
 
 SCAN_LOCK = 0x7765_6268_6F6F_6B  # any constant: the same in every process
@@ -39,6 +40,14 @@ UPDATE api_keys AS k SET credits_alerted = $1
 RETURNING id::text, (credits_remaining + {HELD.format("k.id")})::bigint AS remaining, credits_basis
 """
 
+_POOL_CREDITS = f"""
+UPDATE user_credits AS p SET credits_alerted = $1
+ WHERE credits_basis > 0 AND credits_alerted < $1
+   AND credits_remaining + {USERS.held("p.id")} <= CASE WHEN $1 = 2 THEN 0 ELSE credits_basis / 10 END
+RETURNING user_id, (credits_remaining + {USERS.held("p.id")})::bigint AS remaining, credits_basis
+"""
+_CREDIT_EVENTS = ((2, "credits_exhausted"), (1, "credits_low"))
+
 
 async def scan(conn: Conn) -> int:
     """One round, if no other process is running one; how many events it made."""
@@ -52,11 +61,16 @@ async def scan(conn: Conn) -> int:
                 made += await _event(conn, "key.expiring", row["id"], data)
         for row in await conn.fetch(_EXPIRED):
             made += await _event(conn, "key.expired", row["id"], {"actor": "system"})
-        for level, event in ((2, "key.credits_exhausted"), (1, "key.credits_low")):
+        for level, event in _CREDIT_EVENTS:
             for row in await conn.fetch(_CREDITS, level):
                 data = {"remaining": row["remaining"], "basis": row["credits_basis"],
                         "actor": "system"}  # fmt: skip
-                made += await _event(conn, event, row["id"], data)
+                made += await _event(conn, f"key.{event}", row["id"], data)
+            for row in await conn.fetch(_POOL_CREDITS, level):
+                data = {"user_id": row["user_id"], "remaining": row["remaining"],
+                        "basis": row["credits_basis"], "actor": "system"}  # fmt: skip
+                await enqueue(conn, f"user.{event}", data, None)
+                made += 1
     return made
 
 
