@@ -17,7 +17,8 @@ import msgspec
 
 from gateway.audit import events as audit
 from gateway.audit.events import Actor
-from gateway.credits import balance
+from gateway.credits import balance, pools
+from gateway.credits.refill import check_credits
 from gateway.foundation import config as config_module
 from gateway.foundation import database
 from gateway.foundation.config import Config, ConfigError
@@ -180,6 +181,21 @@ def _parser() -> argparse.ArgumentParser:
     lifetime_flags.add_argument("--max-lifetime-days", type=int, metavar="N")
     lifetime_flags.add_argument("--clear", action="store_true", help="no limit of its own")
     org_policy.add_argument("--json", action="store_true")
+
+    users_command = add(commands, "users", help="a user's credit pool")
+    user_cmds = users_command.add_subparsers(dest="action", required=True)
+    pool = add(user_cmds, "credits", help="show, set, add to or take from a user's credit pool")
+    pool.add_argument("user")
+    _credit_flags(pool)
+    pool_change = pool.add_mutually_exclusive_group()
+    pool_change.add_argument("--increment", type=int, metavar="N")
+    pool_change.add_argument("--decrement", type=int, metavar="N")
+    pool_change.add_argument(
+        "--remove",
+        action="store_true",
+        help="no pool: keys without credits of their own are unlimited",
+    )
+    pool.add_argument("--json", action="store_true")
 
     policy_command = add(commands, "policy", help="check policy files; explain a decision")
     policy_cmds = policy_command.add_subparsers(dest="action", required=True)
@@ -489,6 +505,45 @@ async def _keys_credits(conn: asyncpg.Connection, config: Config, args: argparse
     return 0
 
 
+async def _user_credits(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
+    """The user's pool (§21): shown, made or replaced (--credits, --refill), changed
+    (--increment, --decrement) or removed."""
+    given = _credits_given(args)
+    changed = args.increment is not None or args.decrement is not None or args.remove
+    if given is not None and changed:
+        raise CommandError("--credits and --refill: not with --increment, --decrement or --remove")
+    if given is not None:
+        errors = check_credits(given)
+        if errors:
+            raise CommandError(f"--{errors[0][0].rpartition('.')[2]}: {errors[0][1]}")
+        found = await pools.put(conn, args.user, given, actor=CLI)
+    elif args.remove:
+        found = await pools.put(conn, args.user, None, actor=CLI)
+    elif changed:
+        body = {"increment": args.increment} if args.increment is not None else {}
+        body = body or {"decrement": args.decrement}
+        errors = balance.check_change(body)
+        if errors:
+            raise CommandError(f"--{errors[0][0]}: {errors[0][1]}")
+        try:
+            found = await pools.change(conn, args.user, body, actor=CLI)
+        except pools.NoPool:
+            raise CommandError(f"{args.user} has no credit pool: set one with --credits") from None
+    else:
+        found = await pools.get(conn, args.user)
+    shown = {"user_id": args.user, "credits": found}
+    _print(shown, args.json, _pool_line)
+    return 0
+
+
+def _pool_line(pool: dict[str, Any]) -> str:
+    if pool["credits"] is None:
+        return (
+            f"{pool['user_id']}: no credit pool (keys without credits of their own are unlimited)"
+        )
+    return f"{pool['user_id']}: pool {_credits_line(pool['credits'])}"
+
+
 async def _keys_usage(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
     if not 1 <= args.days <= 2000:
         raise CommandError("--days: must be from 1 to 2000")
@@ -730,6 +785,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("keys", "credits"): _keys_credits,
     ("keys", "usage"): _keys_usage,
     ("orgs", "policy"): _org_policy,
+    ("users", "credits"): _user_credits,
     ("members", "add"): _members,
     ("members", "remove"): _members,
     ("audit", "show"): _audit,

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from gateway.audit.events import Actor
+from gateway.credits import pools
 from gateway.foundation.config import ScopeDef
 from gateway.foundation.config import SelfService as Settings
 from gateway.foundation.jsonbody import MAX_BODY, json_reply, parse_object
@@ -102,6 +103,7 @@ class KeysApi:
         async with self._pool.acquire() as conn:
             keys = await management.list_keys(conn, user.id)
             totals = await recent_totals(conn, [key["id"] for key in keys])
+            credits = await pools.get(conn, user.id)
         wanted = _STATUSES.get(status)
         marked = [lifetime.mark_blocked(key, self._max_days) for key in keys]
         shown = [
@@ -110,7 +112,7 @@ class KeysApi:
             if wanted is None or key["status"] in wanted
         ]
         # Newest first, as a settings page lists them.
-        return json_reply({"keys": shown[::-1]}, headers=NO_STORE)
+        return json_reply({"keys": shown[::-1], "credits": credits}, headers=NO_STORE)
 
     async def create(self, request: OwnedRequest, user: SessionUser, actor: Actor) -> Reply:
         spec = self._creation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.foundation.problems import PROBLEM_SCHEMA
-from gateway.keys.schemas import NETWORKS, OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
+from gateway.keys.schemas import CREDITS, NETWORKS, OWN_KEY, USAGE, USAGE_PARAMETERS, with_secret
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 _DESCRIPTION = {"type": ["string", "null"], "maxLength": 500}
@@ -73,8 +73,10 @@ _SESSION = {
 }
 _KEY_LIST = {
     "type": "object",
-    "required": ["keys"],
+    "required": ["keys", "credits"],
     "properties": {
+        # Your credit pool (§21), spent by each of your keys without credits of its own.
+        "credits": CREDITS,
         "keys": {
             "type": "array",
             "items": {
@@ -87,7 +89,7 @@ _KEY_LIST = {
                     },
                 ]
             },
-        }
+        },
     },
 }
 

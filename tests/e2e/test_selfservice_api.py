@@ -18,6 +18,8 @@ import jwt
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
+from gateway.audit.events import Actor
+from gateway.credits import pools
 from tests.hostapp import COOKIE, HostIdentity, host
 from tests.openapi import check_answer
 from tests.support import (
@@ -413,3 +415,18 @@ async def test_no_secret_in_the_access_log(alice: Person, gateway: RunningGatewa
         if line["route"] == "self-service" and not line["path"].endswith("/openapi.json")
     ]
     assert mine and all(line["user_id"] == _user(alice) for line in mine)
+
+
+async def test_the_list_carries_the_users_credit_pool(
+    http: aiohttp.ClientSession, gateway: RunningGateway, host: HostIdentity
+) -> None:
+    """The page shows the pool its keys spend (§21), from the same answer as the keys."""
+    user = unique("pool")
+    person = Person(http, gateway, host.token(user))
+    status, listed, _ = await person.call("GET", "/keys")
+    assert status == 200 and listed["credits"] is None
+    refill = {"interval": "month", "amount": 100, "day": 1}
+    async with gateway.pool.acquire() as conn:
+        await pools.put(conn, user, {"remaining": 7, "refill": refill}, actor=Actor("admin"))
+    status, listed, _ = await person.call("GET", "/keys")
+    assert listed["credits"] == {"remaining": 7, "refill": refill}

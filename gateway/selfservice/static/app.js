@@ -328,10 +328,27 @@ async function loadKeys() {
   try {
     const data = await call("GET", `/keys?status=${state.view}`);
     state.keys = data.keys;
+    renderPool(data.credits);
     renderKeys();
   } catch (error) {
     showAlert(`Your keys could not be loaded: ${error.message}`);
   }
+}
+
+// Your credit pool: what every key without credits of its own spends.
+function renderPool(credits) {
+  const pool = $("pool");
+  pool.hidden = !credits;
+  if (!credits) return;
+  const parts = [el("strong", { text: `${countFormat.format(credits.remaining)} credits` }),
+    document.createTextNode(" left, shared by your keys")];
+  const refill = credits.refill;
+  if (refill) {
+    const when = refill.interval === "day" ? "every day" : `on day ${refill.day} of each month`;
+    parts.push(document.createTextNode(
+      ` · refilled to ${countFormat.format(refill.amount)} ${when} (00:00 UTC)`));
+  }
+  pool.replaceChildren(...parts);
 }
 
 function cell(label, ...content) {
