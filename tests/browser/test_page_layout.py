@@ -93,6 +93,11 @@ async def five_keys(gateway: RunningGateway, http: aiohttp.ClientSession) -> tup
             assert used.status == 200
     assert gateway.store.networks is not None
     await gateway.store.networks.flush(gateway.pool)
+    pool = {"remaining": 1234567, "refill": {"interval": "month", "amount": 2000000, "day": 28}}
+    async with http.put(
+        f"{gateway.admin}/admin/v1/users/{user}/credits", json=pool, headers=admin_headers()
+    ) as r:
+        assert r.status == 200, await r.text()  # the user's credit pool, shown above the keys
     return user, made[2]["id"]
 
 
@@ -106,9 +111,11 @@ def _measure(page: Page) -> dict[str, Any]:
           return {text: b.textContent.trim(), left: r.left, right: r.right, width: r.width,
                   inner: b.scrollWidth, outer: b.clientWidth};
         });
+        const pool = document.getElementById('pool');
         return {scroll: doc.scrollWidth, view: view, panelScroll: panel.scrollWidth,
                 panelClient: panel.clientWidth, panelRight: panel.getBoundingClientRect().right,
-                buttons: buttons};
+                buttons: buttons, pool: pool.hidden ? null : pool.textContent,
+                poolRight: pool.getBoundingClientRect().right};
         """
     )
     return found
@@ -167,6 +174,14 @@ async def test_five_keys_fit_every_desktop_width(
     assert found["replaced"].startswith("Replaced") and "works until" in found["replaced"]
     assert found["replaced_buttons"][-1] == "Delete" and "Rotate" not in found["replaced_buttons"]
     assert found["blocked"].startswith("Blocked") and "3650-day key policy" in found["blocked"]
+    _pool_shown(found)
+
+
+def _pool_shown(found: dict[str, Any]) -> None:
+    """The user's credit pool, in one sentence within the page's width."""
+    assert found["pool"] is not None and "shared by your keys" in found["pool"], found["pool"]
+    assert "on day 28 of each month" in found["pool"] and "1" in found["pool"]
+    assert found["poolRight"] <= found["view"] + 0.5, found
 
 
 async def test_five_keys_as_cards_on_a_phone_with_a_full_width_chart(
@@ -212,3 +227,4 @@ async def test_five_keys_as_cards_on_a_phone_with_a_full_width_chart(
     # The three networks under the chart, each inside the card (an IPv6 /48 included).
     assert len(found["networks"]) == len(NETWORKS), found
     assert max(found["networks"]) <= found["cardRight"] + 0.5, found
+    _pool_shown(found)

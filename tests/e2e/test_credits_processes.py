@@ -137,3 +137,58 @@ async def test_a_share_held_by_a_killed_process_goes_back_to_the_key(
     print(f"\nthe killed process's share came back after {back:.1f} s (lease 3 s)")
     # What it never claimed comes back; what it claimed is counted as spent.
     assert left == 800 - share["claimed"] and share["claimed"] >= 3
+
+
+async def test_two_processes_spending_one_users_pool_through_two_keys_never_overspend(
+    tmp_path: Path,
+    database_url: str,
+    upstream: RecordingUpstream,
+    spawn: list[subprocess.Popen[bytes]],  # noqa: F811
+) -> None:
+    """§21: a user's pool, spent by each of their keys in a process of its own, with the
+    guarantees of a key's balance: never more than granted, almost all usable, exact."""
+    one, p1, a1 = _write_config(tmp_path, "one", database_url, upstream.url, **FAST)
+    two, p2, a2 = _write_config(tmp_path, "two", database_url, upstream.url, **FAST)
+    spawn += [_serve(one, tmp_path), _serve(two, tmp_path)]
+    user, credits = unique("pool"), 3000
+    async with aiohttp.ClientSession() as http:
+        await _ready(a1)
+        await _ready(a2)
+        keys = []
+        for _ in range(2):
+            body = {"user_id": user, "name": "pooled", "scopes": ["me:read"]}
+            async with http.post(
+                f"http://127.0.0.1:{a1}/admin/v1/keys", json=body, headers=admin_headers()
+            ) as response:
+                assert response.status == 201
+                keys.append(dict(await response.json()))
+        async with http.put(
+            f"http://127.0.0.1:{a2}/admin/v1/users/{user}/credits",
+            json={"remaining": credits},
+            headers=admin_headers(),
+        ) as response:
+            assert response.status == 200
+    admitted = await asyncio.gather(
+        *(
+            _hammer(f"http://127.0.0.1:{port}/v1/me", key["key"], 32)
+            for port, key in zip((p1, p2), keys, strict=True)
+        )
+    )
+    stop(*spawn)
+    assert [process.returncode for process in spawn] == [0, 0]
+    conn = await asyncpg.connect(database_url)
+    try:
+        pool = await conn.fetchrow(
+            "SELECT id, credits_remaining FROM user_credits WHERE user_id = $1", user
+        )
+        assert pool is not None
+        held = await conn.fetchval(
+            "SELECT count(*) FROM user_credit_shares WHERE pool_id = $1", pool["id"]
+        )
+    finally:
+        await conn.close()
+    total = sum(admitted)
+    print(f"\na pool of {credits}, 2 processes x 2 keys: admitted {admitted} = {total}"
+          f" ({total / credits:.1%}); {pool['credits_remaining']} given back")  # fmt: skip
+    assert total <= credits and total >= credits * 0.99
+    assert held == 0 and total + pool["credits_remaining"] == credits
