@@ -5,18 +5,14 @@ them: the proxy and decision listeners run whether or not it is served.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from gateway.admin.api import add_routes as add_admin_routes
 from gateway.appkeys import CAUGHT_UP, CONFIG, METRICS, POLICIES, POOL, READINESS, SCOPES
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from gateway.resources import Resources
 
 
-def create_admin_app(gateway: Gateway) -> web.Application:
+def create_admin_app(gateway: Resources) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[CONFIG] = gateway.config
     app[SCOPES] = gateway.scopes

@@ -24,7 +24,8 @@ from gateway.audit.events import Actor
 from gateway.foundation.config import Config, SelfService, Session
 from gateway.keys import management, validation
 from gateway.observability.diagnostics import configure_logging
-from gateway.runtime import Gateway, Options
+from gateway.resources import Options
+from gateway.runtime import Gateway
 
 DEMO_USER = "demo-user"
 DEMO_KEY_NAME = "demo"

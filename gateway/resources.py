@@ -2,7 +2,7 @@
 root (`runtime.Gateway`) in this order and closed in reverse: database, key store,
 invalidation listener, credit shares, usage counts, webhook delivery, policies, rate limiter, then the request path's own parts
 (signer, telemetry, upstream pools, the HTTP session for WebSockets and JWKS).
-Each sets what it opened on the runtime and cleans up only what it started.
+Each sets what it opened on the `Resources` and cleans up only what it started.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import aiohttp
 import asyncpg
@@ -23,17 +24,21 @@ import asyncpg
 from gateway.credits import balance, pools, shares
 from gateway.credits.ledger import CreditLedger
 from gateway.foundation import database
-from gateway.foundation.config import ConfigError
+from gateway.foundation.config import Config, ConfigError
+from gateway.foundation.readiness import Readiness
 from gateway.keys.invalidation import Listener
 from gateway.keys.networks import NetworkLog
 from gateway.keys.organizations import OrganizationPolicies
-from gateway.keys.store import KeyStore
+from gateway.keys.store import Clock, KeyStore
 from gateway.observability.accesslog import AccessLog
+from gateway.observability.metrics import Metrics
 from gateway.policy.reloader import ActivePolicies
+from gateway.policy.scopes import Catalogue
 from gateway.ratelimit.limiter import Backend, RateLimiter, sweep_periodically
 from gateway.ratelimit.local import LocalBackend
 from gateway.ratelimit.redis_client import RedisClient, client_for
 from gateway.ratelimit.shared import SharedBackend
+from gateway.tls.contexts import ServerTLS
 from gateway.tokens import signing
 from gateway.tokens.actor import Signer
 from gateway.tracing.spans import Tracing
@@ -41,11 +46,72 @@ from gateway.usage.counter import UsageCounter, prune
 from gateway.webhooks.delivery import Deliverer
 from gateway.webhooks.scan import scan
 
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
-
 log = logging.getLogger("gateway")
 STOP_SECONDS = 5.0
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How this process runs, beside what the configuration file says."""
+
+    migrate: bool = True
+    handle_sighup: bool = False
+    reuse_port: bool = False
+    clock: Clock = time.time
+    last_used_interval: float = 30.0
+    listener_check_interval: float = 0.5
+    # pgserver's cleanup mode: None leaves the embedded server running for the CLI.
+    embedded_cleanup: str | None = None
+    # Where the access log goes (stdout's bytes when None); tests pass a buffer.
+    access_log: BinaryIO | None = None
+    log_requests: bool = True
+    freeze_gc: bool = False  # a process-wide setting: serve sets it, tests do not
+    admin: bool = True  # serve the admin listener (the proxy runs without it)
+
+
+class Resources:
+    """What the gateway runs on, as the openers below set it while starting (the
+    composition root, `runtime.Gateway`, is one): each opener reads what those before
+    it opened, and nothing else."""
+
+    # Set while starting, by the resource that opens each.
+    database_url: str
+    pool: asyncpg.Pool
+    store: KeyStore
+    tracing: Tracing | None
+    listener: Listener
+    organizations: OrganizationPolicies
+    policies: ActivePolicies
+    limiter: RateLimiter
+    ledger: CreditLedger
+    pools: CreditLedger  # users' credit pools (§21)
+    usage: UsageCounter
+    access_log: AccessLog | None
+    http: aiohttp.ClientSession
+
+    def __init__(self, config: Config, options: Options | None = None) -> None:
+        self.config = config
+        self.options = options or Options()
+        self.scopes = Catalogue({name: d.implies for name, d in config.scopes.items()})
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self.server_tls: list[ServerTLS] = []
+        self.proxy_address: Address | None = None
+        self.decisions_address: Address | None = None
+        self.admin_address: Address | None = None
+
+    async def caught_up(self) -> None:
+        """Wait until this process's caches reflect every change committed so far: the
+        admin API and the page answer a change only then, so the caller's next request
+        through this process sees it (other processes within the NOTIFY delay)."""
+        async with self.pool.acquire() as conn:
+            await self.listener.caught_up(conn)
+
+    def reload_tls(self) -> None:
+        """New certificate files for new handshakes (SIGHUP, or the files changed)."""
+        for tls in self.server_tls:
+            tls.reload()
 
 
 async def stop_background(*tasks: asyncio.Task[None], within: float = STOP_SECONDS) -> None:
@@ -62,7 +128,7 @@ async def stop_background(*tasks: asyncio.Task[None], within: float = STOP_SECON
 
 
 @contextlib.asynccontextmanager
-async def open_database(gw: Gateway) -> AsyncIterator[None]:
+async def open_database(gw: Resources) -> AsyncIterator[None]:
     config, options = gw.config, gw.options
     loop = asyncio.get_running_loop()
     url = await loop.run_in_executor(None, database.database_url, config, options.embedded_cleanup)
@@ -82,7 +148,7 @@ async def open_database(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_tracing(gw: Gateway) -> AsyncIterator[None]:
+async def open_tracing(gw: Resources) -> AsyncIterator[None]:
     """Traces (§19) when `tracing.enabled`; what is queued is sent when the process
     stops (after the listeners: the last requests' spans are in)."""
     settings = gw.config.tracing
@@ -100,7 +166,7 @@ async def open_tracing(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(gw: Gateway) -> AsyncIterator[None]:
+async def open_store(gw: Resources) -> AsyncIterator[None]:
     options = gw.options
     store = KeyStore(
         gw.pool,
@@ -158,7 +224,7 @@ async def _settle_caches(store: KeyStore, interval: float = 5.0, growth: int = 5
 
 
 @contextlib.asynccontextmanager
-async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
+async def open_invalidation(gw: Resources) -> AsyncIterator[None]:
     listener = Listener(
         gw.database_url, gw.store, gw.metrics, check_interval=gw.options.listener_check_interval
     )
@@ -173,7 +239,7 @@ async def open_invalidation(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_organization_policies(gw: Gateway) -> AsyncIterator[None]:
+async def open_organization_policies(gw: Resources) -> AsyncIterator[None]:
     """Each organization's key policy, in memory: read at start, changed by NOTIFY,
     read again when the listener may have missed a change."""
     organizations = OrganizationPolicies()
@@ -194,7 +260,7 @@ async def open_organization_policies(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_credits(gw: Gateway) -> AsyncIterator[None]:
+async def open_credits(gw: Resources) -> AsyncIterator[None]:
     """This process's shares of keys' credit balances: reported and renewed while it
     runs (with the sweep of dead holders' shares and the refills), given back when it
     stops — after the listeners, so no request in flight still spends."""
@@ -230,7 +296,7 @@ async def open_credits(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_usage(gw: Gateway) -> AsyncIterator[None]:
+async def open_usage(gw: Resources) -> AsyncIterator[None]:
     """Usage counts, written every `usage.flush_seconds` and when the process stops
     (after the listeners: the last requests are counted); old hours pruned hourly."""
     settings = gw.config.usage
@@ -257,7 +323,7 @@ async def open_usage(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_webhooks(gw: Gateway) -> AsyncIterator[None]:
+async def open_webhooks(gw: Resources) -> AsyncIterator[None]:
     """Delivery of the outbox (woken by NOTIFY, else every poll), and the scan for
     time-driven events (one process at a time across hosts)."""
     settings = gw.config.webhooks
@@ -281,7 +347,7 @@ async def open_webhooks(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_policies(gw: Gateway) -> AsyncIterator[None]:
+async def open_policies(gw: Resources) -> AsyncIterator[None]:
     config = gw.config
     policies = ActivePolicies(
         config.resolve(config.policies.dir), gw.scopes, frozenset(config.upstreams), gw.metrics
@@ -312,7 +378,7 @@ async def open_policies(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
+async def open_rate_limits(gw: Resources) -> AsyncIterator[None]:
     settings = gw.config.rate_limiting
     local = LocalBackend(time.monotonic)
     backend: Backend = local
@@ -342,7 +408,7 @@ async def open_rate_limits(gw: Gateway) -> AsyncIterator[None]:
             await client.aclose()
 
 
-def load_signer(gw: Gateway) -> Signer:
+def load_signer(gw: Resources) -> Signer:
     config = gw.config
     keys = []
     for index, key in enumerate(config.tokens.signing_keys):
@@ -359,7 +425,7 @@ def load_signer(gw: Gateway) -> Signer:
 
 
 @contextlib.asynccontextmanager
-async def open_telemetry(gw: Gateway) -> AsyncIterator[None]:
+async def open_telemetry(gw: Resources) -> AsyncIterator[None]:
     """The access log and metrics samples, written in batches every 50 ms."""
     options = gw.options
     access_log = (
@@ -386,7 +452,7 @@ async def open_telemetry(gw: Gateway) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_http_session(gw: Gateway) -> AsyncIterator[None]:
+async def open_http_session(gw: Resources) -> AsyncIterator[None]:
     """aiohttp's client: WebSocket upgrades to upstreams and the host application's JWKS."""
     gw.http = aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -13,20 +13,14 @@ import contextlib
 import gc
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
 
-import aiohttp
-import asyncpg
 import watchfiles
 from aiohttp import web
 
 from gateway import resources
 from gateway.app import create_admin_app
-from gateway.credits.ledger import CreditLedger
 from gateway.decisions.service import DecisionEndpoints
 from gateway.edge.authn import Authenticator
 from gateway.edge.clients import ClientAddresses
@@ -40,82 +34,30 @@ from gateway.edge.upgrade import WebSocketDoor
 from gateway.forward.proxy import Forwarder, HeaderRules
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.config import Config
-from gateway.foundation.readiness import Readiness
 from gateway.http1.wire import HeaderNames
-from gateway.keys.invalidation import Listener
-from gateway.keys.organizations import OrganizationPolicies
-from gateway.keys.store import Clock, KeyStore
 from gateway.leaks.reports import LeakReports
 from gateway.leaks.signatures import GithubKeys
-from gateway.observability.accesslog import AccessLog
-from gateway.observability.metrics import Metrics
-from gateway.policy.reloader import ActivePolicies
-from gateway.policy.scopes import Catalogue
-from gateway.ratelimit.limiter import RateLimiter
+from gateway.resources import Address, Options, Resources
 from gateway.selfservice import service as self_service
 from gateway.tls.contexts import ServerTLS
 from gateway.tokens.endpoint import TokenEndpoint
 from gateway.tokens.identity import IdentityTokens
-from gateway.tracing.spans import Tracing
-from gateway.usage.counter import UsageCounter
 
 log = logging.getLogger("gateway")
-Address = tuple[str, int]
 # aiohttp's default backlog (128) drops connections in a burst before we ever
 # accept them, and the header deadline only starts at the accept.
 _BACKLOG = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """How this process runs, beside what the configuration file says."""
-
-    migrate: bool = True
-    handle_sighup: bool = False
-    reuse_port: bool = False
-    clock: Clock = time.time
-    last_used_interval: float = 30.0
-    listener_check_interval: float = 0.5
-    # pgserver's cleanup mode: None leaves the embedded server running for the CLI.
-    embedded_cleanup: str | None = None
-    # Where the access log goes (stdout's bytes when None); tests pass a buffer.
-    access_log: BinaryIO | None = None
-    log_requests: bool = True
-    freeze_gc: bool = False  # a process-wide setting: serve sets it, tests do not
-    admin: bool = True  # serve the admin listener (the proxy runs without it)
-
-
-class Gateway:
+class Gateway(Resources):
     """`async with Gateway(config, options) as gateway:` — running inside the block."""
 
-    # Set while starting, by the resource that opens each.
-    database_url: str
-    pool: asyncpg.Pool
-    store: KeyStore
-    tracing: Tracing | None
-    listener: Listener
-    organizations: OrganizationPolicies
-    policies: ActivePolicies
-    limiter: RateLimiter
-    ledger: CreditLedger
-    pools: CreditLedger  # users' credit pools (§21)
-    usage: UsageCounter
-    access_log: AccessLog | None
-    http: aiohttp.ClientSession
     identity_tokens: IdentityTokens
     upstreams: dict[str, UpstreamTarget]
     admin_app: web.Application
 
     def __init__(self, config: Config, options: Options | None = None) -> None:
-        self.config = config
-        self.options = options or Options()
-        self.scopes = Catalogue({name: d.implies for name, d in config.scopes.items()})
-        self.metrics = Metrics()
-        self.readiness = Readiness()
-        self.server_tls: list[ServerTLS] = []
-        self.proxy_address: Address | None = None
-        self.decisions_address: Address | None = None
-        self.admin_address: Address | None = None
+        super().__init__(config, options)
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Gateway:
@@ -148,13 +90,6 @@ class Gateway:
         traceback: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
-
-    async def caught_up(self) -> None:
-        """Wait until this process's caches reflect every change committed so far: the
-        admin API and the page answer a change only then, so the caller's next request
-        through this process sees it (other processes within the NOTIFY delay)."""
-        async with self.pool.acquire() as conn:
-            await self.listener.caught_up(conn)
 
     def _doors(self, recorder: Recorder) -> tuple[Pipeline, DecisionEndpoints, WebSocketDoor]:
         """The request path: the proxy pipeline, the decision endpoints, WebSockets."""
@@ -268,11 +203,6 @@ class Gateway:
             ("decisions.listen.tls", config.decisions.listen.tls),
         )
         return [ServerTLS(where, tls, config.resolve) for where, tls in wanted if tls is not None]
-
-    def reload_tls(self) -> None:
-        """New certificate files for new handshakes (SIGHUP, or the files changed)."""
-        for tls in self.server_tls:
-            tls.reload()
 
     async def _watch_tls(self) -> None:
         files = [str(path) for tls in self.server_tls for path in tls.files]

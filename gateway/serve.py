@@ -16,7 +16,8 @@ import asyncpg
 
 from gateway.foundation.config import Config
 from gateway.observability.diagnostics import configure_logging
-from gateway.runtime import Gateway, Options
+from gateway.resources import Options
+from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
 WORKER_ENV = "GATEWAY_WORKER"

@@ -23,7 +23,8 @@ from gateway.audit.events import Actor
 from gateway.foundation.config import Config
 from gateway.keys import management, validation
 from gateway.keys.store import KeyStore
-from gateway.runtime import Gateway, Options
+from gateway.resources import Options
+from gateway.runtime import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -11,7 +11,8 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -110,6 +111,94 @@ async def test_credits_spent_through_three_hosts_are_never_overspent(net: Cluste
     )
     assert admitted <= granted
     assert admitted >= granted * 0.97
+
+
+async def test_a_users_pool_spent_through_three_hosts_and_two_keys_is_never_overspent(
+    net: Cluster,
+) -> None:
+    """§21: one pool, two keys of its user, spent through the three hosts at once."""
+    granted, user = (3000 if FULL else 1000), f"pool-{time.monotonic_ns()}"
+    async with aiohttp.ClientSession() as http:
+        keys = [(await new_key(http, user_id=user))["key"] for _ in range(2)]
+        async with http.put(admin("g2") + f"/admin/v1/users/{user}/credits",
+                            json={"remaining": granted}, headers=HEADERS) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+    admitted = [0, 0]
+    quiet_since = time.monotonic()
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=24)) as http:
+
+        async def client(n: int) -> None:
+            nonlocal quiet_since
+            while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+                status = await status_of(http, f"{FRONT}/v1/me", keys[n % 2])
+                if status == 200:
+                    admitted[n % 2] += 1
+                    quiet_since = time.monotonic()
+                else:
+                    assert status == 429
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(client(n) for n in range(24)))
+    total = sum(admitted)
+    print(f"\na pool of {granted} through three hosts and two keys: {admitted} = {total}"
+          f" admitted ({total / granted:.1%})")  # fmt: skip
+    assert total <= granted
+    assert total >= granted * 0.97
+
+
+async def test_meta_and_an_organization_policy_reach_all_three_within_a_second(
+    net: Cluster,
+) -> None:
+    """§21: a key's metadata changed, and an organization's key policy set, through one
+    host: every host applies it within 1 s (NOTIFY), with no request asking the database."""
+    user, org = f"meta-{time.monotonic_ns()}", f"org-{time.monotonic_ns()}"
+    async with aiohttp.ClientSession() as http:
+        key = await new_key(http, user_id=user, meta={"plan": "free"}, expires_in_days=90)
+        async with http.put(admin("g1") + "/admin/v1/memberships", headers=HEADERS,
+                            json={"user_id": user, "resource_type": "organization",
+                                  "resource_id": org}) as r:  # fmt: skip
+            assert r.status in (200, 201, 204), await r.text()
+        auth = {"Authorization": f"Bearer {key['key']}"}
+
+        async def meta_on(address: str) -> str | None:
+            async with http.get(f"http://{address}:8080/v1/me", headers=auth) as r:
+                assert r.status == 200
+                return (await r.json())["meta"]  # type: ignore[no-any-return]
+
+        async def within_a_second(what: str, done: Any) -> float:
+            started, took = time.monotonic(), {}
+            for name, address in GATEWAYS.items():
+                while not await done(address):
+                    assert time.monotonic() - started < 1.0, f"{what} not on {name} within 1 s"
+                    await asyncio.sleep(0.01)
+                took[name] = time.monotonic() - started
+            return max(took.values())
+
+        for address in GATEWAYS.values():  # cached on every host
+            assert await meta_on(address) == "eyJwbGFuIjoiZnJlZSJ9"  # {"plan":"free"}
+            assert await status_of(http, f"http://{address}:8080/orgs/{org}", key["key"]) == 200
+        async with http.patch(admin("g1") + f"/admin/v1/keys/{key['id']}",
+                              json={"meta": {"plan": "pro"}}, headers=HEADERS) as r:  # fmt: skip
+            assert r.status == 200
+        meta_took = await within_a_second(
+            "meta", lambda address: _equal(meta_on(address), "eyJwbGFuIjoicHJvIn0")
+        )
+        async with http.put(admin("g2") + f"/admin/v1/organizations/{org}/key-policy",
+                            json={"max_lifetime_days": 30}, headers=HEADERS) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+        policy_took = await within_a_second(
+            "the organization's policy",
+            lambda address: _equal(
+                status_of(http, f"http://{address}:8080/orgs/{org}", key["key"]), 403
+            ),
+        )
+    print(f"\nmeta changed through g1: on all three after {meta_took * 1000:.0f} ms;"
+          f" an organization's policy through g2: {policy_took * 1000:.0f} ms")  # fmt: skip
+
+
+async def _equal(found: Awaitable[object], wanted: object) -> bool:
+    return await found == wanted
 
 
 async def test_credits_held_by_a_host_killed_come_back(net: Cluster) -> None:

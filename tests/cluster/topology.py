@@ -371,6 +371,8 @@ class Cluster:
             "  - {methods: [GET], path: /v1/me, scopes: [me:read]}\n"
             "  - {methods: [GET], path: '/limited/{n}', scopes: [me:read], rate_limit: [per-key]}\n"
             "  - {methods: [GET], path: '/guarded/{n}', public: true, rate_limit: [per-ip]}\n"
+            "  - {methods: [GET], path: '/orgs/{org}', scopes: [me:read],"
+            " member_of: {organization: org}}\n"
             "rate_limits:\n"
             "  per-key: {limit: 20, per_seconds: 1, burst: 20, by: key}\n"
             "  per-ip: {limit: 5, per_seconds: 60, by: ip}\n"

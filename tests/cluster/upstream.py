@@ -1,4 +1,5 @@
-"""The cluster's upstream host: answers every request with a small JSON body."""
+"""The cluster's upstream host: answers every request with a small JSON body (which
+says the key metadata it was sent)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from aiohttp import web
 
 async def _echo(request: web.Request) -> web.Response:
     await request.read()
-    return web.json_response({"path": request.path, "host": sys.argv[1]})
+    meta = request.headers.get("X-Gateway-Key-Meta")  # the key's metadata, as it came
+    return web.json_response({"path": request.path, "host": sys.argv[1], "meta": meta})
 
 
 if __name__ == "__main__":

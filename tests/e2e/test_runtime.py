@@ -8,7 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.runtime import Gateway, Options
+from gateway.resources import Options
+from gateway.runtime import Gateway
 from tests.rawhttp import exchange, port_of
 from tests.support import RecordingUpstream, make_config, raw_request, routes_dir, running_gateway
 
