@@ -132,7 +132,7 @@ def measure(database_url: str, requests: int) -> dict[str, float]:
 
     migrate = [PY, "-m", "gateway", "migrate", "--config", str(config_for("count", 0, 0))]
     subprocess.run(migrate, check=True, capture_output=True, env=_environment())
-    cached, _, _ = asyncio.run(seed(database_url, 0))
+    cached, _, _, _ = asyncio.run(seed(database_url, 0))
     results: dict[str, float] = {}
     with process(["nginx", "-c", str(nginx)], "nginx-count.log"):
         wait_http(f"http://127.0.0.1:{upstream_port}/public/200B")

@@ -98,7 +98,7 @@ def nginx_conf(upstream_port: int, proxy_port: int, tls_port: int, tls: dict[str
     """The upstream (plain, and with TLS for the https-upstream row) and the plain
     `proxy_pass` row (core 0, with wrk)."""
     docroot = OUT / "www"
-    for prefix in ("", "api/", "public/", "limited/", "jwt/", "secure/"):
+    for prefix in ("", "api/", "public/", "limited/", "jwt/", "secure/", "orgs/bench-org/"):
         (docroot / prefix).mkdir(parents=True, exist_ok=True)
         for name, size in BODIES.items():
             (docroot / prefix / name).write_bytes(b"x" * size)
@@ -275,12 +275,14 @@ def parse_wrk(text: str) -> dict[str, float]:
     }
 
 
-async def seed(database_url: str, fresh: int) -> tuple[str, str, Path]:
-    """One cached key, one with credits (more than any run spends), and `fresh` keys for
-    the miss path (bulk-inserted, written to a Lua list)."""
+async def seed(database_url: str, fresh: int) -> tuple[str, str, str, Path]:
+    """One cached key, one with credits (more than any run spends), one under every key
+    policy of §21, and `fresh` keys for the miss path (bulk-inserted, written to a Lua
+    list)."""
     conn = await asyncpg.connect(database_url)
     try:
         cached, paying = key_format.generate("gwk"), key_format.generate("gwk")
+        policed = await _policed_key(conn)
         await conn.execute(
             "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes,"
             " credits_remaining) VALUES ($1, $2, $3, 'bench-user', 'credits', $4, $5)",
@@ -319,7 +321,30 @@ async def seed(database_url: str, fresh: int) -> tuple[str, str, Path]:
         "request = function()\n  i = i + 1\n  local k = keys[(i % #keys) + 1]\n"
         '  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. k})\nend\n'
     )
-    return cached, paying, script
+    return cached, paying, policed, script
+
+
+async def _policed_key(conn: asyncpg.Connection) -> str:
+    """A key with metadata and a 90-day expiry, of a user in an organization with a
+    lifetime policy, spending the user's credit pool (§21's cost row)."""
+    policed = key_format.generate("gwk")
+    await conn.execute(
+        "INSERT INTO api_keys (id, key_hash, display_prefix, user_id, name, scopes, meta,"
+        " expires_at) VALUES ($1, $2, $3, 'bench-policy', 'policed', $4,"
+        ' \'{"plan": "pro", "account": "acme-4711"}\', now() + interval \'90 days\')',
+        uuid.uuid4(),
+        hashlib.sha256(policed.encode()).digest(),
+        policed[:12],
+        ["me:read"],
+    )
+    await conn.execute(
+        "INSERT INTO memberships (user_id, resource_type, resource_id)"
+        " VALUES ('bench-policy', 'organization', 'bench-org');"
+        "INSERT INTO organization_key_policies (organization, max_lifetime_days)"
+        " VALUES ('bench-org', 365);"
+        "INSERT INTO user_credits (user_id, credits_remaining) VALUES ('bench-policy', 1e12)"
+    )
+    return policed
 
 
 async def mint(proxy: str, key: str) -> str:
@@ -346,6 +371,7 @@ def gateway_config(
     https_upstream: tuple[int, Path],
     tls_listener: dict[str, Path] | None = None,
     traces_to: str | None = None,
+    key_policy: bool = False,
 ) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
@@ -360,6 +386,9 @@ def gateway_config(
         " identity: jwt}\n"
         "  - {name: secure, methods: [GET], path: '/secure/{rest...}', scopes: [me:read],"
         " upstream: origin-tls}\n"
+        # An organization's route: the membership check, and its lifetime policy (§21).
+        "  - {name: member, methods: [GET], path: '/orgs/{org}/{rest...}', scopes: [me:read],"
+        " member_of: {organization: org}}\n"
         "rate_limits:\n"
         "  roomy: {limit: 1000000, per_seconds: 1, by: key}\n"
     )
@@ -383,6 +412,8 @@ def gateway_config(
         config["listen"] = {**config["listen"], "tls": files}
     if traces_to is not None:
         config["tracing"] = {"enabled": True, "otlp_endpoint": traces_to, "sample_ratio": 0.01}
+    if key_policy:  # §21: a global lifetime limit, and the new-network notice
+        config["key_policy"] = {"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}}
     if decisions_port is not None:
         config["decisions"] = {"enabled": True, "listen": {"port": decisions_port}}
     if redis_url is not None:
@@ -447,6 +478,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     reference_port, minimal_auth_port = free_port(), free_port()
     tls_upstream_port, tls_port, tls_admin_port = free_port(), free_port(), free_port()
     traced_port, traced_admin_port, collector_port = free_port(), free_port(), free_port()
+    policy_port, policy_admin_port = free_port(), free_port()
     tls = certificates()
     conf = nginx_conf(upstream_port, nginx_proxy_port, tls_upstream_port, tls)
     https_upstream = (tls_upstream_port, tls["ca"])
@@ -472,6 +504,10 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         database_url, upstream_port, traced_port, traced_admin_port, "gateway-traced",
         https_upstream=https_upstream, traces_to=f"http://127.0.0.1:{collector_port}/v1/traces",
     )  # fmt: skip
+    policy_config = gateway_config(
+        database_url, upstream_port, policy_port, policy_admin_port, "gateway-key-policy",
+        https_upstream=https_upstream, key_policy=True,
+    )  # fmt: skip
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
     env["GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
@@ -481,7 +517,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         env=env,
         capture_output=True,
     )
-    cached, paying, fresh_script = asyncio.run(seed(database_url, 40_000))
+    cached, paying, policed, fresh_script = asyncio.run(seed(database_url, 40_000))
     with (
         process([*pin(0), "nginx", "-c", str(conf)], "nginx.log"),
         process([*pin(1), "nginx", "-c", str(front)], "nginx-front.log"),
@@ -521,6 +557,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         serve_on_core_1(
             traced_config, "gateway-traced.log", traced_admin_port, env
         ) as gateway_traced,
+        serve_on_core_1(
+            policy_config, "gateway-key-policy.log", policy_admin_port, env
+        ) as gateway_policy,
         contextlib.ExitStack() as extras,
     ):
         for port in (upstream_port, naive_port, naive_uv_port, reference_port):
@@ -555,6 +594,13 @@ def run(args: argparse.Namespace, database_url: str) -> None:
             TLS_LISTENER: (tls_port, "/api/", auth, None),
             HTTPS_UPSTREAM: (uv_port, "/secure/", auth, None),
             TRACED: (traced_port, "/api/", auth, None),
+            KEY_POLICY: (
+                policy_port,
+                "/orgs/bench-org/",
+                {"Authorization": f"Bearer {policed}"},
+                None,
+            ),
+            NOTICE: (policy_port, "/api/", auth, None),
             # nginx on the gateway's core in front of each decider, same configuration.
             "nginx auth_request + gateway decision, uvloop": (auth_port, "/api/", auth, None),
             "nginx auth_request + minimal auth service, uvloop (reference)": (
@@ -587,6 +633,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         # The reference's CPU is its decider's (the front nginx's is in neither row).
         pids[REFERENCE] = pids[MINIMAL_ALONE] = minimal_auth.pid
         pids[TRACED] = gateway_traced.pid
+        pids[KEY_POLICY] = pids[NOTICE] = gateway_policy.pid
         for name in targets:
             if name in pids:
                 continue
@@ -739,6 +786,8 @@ TLS_LISTENER = "gateway cached API key, TLS listener, uvloop"
 HTTPS_UPSTREAM = "gateway cached API key, https upstream, uvloop"
 TRACED = "gateway cached API key, tracing at 0.01, uvloop"
 REFERENCE = "nginx auth_request + minimal auth service, uvloop (reference)"
+KEY_POLICY = "gateway cached key, meta + lifetimes + member_of + user pool + notice, uvloop"
+NOTICE = "gateway cached API key, new-network notice on, uvloop"
 MINIMAL_ALONE = "minimal auth service alone, uvloop"
 
 
@@ -767,6 +816,8 @@ COMPARED = (
     (TLS_LISTENER, CACHED_UVLOOP, "TLS on the proxy listener vs plain"),
     (HTTPS_UPSTREAM, CACHED_UVLOOP, "an https upstream vs plain"),
     (TRACED, CACHED_UVLOOP, "tracing at ratio 0.01 vs tracing off"),
+    (KEY_POLICY, CACHED_UVLOOP, "§21 all at once (goal ≥ 0.95) vs a plain cached key"),
+    (NOTICE, CACHED_UVLOOP, "the new-network notice on (goal ≥ 0.98) vs off"),
 )
 
 
