@@ -484,17 +484,12 @@ def _credits_line(credits: dict[str, Any] | None) -> str:
 
 
 async def _keys_credits(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
-    body: dict[str, Any]
     if args.unlimited:
-        body = {"set": None}
+        body: dict[str, Any] = _balance_change({"set": None})
     elif args.credit_set is not None:
-        body = {"set": args.credit_set}
+        body = _balance_change({"set": args.credit_set})
     else:
-        body = {"increment": args.increment} if args.increment is not None else {}
-        body = body or {"decrement": args.decrement}
-    errors = balance.check_change(body)
-    if errors:
-        raise CommandError(f"--{errors[0][0]}: {errors[0][1]}")
+        body = _balance_change(_step(args))
     try:
         credits = await management.change_credits(conn, args.id, body, actor=CLI)
     except management.NotFound:
@@ -503,6 +498,21 @@ async def _keys_credits(conn: asyncpg.Connection, config: Config, args: argparse
         raise CommandError(str(exc)) from None
     _print({"credits": credits}, args.json, lambda found: _credits_line(found["credits"]))
     return 0
+
+
+def _step(args: argparse.Namespace) -> dict[str, Any]:
+    """--increment N or --decrement N, as the API's change."""
+    if args.increment is not None:
+        return {"increment": args.increment}
+    return {"decrement": args.decrement}
+
+
+def _balance_change(body: dict[str, Any]) -> dict[str, Any]:
+    """A change of a key's or a pool's balance, checked (one line naming the flag)."""
+    errors = balance.check_change(body)
+    if errors:
+        raise CommandError(f"--{errors[0][0]}: {errors[0][1]}")
+    return body
 
 
 async def _user_credits(conn: asyncpg.Connection, config: Config, args: argparse.Namespace) -> int:
@@ -520,13 +530,8 @@ async def _user_credits(conn: asyncpg.Connection, config: Config, args: argparse
     elif args.remove:
         found = await pools.put(conn, args.user, None, actor=CLI)
     elif changed:
-        body = {"increment": args.increment} if args.increment is not None else {}
-        body = body or {"decrement": args.decrement}
-        errors = balance.check_change(body)
-        if errors:
-            raise CommandError(f"--{errors[0][0]}: {errors[0][1]}")
         try:
-            found = await pools.change(conn, args.user, body, actor=CLI)
+            found = await pools.change(conn, args.user, _balance_change(_step(args)), actor=CLI)
         except pools.NoPool:
             raise CommandError(f"{args.user} has no credit pool: set one with --credits") from None
     else:

@@ -261,6 +261,17 @@ async def gateway_with_routes(
         yield running
 
 
+def cli_config(tmp_path: Path, config: Config, extra: str = "") -> Path:
+    """A configuration file for the CLI beside a running gateway: its database and
+    policies, a state directory of its own, and `extra` (YAML lines)."""
+    path = tmp_path / "cli.yaml"
+    path.write_text(
+        f"database: {{url: '{config.database.url}'}}\nstate_dir: {tmp_path}/state\n"
+        f"policies: {{dir: '{config.policies.dir}'}}\n{extra}"
+    )
+    return path
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

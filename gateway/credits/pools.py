@@ -119,9 +119,9 @@ async def change(
 ) -> dict[str, Any] | None:
     """A checked `{"set": N | null}`, `{"increment": N}` or `{"decrement": N}`; the
     pool's `credits` after (None: removed). Raises `NoPool` for an increment or
-    decrement of a user without one; a `set` makes one."""
+    decrement of a user without one; a `set` makes one (and keeps a pool's refill)."""
     ((operation, value),) = body.items()
-    if operation == "set":
+    if operation == "set" and (value is None or await get(conn, user_id) is None):
         return await put(
             conn, user_id, None if value is None else {"remaining": value}, actor=actor
         )

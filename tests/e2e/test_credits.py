@@ -14,7 +14,14 @@ import pytest
 
 from tests.e2e.test_audit import admin, events
 from tests.e2e.test_key_controls import _cli, _get, _until
-from tests.support import RecordingUpstream, RunningGateway, bearer, gateway_with_routes, unique
+from tests.support import (
+    RecordingUpstream,
+    RunningGateway,
+    bearer,
+    cli_config,
+    gateway_with_routes,
+    unique,
+)
 
 ROUTES = (
     "upstream: core\nroutes:\n"
@@ -183,11 +190,7 @@ async def test_rotation_carries_the_balance_to_the_new_key(
 async def test_the_cli_sets_credits_and_explains_costs(
     tmp_path: Path, database_url: str, gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
-    config = tmp_path / "cli.yaml"
-    config.write_text(
-        f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
-        f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
-    )
+    config = cli_config(tmp_path, gateway.config)
     made = await asyncio.to_thread(
         _cli, "keys", "create", "--user", unique("cli"), "--name", "n", "--scope", "me:read",
         "--credits", "5", "--refill", "100/month@1", "--json", config=config,

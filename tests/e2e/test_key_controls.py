@@ -20,6 +20,7 @@ from tests.support import (
     RecordingUpstream,
     RunningGateway,
     bearer,
+    cli_config,
     gateway_with_routes,
     unique,
 )
@@ -203,11 +204,7 @@ async def test_the_cli_switches_a_key_and_pins_it(
     tmp_path: Path, database_url: str, gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
     key = await _new_key(http, gateway, ["me:read"])
-    config = tmp_path / "cli.yaml"
-    config.write_text(
-        f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
-        f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
-    )
+    config = cli_config(tmp_path, gateway.config)
     done = await asyncio.to_thread(
         _cli, "keys", "update", key["id"], "--disable", "--cidr", "10.0.0.0/8", "--cidr",
         "2001:db8::/32", "--json", config=config,

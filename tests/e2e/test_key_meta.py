@@ -21,6 +21,7 @@ from tests.support import (
     RunningGateway,
     admin_headers,
     bearer,
+    cli_config,
     make_config,
     routes_dir,
     running_gateway,
@@ -195,11 +196,7 @@ async def test_a_rotation_keeps_meta_and_network_pins(
 
 
 async def test_the_cli_sets_and_removes_it(gateway: RunningGateway, tmp_path: Path) -> None:
-    config = tmp_path / "cli.yaml"
-    config.write_text(
-        f"database: {{url: '{gateway.config.database.url}'}}\nstate_dir: {tmp_path}/state\n"
-        f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
-    )
+    config = cli_config(tmp_path, gateway.config)
     made = await asyncio.to_thread(
         _cli, "keys", "create", "--user", unique("meta"), "--name", "k", "--scope", "me:read",
         "--meta", '{"plan": "pro"}', "--json", config=config,

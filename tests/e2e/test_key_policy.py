@@ -21,6 +21,7 @@ from tests.support import (
     RunningGateway,
     admin_headers,
     bearer,
+    cli_config,
     make_config,
     running_gateway,
     unique,
@@ -132,12 +133,7 @@ async def test_the_cli_refuses_too_and_rotates_within_the_limit(
     tmp_path: Path, database_url: str, upstream: RecordingUpstream
 ) -> None:
     async with gateway_with(tmp_path, database_url, upstream, 30) as gateway:
-        config = tmp_path / "cli.yaml"
-        config.write_text(
-            f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
-            f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
-            "key_policy: {max_lifetime_days: 30}\n"
-        )
+        config = cli_config(tmp_path, gateway.config, "key_policy: {max_lifetime_days: 30}\n")
         flags = ["keys", "create", "--user", unique("pol"), "--name", "k", "--scope", "me:read"]
         refused = await asyncio.to_thread(_cli, *flags, config=config)
         assert refused.returncode == 1

@@ -19,6 +19,7 @@ from tests.support import (
     RunningGateway,
     admin_headers,
     bearer,
+    cli_config,
     make_config,
     routes_dir,
     running_gateway,
@@ -146,11 +147,7 @@ async def test_the_cli_shows_sets_and_clears_it(
     a, _ = two
     org = unique("acme")
     await a.member(unique("org"), "organization", org)
-    config = tmp_path / "cli.yaml"
-    config.write_text(
-        f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
-        f"policies: {{dir: '{a.config.policies.dir}'}}\n"
-    )
+    config = cli_config(tmp_path, a.config)
 
     async def cli(*args: str) -> Any:
         return await asyncio.to_thread(_cli, "orgs", "policy", *args, config=config)

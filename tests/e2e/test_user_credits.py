@@ -20,7 +20,14 @@ from tests.e2e.test_credits import ROUTES
 from tests.e2e.test_key_controls import _cli, _get, _until
 from tests.e2e.test_webhooks import FAST as FAST_WEBHOOKS
 from tests.e2e.test_webhooks import Receiver, _endpoint, receiver  # noqa: F401
-from tests.support import RecordingUpstream, RunningGateway, bearer, gateway_with_routes, unique
+from tests.support import (
+    RecordingUpstream,
+    RunningGateway,
+    bearer,
+    cli_config,
+    gateway_with_routes,
+    unique,
+)
 
 
 @pytest.fixture
@@ -73,7 +80,9 @@ async def test_every_key_without_credits_spends_the_pool_and_own_credits_win(
     status, _, _ = await _spend(http, gateway, first, "/paid/5")
     assert status == 200  # the last credit
     assert (await _spend(http, gateway, second, "/paid/6"))[:2] == (429, "0")
-    # The balance shown counts what the processes hold as spent only once it is.
+    # The balance shown counts what the processes spent as last reported (every sync
+    # interval): reported at once here.
+    await gateway.runtime.pools.report()
     status, shown, _ = await admin(http, gateway, "GET", _pool(user))
     assert status == 200 and shown["credits"] == {"remaining": 0, "refill": None}
     # Topped up: usable at once; the audit trail says who.
@@ -145,6 +154,8 @@ async def test_a_refill_starts_full_and_runs_once_per_scheduled_time(
     status, made, _ = await admin(http, gateway, "PUT", _pool(user), {"refill": refill})
     assert status == 200 and made["credits"] == {"remaining": 50, "refill": refill}
     assert (await _spend(http, gateway, key, "/dear/1"))[:2] == (200, "48")
+    status, kept, _ = await admin(http, gateway, "POST", _pool(user), {"set": 60})
+    assert status == 200 and kept["credits"] == {"remaining": 60, "refill": refill}
     async with gateway.pool.acquire() as conn:
         await conn.execute(
             "UPDATE user_credits SET credits_refilled_at = now() - interval '2 days',"
@@ -200,11 +211,7 @@ async def test_low_and_exhausted_pools_are_announced_once(
 async def test_the_cli_shows_sets_changes_and_removes_a_pool(
     tmp_path: Path, database_url: str, gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
-    config = tmp_path / "cli.yaml"
-    config.write_text(
-        f"database: {{url: '{database_url}'}}\nstate_dir: {tmp_path}/state\n"
-        f"policies: {{dir: '{gateway.config.policies.dir}'}}\n"
-    )
+    config = cli_config(tmp_path, gateway.config)
     user = unique("cli")
 
     async def cli(*args: str) -> Any:
