@@ -88,10 +88,14 @@ class _Side(asyncio.Protocol):
             self.other.transport.write(data)
 
     def eof_received(self) -> bool:
+        """One side ended: so does the session, both sides once what each has buffered
+        is written (nginx ends an upgraded connection so). A WebSocket ends with its own
+        close handshake, which has passed by then; passing a half-close on instead
+        left the session open until the side that had not closed (aiohttp's server
+        keeps the connection for its keep-alive) or the idle timeout ended it."""
         other = self.other.transport if self.other is not None else None
-        if other is not None and other.can_write_eof():
-            other.write_eof()  # a half-close passes on; the other side closes when done
-            return True
+        if other is not None:
+            other.close()
         return False
 
     def pause_writing(self) -> None:

@@ -1,6 +1,6 @@
 """The WebSocket relay (`edge.upgrade.Pipe`), driven by byte scripts with no socket:
 the upstream's answer to the handshake is read, then bytes pass both ways unparsed,
-with flow control, half-closes and the idle cut."""
+with flow control, the end of either side ending both, and the idle cut."""
 
 from __future__ import annotations
 
@@ -54,15 +54,22 @@ async def test_a_side_that_cannot_write_pauses_the_other_sides_reading() -> None
     assert upstream.paused
 
 
-async def test_a_half_close_passes_on_and_a_close_closes_the_other_side() -> None:
+async def test_an_end_or_a_close_on_one_side_closes_the_other() -> None:
     pipe, client, upstream = piped()
     pipe.upstream.data_received(SWITCHED)
-    assert pipe.client.eof_received() is True and upstream.eof  # the upstream may answer
-    assert not upstream.closed
-    pipe.upstream.connection_lost(None)
-    assert client.closed and not client.aborted  # after what it has buffered is written
+    pipe.upstream.data_received(CLOSE_4003)
+    # The client's end: the upstream is closed after what it has buffered is written,
+    # and the client's own transport is closed by asyncio (False).
+    assert pipe.client.eof_received() is False
+    assert upstream.closed and not upstream.aborted and not upstream.eof
     pipe.client.connection_lost(None)
+    pipe.upstream.connection_lost(None)
+    assert client.closed and not client.aborted and client.written == CLOSE_4003
     await asyncio.wait_for(pipe.ended(), 1)
+    other, client, upstream = piped()
+    other.upstream.data_received(SWITCHED)
+    other.upstream.connection_lost(None)  # the upstream closed: so is the client
+    assert client.closed and not client.aborted
 
 
 async def test_neither_side_sending_for_the_idle_time_cuts_both() -> None:
