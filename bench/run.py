@@ -352,7 +352,7 @@ async def mint(proxy: str, key: str) -> str:
         aiohttp.ClientSession() as http,
         http.post(
             proxy + "/auth/actor-tokens",
-            json={"ttl_seconds": 900},
+            json={"ttl_seconds": 3600},  # outlives the rounds (`tokens` in the config)
             headers={"Authorization": f"Bearer {key}"},
         ) as r,
     ):
@@ -371,7 +371,7 @@ def gateway_config(
     https_upstream: tuple[int, Path],
     tls_listener: dict[str, Path] | None = None,
     traces_to: str | None = None,
-    key_policy: bool = False,
+    key_policy: dict[str, Any] | None = None,
 ) -> Path:
     policies = OUT / "policies"
     policies.mkdir(exist_ok=True)
@@ -406,14 +406,15 @@ def gateway_config(
             },
         },
         "cache": {"ttl_seconds": 600},
+        "tokens": {"max_ttl_seconds": 3600},
     }
     if tls_listener is not None:
         files = {"cert_file": str(tls_listener["cert"]), "key_file": str(tls_listener["key"])}
         config["listen"] = {**config["listen"], "tls": files}
     if traces_to is not None:
         config["tracing"] = {"enabled": True, "otlp_endpoint": traces_to, "sample_ratio": 0.01}
-    if key_policy:  # §21: a global lifetime limit, and the new-network notice
-        config["key_policy"] = {"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}}
+    if key_policy is not None:
+        config["key_policy"] = key_policy
     if decisions_port is not None:
         config["decisions"] = {"enabled": True, "listen": {"port": decisions_port}}
     if redis_url is not None:
@@ -479,6 +480,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     tls_upstream_port, tls_port, tls_admin_port = free_port(), free_port(), free_port()
     traced_port, traced_admin_port, collector_port = free_port(), free_port(), free_port()
     policy_port, policy_admin_port = free_port(), free_port()
+    notice_port, notice_admin_port = free_port(), free_port()
     tls = certificates()
     conf = nginx_conf(upstream_port, nginx_proxy_port, tls_upstream_port, tls)
     https_upstream = (tls_upstream_port, tls["ca"])
@@ -506,7 +508,13 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     )  # fmt: skip
     policy_config = gateway_config(
         database_url, upstream_port, policy_port, policy_admin_port, "gateway-key-policy",
-        https_upstream=https_upstream, key_policy=True,
+        https_upstream=https_upstream,
+        key_policy={"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}},
+    )  # fmt: skip
+    # The notice alone, for the cached key (which has no expiry: the limit would block it).
+    notice_config = gateway_config(
+        database_url, upstream_port, notice_port, notice_admin_port, "gateway-notice",
+        https_upstream=https_upstream, key_policy={"new_network_notice": {"enabled": True}},
     )  # fmt: skip
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
@@ -560,6 +568,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         serve_on_core_1(
             policy_config, "gateway-key-policy.log", policy_admin_port, env
         ) as gateway_policy,
+        serve_on_core_1(
+            notice_config, "gateway-notice.log", notice_admin_port, env
+        ) as gateway_notice,
         contextlib.ExitStack() as extras,
     ):
         for port in (upstream_port, naive_port, naive_uv_port, reference_port):
@@ -600,7 +611,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 {"Authorization": f"Bearer {policed}"},
                 None,
             ),
-            NOTICE: (policy_port, "/api/", auth, None),
+            NOTICE: (notice_port, "/api/", auth, None),
             # nginx on the gateway's core in front of each decider, same configuration.
             "nginx auth_request + gateway decision, uvloop": (auth_port, "/api/", auth, None),
             "nginx auth_request + minimal auth service, uvloop (reference)": (
@@ -633,7 +644,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         # The reference's CPU is its decider's (the front nginx's is in neither row).
         pids[REFERENCE] = pids[MINIMAL_ALONE] = minimal_auth.pid
         pids[TRACED] = gateway_traced.pid
-        pids[KEY_POLICY] = pids[NOTICE] = gateway_policy.pid
+        pids[KEY_POLICY], pids[NOTICE] = gateway_policy.pid, gateway_notice.pid
         for name in targets:
             if name in pids:
                 continue

@@ -16,7 +16,7 @@ from gateway.edge.authn import Authenticator
 from gateway.edge.charge import charge
 from gateway.edge.safety import Target
 from gateway.foundation.problems import Problem, database_unavailable
-from gateway.foundation.soon import Later
+from gateway.foundation.soon import Later, Soon
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
@@ -134,7 +134,9 @@ class Decider:
         outcome.principal = principal
         check_address(principal, client)
         if route.member_of:
-            await self._authorize_member(principal, match)
+            waits = self._authorize_member(principal, match)
+            if isinstance(waits, Later):
+                await waits
         else:
             authorize(principal.scopes, match, _NO_MEMBERSHIPS)
         if limits is not None:
@@ -150,13 +152,30 @@ class Decider:
                 outcome.credits_spent = route.cost
         return Decision(route, principal)
 
-    async def _authorize_member(self, principal: Principal, match: Match) -> None:
-        memberships = _NO_MEMBERSHIPS
-        if match.route.scopes <= principal.scopes:
-            try:
-                memberships = await self._store.memberships(principal.user_id)
-            except StoreUnavailable:
-                raise database_unavailable() from None
+    def _authorize_member(self, principal: Principal, match: Match) -> Soon[None]:
+        """Scopes, membership and the organizations' key policies; a `Later` only when
+        the user's memberships are not cached."""
+        if not match.route.scopes <= principal.scopes:
+            self._check_member(principal, match, _NO_MEMBERSHIPS)  # refused: scopes first
+            return None
+        found = self._store.memberships(principal.user_id)
+        if isinstance(found, Later):
+            return Later(self._member_after_lookup(principal, match, found))
+        self._check_member(principal, match, found)
+        return None
+
+    async def _member_after_lookup(
+        self, principal: Principal, match: Match, found: Later[frozenset[tuple[str, str]]]
+    ) -> None:
+        try:
+            memberships = await found
+        except StoreUnavailable:
+            raise database_unavailable() from None
+        self._check_member(principal, match, memberships)
+
+    def _check_member(
+        self, principal: Principal, match: Match, memberships: frozenset[tuple[str, str]]
+    ) -> None:
         authorize(principal.scopes, match, memberships)
         for kind, param in match.route.member_of:
             if kind == "organization":

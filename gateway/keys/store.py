@@ -25,6 +25,7 @@ from cachetools import TTLCache
 from gateway.credits.refill import Refill
 from gateway.foundation.config import Cache
 from gateway.foundation.database import UNAVAILABLE, bounded
+from gateway.foundation.soon import Later, Soon
 from gateway.keys.networks import NetworkLog
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
@@ -283,11 +284,13 @@ class KeyStore:
             return record  # type: ignore[no-any-return]
         return await self._by_id.fill(key_id, lambda: self._load_key(_KEY_BY_ID, key_id))
 
-    async def memberships(self, user_id: str) -> frozenset[tuple[str, str]]:
+    def memberships(self, user_id: str) -> Soon[frozenset[tuple[str, str]]]:
+        """The user's memberships: at once when cached, else a `Later` (raising
+        `StoreUnavailable` when the database cannot answer)."""
         found = self._members.get(user_id)
         if found is not _MISSING:
             return found  # type: ignore[no-any-return]
-        return await self._members.fill(user_id, lambda: self._load_memberships(user_id))
+        return Later(self._members.fill(user_id, lambda: self._load_memberships(user_id)))
 
     def cached_entries(self) -> int:
         caches = (self._by_hash, self._by_id, self._unknown, self._members)
