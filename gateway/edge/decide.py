@@ -89,7 +89,7 @@ class Decider:
         limiter: RateLimiter,
         ledger: CreditLedger,
         organizations: OrganizationPolicies,
-        pools: CreditLedger | None = None,
+        pools: CreditLedger,
     ) -> None:
         """`ledger` spends keys' own balances; `pools`, users' pools (§21)."""
         self._policies = policies
@@ -98,7 +98,7 @@ class Decider:
         self._store = store
         self._limiter = limiter
         self._ledger = ledger
-        self._pools = pools or ledger
+        self._pools = pools
 
     async def decide(
         self,
