@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 import secrets
 import time
@@ -24,6 +23,7 @@ from gateway.usage.counter import (
 )
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_LOW_DIGITS = tuple(f"{n:03x}" for n in range(4096))
 
 
 class RequestIds:
@@ -32,7 +32,8 @@ class RequestIds:
 
     def __init__(self) -> None:
         self._prefix = secrets.token_hex(8)
-        self._count = itertools.count(1)
+        self._count = 0
+        self._high = ""  # the prefix and the counter's hex digits but the last three
 
     def for_request(self, headers: CIMultiDictProxy[str]) -> str:
         """The client's (or front proxy's) `X-Request-Id` when well-formed, else a new one."""
@@ -42,7 +43,14 @@ class RequestIds:
         return self.new()
 
     def new(self) -> str:
-        return f"{self._prefix}{next(self._count):016x}"
+        """The prefix and the counter in 16 hex digits. Formatting the counter per request
+        cost 2.5 % of a proxied request's instructions: its last three digits come from
+        a table, and the rest change once in 4096."""
+        count = self._count = self._count + 1
+        low = count & 0xFFF
+        if low == 0 or not self._high:
+            self._high = f"{self._prefix}{count >> 12:013x}"
+        return self._high + _LOW_DIGITS[low]
 
 
 class Recorder:

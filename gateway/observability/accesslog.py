@@ -78,10 +78,16 @@ class AccessLog:
 
 def _line(values: tuple[Any, ...]) -> _Line:
     line = _Line(*values)
-    line.duration_ms = round(line.duration_ms, 3)
+    line.duration_ms = _to_microsecond(line.duration_ms)
     if line.upstream_ms is not None:
-        line.upstream_ms = round(line.upstream_ms, 3)
+        line.upstream_ms = _to_microsecond(line.upstream_ms)
     return line
+
+
+def _to_microsecond(milliseconds: float) -> float:
+    # Not round(x, 3): its correctly rounded decimal conversion cost 2 % of a proxied
+    # request's instructions; a duration is never negative, and half-up is as good here.
+    return int(milliseconds * 1000 + 0.5) / 1000
 
 
 def _printable_line(line: _Line) -> dict[str, Any]:
