@@ -26,6 +26,7 @@ from gateway.credits.refill import Refill
 from gateway.foundation.config import Cache
 from gateway.foundation.database import UNAVAILABLE, bounded
 from gateway.foundation.soon import Later, Soon
+from gateway.keys.evictions import EvictionCounting
 from gateway.keys.networks import NetworkLog
 from gateway.keys.principal import CreditAccount, Network, Principal
 from gateway.policy.ratelimits import RateLimit
@@ -156,17 +157,6 @@ class Missing(enum.Enum):
 MISSING = Missing.MISSING
 
 
-class _EvictionCounting(TTLCache[Hashable, Any]):
-    """cachetools calls popitem() only to make room: count those as evictions."""
-
-    def __init__(self, maxsize: int, ttl: float, timer: Clock, on_evict: Callable[[], None]):
-        super().__init__(maxsize, ttl, timer=timer)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[Hashable, Any]:
-        item = super().popitem()
-        self._on_evict()
-        return item
 
 
 class _Cache:
@@ -174,7 +164,7 @@ class _Cache:
 
     def __init__(self, name: str, maxsize: int, ttl: float, clock: Clock, observer: Observer):
         self.name = name
-        self.entries: TTLCache[Hashable, Any] = _EvictionCounting(
+        self.entries: TTLCache[Hashable, Any] = EvictionCounting(
             maxsize, ttl, clock, lambda: observer.cache_event(name, "eviction")
         )
         self.inflight: dict[Hashable, asyncio.Future[Any]] = {}
