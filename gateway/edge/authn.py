@@ -62,11 +62,14 @@ class Authenticator:
             raise unauthorized("missing-credential", "missing credential")
         if token.count(".") == 2:
             return Later(self._actor_token(token, client))
-        if not key_format.is_well_formed(token, self._prefix):
-            raise unauthorized("malformed-credential", "malformed credential")
+        # The cache first: what it holds, known and unknown keys alike, passed the format
+        # check before it was looked up, and checking it again on every hit cost 3.7 %
+        # of a proxied request's instructions.
         digest = key_format.digest(token)
         record = self._store.cached_by_hash(digest)
         if record is MISSING:
+            if not key_format.is_well_formed(token, self._prefix):
+                raise unauthorized("malformed-credential", "malformed credential")
             return Later(self._looked_up(digest, client))
         return self._accepted(record, client)
 

@@ -57,8 +57,9 @@ def is_well_formed(token: str, prefix: str) -> bool:
 
 
 def digest(token: str) -> bytes:
-    """What is stored and what the cache is keyed by: SHA-256 of the whole key."""
-    return hashlib.sha256(token.encode("ascii")).digest()
+    """What is stored and what the cache is keyed by: SHA-256 of the whole key (of any
+    credential as received: a request's is hashed before its format is checked)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def display_prefix(token: str) -> str:

@@ -250,6 +250,30 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
     assert key["key"][12:] not in everything
 
 
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "gwk_" + "é" * 38,  # sent as UTF-8: not a key's alphabet
+        "gwk_\udcff" + "a" * 37,  # not UTF-8 at all
+        "gwk_" + "a" * 38,  # the right shape, a wrong checksum
+    ],
+)
+async def test_a_credential_that_is_not_a_key_is_malformed_before_any_lookup(
+    gateway: RunningGateway, upstream: RecordingUpstream, credential: str
+) -> None:
+    """A cached key is looked up before its format is checked (the cache only holds
+    what passed that check): whatever bytes a credential is made of, a miss is still
+    refused as malformed, without a query."""
+    queries = gateway.store.queries
+    raw = credential.encode("utf-8", "surrogateescape")
+    request = b"GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n\r\n" % raw
+    for _ in range(2):
+        replies, _ = await exchange(port_of(gateway.proxy), request, expect=1)
+        assert [reply.status for reply in replies] == [401]
+        assert json.loads(replies[0].body)["type"] == "urn:gateway:problem:malformed-credential"
+    assert gateway.store.queries == queries and upstream.received == []
+
+
 async def test_bytes_that_are_not_a_request_are_refused_and_still_logged(
     gateway: RunningGateway,
 ) -> None:
