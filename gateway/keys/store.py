@@ -157,8 +157,6 @@ class Missing(enum.Enum):
 MISSING = Missing.MISSING
 
 
-
-
 class _Cache:
     """A TTL cache with single flight and a generation guard against stale fills."""
 
