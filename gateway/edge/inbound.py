@@ -399,6 +399,11 @@ _TURNS: dict[tuple[Phase, Turn], Phase] = {
 }
 for _phase in Phase:
     _TURNS[(_phase, Turn.LOST)] = Phase.CLOSED
+# The table indexed [phase][turn]: a turn looked up without building and hashing a tuple.
+_NEXT_PHASE: list[list[Phase | None]] = [
+    [_TURNS.get((Phase(phase), Turn(turn))) if phase and turn else None for turn in range(7)]
+    for phase in range(6)
+]
 
 
 class InboundConnection(asyncio.Protocol):
@@ -431,7 +436,7 @@ class InboundConnection(asyncio.Protocol):
         return self.phase is Phase.CLOSED
 
     def _turn(self, turn: Turn) -> Phase:
-        phase = _TURNS.get((self.phase, turn))
+        phase = _NEXT_PHASE[self.phase][turn]
         if phase is None:
             raise RuntimeError(f"connection: {turn.name.lower()} while {self.phase.name.lower()}")
         self.phase = phase

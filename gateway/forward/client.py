@@ -201,6 +201,11 @@ _LINK_TURNS: dict[tuple[Link, LinkTurn], Link] = {
 }
 for _link in Link:
     _LINK_TURNS[(_link, LinkTurn.CLOSE)] = Link.CLOSED
+# The table indexed [link][turn]: a turn looked up without building and hashing a tuple.
+_NEXT_LINK: list[list[Link | None]] = [
+    [_LINK_TURNS.get((Link(link), LinkTurn(turn))) if link and turn else None for turn in range(7)]
+    for link in range(7)
+]
 
 
 class _Connection(asyncio.Protocol):
@@ -220,7 +225,7 @@ class _Connection(asyncio.Protocol):
         self.patience = Deadline(loop, self._timed_out)  # while waiting on the upstream
 
     def _turn(self, turn: LinkTurn) -> Link:
-        link = _LINK_TURNS.get((self.link, turn))
+        link = _NEXT_LINK[self.link][turn]
         if link is None:
             raise RuntimeError(
                 f"upstream connection: {turn.name.lower()} while {self.link.name.lower()}"
