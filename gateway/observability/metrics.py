@@ -27,8 +27,8 @@ class _Series:
 class Latencies:
     """`gateway_request_duration_seconds`, a histogram counted here (compiled) and shown
     through prometheus_client's custom-collector interface: its own `Histogram.observe`
-    is interpreted Python taking a lock per bucket, and cost 5 % of a proxied request's
-    instructions (`make count`)."""
+    is interpreted Python taking a lock per bucket; with it, applying a request's
+    figures cost 11,800 instructions, 5 % of a proxied request's (callgrind)."""
 
     name = "gateway_request_duration_seconds"
 
