@@ -280,9 +280,13 @@ class KeyStore:
             return found  # type: ignore[no-any-return]
         return Later(self._members.fill(user_id, lambda: self._load_memberships(user_id)))
 
-    def cached_entries(self) -> int:
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held, by cache (each is bounded by `cache.max_entries`)."""
         caches = (self._by_hash, self._by_id, self._unknown, self._members)
-        return sum(len(cache.entries) for cache in caches)
+        return {cache.name: len(cache.entries) for cache in caches}
+
+    def cached_entries(self) -> int:
+        return sum(self.cache_sizes().values())
 
     def touch(self, key_id: str, client: str) -> None:
         """Note a use, from the client address; `flush_last_used` writes them in one batch."""
