@@ -12,11 +12,12 @@ from __future__ import annotations
 from gateway.decisions.answers import allow, refuse
 from gateway.decisions.shapes import endpoint_for, refuse_forbidden_headers
 from gateway.edge import safety
-from gateway.edge.decide import Decider, Outcome
+from gateway.edge.decide import Decider, Decision, Outcome
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
 from gateway.foundation.problems import Problem
+from gateway.foundation.soon import Later, Soon
 from gateway.http1.wire import HeaderNames
 
 
@@ -26,9 +27,9 @@ class DecisionEndpoints:
         self._names = names
         self.serve = Envelope(recorder, self._decide, self._refuse, "decisions").serve
 
-    async def _decide(
+    def _decide(
         self, exchange: Exchange, rid: str, outcome: Outcome, _timing: dict[str, float]
-    ) -> None:
+    ) -> Soon[None]:
         found = endpoint_for(exchange.raw_path)
         if found is None:
             raise Problem(404, "no-decision-endpoint", "no such decision endpoint")
@@ -37,9 +38,20 @@ class DecisionEndpoints:
         outcome.asked = (asked.method, asked.uri)
         refuse_forbidden_headers(exchange, self._names)
         target = safety.check_target(asked.method, asked.uri)
-        decision = await self._decider.decide(
+        decided = self._decider.decide(
             asked.method, target, exchange.headers, asked.client, outcome
         )
+        if isinstance(decided, Later):
+            return Later(self._allow_after(decided, exchange, rid, outcome))
+        self._allow(decided, exchange, rid, outcome)
+        return None
+
+    async def _allow_after(
+        self, decided: Later[Decision], exchange: Exchange, rid: str, outcome: Outcome
+    ) -> None:
+        self._allow(await decided, exchange, rid, outcome)
+
+    def _allow(self, decision: Decision, exchange: Exchange, rid: str, outcome: Outcome) -> None:
         exchange.reply(allow(decision, rid, outcome.limit_headers()), {})
 
     def _refuse(self, exchange: Exchange, problem: Problem, rid: str, outcome: Outcome) -> None:

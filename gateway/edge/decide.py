@@ -100,15 +100,17 @@ class Decider:
         self._ledger = ledger
         self._pools = pools
 
-    async def decide(
+    def decide(
         self,
         method: str,
         target: Target,
         headers: CIMultiDictProxy[str],
         client: str,
         outcome: Outcome,
-    ) -> Decision:
-        """Allow (a `Decision`) or raise the `Problem` the request is refused with.
+    ) -> Soon[Decision]:
+        """Allow (a `Decision`) or raise the `Problem` the request is refused with; a
+        `Later` when a check must wait (an uncached key or membership, a limit kept in
+        Redis, a credit share to fetch), the decision at once when none must.
 
         The checks run in the order of §16, each refusal spending nothing later in the
         list: `by: ip` limits (before authentication), the credential (401), the client
@@ -121,38 +123,96 @@ class Decider:
         route = match.route
         outcome.route = route.name
         outcome.template = route.template
-        limits = LimitState(route.rate_limit_policy) if route.rate_limits else None
-        if limits is not None:
-            outcome.limits = limits
-            waits = self._limiter.before_authentication(route, client, limits)
-            if isinstance(waits, Later):
-                await waits
+        if route.rate_limits:
+            return Later(self._decide_limited(match, headers, client, outcome))
+        if route.public:
+            return Decision(route, None)
+        found = self._authn.authenticate(headers, client)
+        if isinstance(found, Later):
+            return Later(self._decide_after(found, match, client, outcome))
+        checked = self._authorize(found, match, client, outcome)
+        if isinstance(checked, Later):
+            return Later(self._decide_after(found, match, client, outcome, checked))
+        return self._charge(found, route, outcome)
+
+    async def _decide_after(
+        self,
+        found: Soon[Principal],
+        match: Match,
+        client: str,
+        outcome: Outcome,
+        checked: Later[None] | None = None,
+    ) -> Decision:
+        """The rest of a decision on a route without rate limits, from the check that
+        had to wait (`checked` when authorization did, else authentication)."""
+        principal = await found if isinstance(found, Later) else found
+        if checked is None:
+            checked = self._authorize(principal, match, client, outcome)
+        if checked is not None:
+            await checked
+        charged = self._charge(principal, match.route, outcome)
+        return await charged if isinstance(charged, Later) else charged
+
+    async def _decide_limited(
+        self, match: Match, headers: CIMultiDictProxy[str], client: str, outcome: Outcome
+    ) -> Decision:
+        """A decision on a route with rate limits: its limiter may wait on Redis."""
+        route = match.route
+        limits = LimitState(route.rate_limit_policy)
+        outcome.limits = limits
+        waits = self._limiter.before_authentication(route, client, limits)
+        if isinstance(waits, Later):
+            await waits
         if route.public:
             return Decision(route, None)
         found = self._authn.authenticate(headers, client)
         principal = await found if isinstance(found, Later) else found
+        checked = self._authorize(principal, match, client, outcome)
+        if checked is not None:
+            await checked
+        waits = self._limiter.after_authorization(route, principal, limits)
+        if isinstance(waits, Later):
+            await waits
+        charged = self._charge(principal, route, outcome)
+        return await charged if isinstance(charged, Later) else charged
+
+    def _authorize(
+        self, principal: Principal, match: Match, client: str, outcome: Outcome
+    ) -> Later[None] | None:
+        """The client address, scopes and membership; a `Later` only when the user's
+        memberships are not cached."""
         outcome.principal = principal
         check_address(principal, client)
-        if route.member_of:
-            waits = self._authorize_member(principal, match)
-            if isinstance(waits, Later):
-                await waits
-        else:
-            authorize(principal.scopes, match, _NO_MEMBERSHIPS)
-        if limits is not None:
-            waits = self._limiter.after_authorization(route, principal, limits)
-            if isinstance(waits, Later):
-                await waits
-        if principal.credits is not None:
-            account = principal.credits
-            ledger = self._pools if account.pooled else self._ledger
-            left = charge(ledger, account, route.cost)
-            outcome.credits_left = await left if isinstance(left, Later) else left
-            if outcome.credits_left is not None:
-                outcome.credits_spent = route.cost
+        if match.route.member_of:
+            return self._authorize_member(principal, match)
+        authorize(principal.scopes, match, _NO_MEMBERSHIPS)
+        return None
+
+    def _charge(self, principal: Principal, route: Route, outcome: Outcome) -> Soon[Decision]:
+        """The last check: a key with credits pays the route's cost."""
+        account = principal.credits
+        if account is None:
+            return Decision(route, principal)
+        ledger = self._pools if account.pooled else self._ledger
+        left = charge(ledger, account, route.cost)
+        if isinstance(left, Later):
+            return Later(self._charged_after(left, principal, route, outcome))
+        return self._charged(left, principal, route, outcome)
+
+    async def _charged_after(
+        self, left: Later[int | None], principal: Principal, route: Route, outcome: Outcome
+    ) -> Decision:
+        return self._charged(await left, principal, route, outcome)
+
+    def _charged(
+        self, left: int | None, principal: Principal, route: Route, outcome: Outcome
+    ) -> Decision:
+        outcome.credits_left = left
+        if left is not None:
+            outcome.credits_spent = route.cost
         return Decision(route, principal)
 
-    def _authorize_member(self, principal: Principal, match: Match) -> Soon[None]:
+    def _authorize_member(self, principal: Principal, match: Match) -> Later[None] | None:
         """Scopes, membership and the organizations' key policies; a `Later` only when
         the user's memberships are not cached."""
         if not match.route.scopes <= principal.scopes:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from gateway.edge.authn import RefusedKey
 from gateway.edge.decide import Outcome
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
 from gateway.foundation.problems import Problem
+from gateway.foundation.soon import Later, Soon
 
 log = logging.getLogger("gateway.envelope")
 
-# (the request, its id, what the log says of it, timings) → the answer is written
-Work = Callable[[Exchange, str, Outcome, dict[str, float]], Awaitable[None]]
+# (the request, its id, what the log says of it, timings) → the answer is written, or
+# a `Later` that writes it
+Work = Callable[[Exchange, str, Outcome, dict[str, float]], "Soon[None]"]
 # (the request, the problem, its id, what the log says of it) → the refusal is written
 Refuse = Callable[[Exchange, Problem, str, Outcome], None]
 
@@ -34,7 +36,9 @@ class Envelope:
         self._refuse = refuse
         self._endpoint = endpoint
 
-    async def serve(self, exchange: Exchange) -> None:
+    def serve(self, exchange: Exchange) -> Soon[None]:
+        """None once the request is answered and recorded; a `Later` that finishes both
+        when the door's work must wait."""
         started = time.perf_counter()
         rid = self._recorder.ids.for_request(exchange.headers)
         outcome = Outcome(endpoint=self._endpoint, client=exchange.peer)
@@ -44,17 +48,50 @@ class Envelope:
             outcome.trace = tracing.begin(exchange.headers, exchange.method, path)
         timing: dict[str, float] = {}
         try:
-            await self._work(exchange, rid, outcome, timing)
-        except Problem as problem:
-            outcome.reason = problem.slug
-            if isinstance(problem, RefusedKey):
-                outcome.refused_key = problem.key_id
-            self._answer(exchange, problem, rid, outcome)
-        except Exception:
-            log.exception("unexpected error (request_id %s)", rid)
-            outcome.reason = "internal-error"
-            failure = Problem(500, "internal-error", "the gateway failed to handle the request")
+            working = self._work(exchange, rid, outcome, timing)
+        except Exception as failure:
+            self._failed(exchange, failure, rid, outcome)
+        else:
+            if working is not None:
+                return Later(self._finish(working, exchange, rid, outcome, started, timing))
+        self._record(exchange, rid, outcome, started, timing)
+        return None
+
+    async def _finish(
+        self,
+        working: Later[None],
+        exchange: Exchange,
+        rid: str,
+        outcome: Outcome,
+        started: float,
+        timing: dict[str, float],
+    ) -> None:
+        try:
+            await working
+        except Exception as failure:
+            self._failed(exchange, failure, rid, outcome)
+        self._record(exchange, rid, outcome, started, timing)
+
+    def _failed(self, exchange: Exchange, failure: Exception, rid: str, outcome: Outcome) -> None:
+        if isinstance(failure, Problem):
+            outcome.reason = failure.slug
+            if isinstance(failure, RefusedKey):
+                outcome.refused_key = failure.key_id
             self._answer(exchange, failure, rid, outcome)
+            return
+        log.error("unexpected error (request_id %s)", rid, exc_info=failure)
+        outcome.reason = "internal-error"
+        internal = Problem(500, "internal-error", "the gateway failed to handle the request")
+        self._answer(exchange, internal, rid, outcome)
+
+    def _record(
+        self,
+        exchange: Exchange,
+        rid: str,
+        outcome: Outcome,
+        started: float,
+        timing: dict[str, float],
+    ) -> None:
         if outcome.trace is not None and outcome.trace.recording:
             # An upgrade's span ends at the hand-over; the relay's outcome is logged.
             status = 101 if exchange.switched else exchange.status

@@ -1,6 +1,12 @@
 """The gateway's own HTTP/1.1 server: every request on the proxy and decision
-listeners is read by one `http1.RequestReader` and served as an `Exchange` on
-its connection's task; the answer leaves with the head and a small body in one write.
+listeners is read by one `http1.RequestReader` and served as an `Exchange`; the
+answer leaves with the head and a small body in one write.
+
+A bodiless request is served within the read that brought its head: a door that
+needs nothing it must wait for (a cached key's decision, a refusal) answers before
+`data_received` returns. Only what must wait (the upstream, PostgreSQL, Redis, a
+request body) goes on to the connection's one task, as the `Later` the door
+returned (`foundation.soon`), and requests are answered in order either way.
 
 aiohttp's server machinery (its request, response and writer objects, a URL per
 request) cost more CPU per request than authentication, policy and the upstream
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import cast
@@ -48,6 +54,7 @@ from urllib.parse import parse_qsl
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from gateway.foundation.problems import CONTENT_TYPE, Problem
+from gateway.foundation.soon import Later, Soon
 from gateway.foundation.timers import Deadline
 from gateway.http1.bodyqueue import BodyQueue
 from gateway.http1.messages import BodyTimeout, BodyTooSlow, BrokenBody, IncompleteBody, Reply
@@ -199,14 +206,22 @@ class Exchange:
 
     # --- the response ----------------------------------------------------------------
 
-    def head(self, status: int, reason: bytes, header_lines: bytes, framing: bytes = b"") -> bytes:
+    def head(
+        self,
+        status: int,
+        reason: bytes,
+        header_lines: bytes,
+        framing: bytes = b"",
+        dated: bool = False,
+    ) -> bytes:
         """The response head: status line, the given header lines (each ending in CRLF),
-        `Date` unless given, this connection's `Connection` header, then `framing`."""
+        `Date` unless they have one (`dated`: an upstream's, relayed), this connection's
+        `Connection` header, then `framing`."""
         self.status = status
         if not self.body.complete:
             self.close_after = True  # its unread rest must not be taken for a request
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), header_lines]
-        if b"\ndate:" not in b"\n" + header_lines.lower():
+        if not dated:
             parts.append(b"Date: %b\r\n" % self._connection.lane.date())
         if self.close_after:
             parts.append(b"Connection: close\r\n")
@@ -319,7 +334,9 @@ class MinimumRate:
             self._timer = None
 
 
-Serve = Callable[[Exchange], Awaitable[None]]
+# None once the request is answered; a `Later` for the rest when it must wait (the
+# upstream, PostgreSQL, a body), awaited on the connection's task.
+Serve = Callable[[Exchange], "Soon[None]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +438,7 @@ class InboundConnection(asyncio.Protocol):
         self.scheme = "http"
         self.phase = Phase.IDLE
         self._exchange: Exchange | None = None  # the request being served
-        self._next: Exchange | None = None  # for the connection's task to serve next
+        self._next: Later[None] | None = None  # for the connection's task to finish next
         self._task: asyncio.Task[None] | None = None
         self._waiting: asyncio.Future[None] | None = None  # the task, between requests
         self._header_deadline = Deadline(self.loop, self._headers_late)
@@ -494,6 +511,8 @@ class InboundConnection(asyncio.Protocol):
                 self._exchange.body.put(cast(Data, event).data)
             elif kind is Head:
                 self._start(cast(Head, event))
+                if self.phase is not Phase.BUSY and self.phase is not Phase.IDLE:
+                    return  # answered at once, and the connection ends with it
             elif event is END:
                 assert self._exchange is not None
                 self._exchange.body.end()
@@ -510,10 +529,25 @@ class InboundConnection(asyncio.Protocol):
         self._header_deadline.clear()
         exchange = Exchange(self, head)
         self._exchange = exchange
-        self._next = exchange
+        if exchange.body_exists:
+            # Served on the task, once this read's bytes of its body are taken.
+            pending: Later[None] | None = Later(self._serve_later(exchange))
+        else:
+            # Served at once, here: a request that needs nothing it must wait for (a
+            # cached key's decision, a refusal) is answered before this callback returns,
+            # with no task woken: waking one cost 14 % of a decision's instructions.
+            try:
+                pending = self.lane.serve(exchange)
+            except Exception:
+                self._serving_failed(exchange)
+                pending = None
+            if pending is None:
+                self._finished(exchange, reading=True)
+                return
+        self._next = pending
         if self._task is None or self._task.done():
-            # One task per connection, woken per request: a task per request cost
-            # more (creation and registration) than routing and authenticating it.
+            # One task per connection, woken per request that waits: a task per request
+            # cost more (creation and registration) than routing and authenticating it.
             self._task = self.loop.create_task(self._serve_all())
             self.lane.tasks.add(self._task)
             self._task.add_done_callback(self.lane.tasks.discard)
@@ -548,25 +582,36 @@ class InboundConnection(asyncio.Protocol):
             waiting.set_result(None)
 
     async def _serve_all(self) -> None:
+        """The rest of each request that had to wait, in turn."""
         while True:
-            exchange, self._next = self._next, None
-            if exchange is None:
+            pending, self._next = self._next, None
+            if pending is None:
                 if self.phase is not Phase.IDLE:
                     return
                 self._waiting = self.loop.create_future()
                 await self._waiting
                 continue
+            exchange = self._exchange
+            assert exchange is not None
             try:
-                await self.lane.serve(exchange)
+                await pending
             except Exception:
-                # The pipeline answers its own failures; this is the last guard, so
-                # that a client never waits on a connection nobody serves any more.
-                log.exception("unexpected error serving a request")
-                exchange.abort()
-            finally:
-                self._finished(exchange)
+                self._serving_failed(exchange)
+            self._finished(exchange, reading=False)
 
-    def _finished(self, exchange: Exchange) -> None:
+    async def _serve_later(self, exchange: Exchange) -> None:
+        pending = self.lane.serve(exchange)
+        if pending is not None:
+            await pending
+
+    def _serving_failed(self, exchange: Exchange) -> None:
+        # The envelope answers the request's own failures; this is the last guard, so
+        # that a client never waits on a connection nobody serves any more.
+        log.exception("unexpected error serving a request")
+        exchange.abort()
+
+    def _finished(self, exchange: Exchange, *, reading: bool) -> None:
+        """`reading`: called from `_read_events`, which goes on to a pipelined request."""
         self._exchange = None
         exchange.finish()
         phase = self.phase
@@ -577,9 +622,9 @@ class InboundConnection(asyncio.Protocol):
             return
         self._turn(Turn.DONE)
         self._reader.next_request()
-        self.resume_reading()
         self._header_deadline.set(self.lane.header_timeout)
-        if self._reader.buffered:
+        self.resume_reading()
+        if not reading and self._reader.buffered:
             self._read_events()  # a pipelined request (else the next bytes bring it)
 
     def switch(self, protocol: asyncio.Protocol) -> None:

@@ -19,10 +19,12 @@ from gateway.edge.decide import Decider, Decision, Outcome, check_address
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
+from gateway.edge.safety import Target
 from gateway.edge.upgrade import WebSocketDoor, is_upgrade
 from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.problems import Problem
+from gateway.foundation.soon import Later, Soon
 from gateway.http1.messages import Reply
 from gateway.leaks.reports import LeakReports
 from gateway.selfservice.service import SelfService
@@ -63,25 +65,52 @@ class Pipeline:
         self._self_service = self_service
         self.serve = Envelope(recorder, self._handle, self._refuse, "proxy").serve
 
-    async def _handle(
+    def _handle(
         self, exchange: Exchange, rid: str, outcome: Outcome, timing: dict[str, float]
-    ) -> None:
+    ) -> Soon[None]:
         target = safety.check_target(exchange.method, exchange.raw_path)
         if self._cors.is_preflight(exchange):
             outcome.route = "cors-preflight"
             exchange.reply(self._cors.preflight(exchange, rid), {})
-            return
+            return None
         cors = self._cors.headers(exchange)
         if self._clients.enabled:
             exchange.client = self._clients.of(exchange.peer, exchange.headers)
             exchange.scheme = self._clients.scheme(exchange.peer, exchange.headers, exchange.scheme)
         if self._owns(target.path):
-            owned = await self._gateway_owned(exchange, target.path, outcome, rid)
-            exchange.reply(owned, {"X-Request-Id": rid, **cors})
-            return
-        decision = await self._decider.decide(
+            return Later(self._gateway_owned(exchange, target.path, outcome, rid, cors))
+        decided = self._decider.decide(
             exchange.method, target, exchange.headers, exchange.client, outcome
         )
+        if isinstance(decided, Later):
+            return Later(self._forward_after(decided, exchange, target, rid, outcome, cors, timing))
+        return self._forward(decided, exchange, target, rid, outcome, cors, timing)
+
+    async def _forward_after(
+        self,
+        decided: Later[Decision],
+        exchange: Exchange,
+        target: Target,
+        rid: str,
+        outcome: Outcome,
+        cors: dict[str, str],
+        timing: dict[str, float],
+    ) -> None:
+        decision = await decided
+        await self._forward(decision, exchange, target, rid, outcome, cors, timing)
+
+    def _forward(
+        self,
+        decision: Decision,
+        exchange: Exchange,
+        target: Target,
+        rid: str,
+        outcome: Outcome,
+        cors: dict[str, str],
+        timing: dict[str, float],
+    ) -> Later[None]:
+        """The relay to the upstream, which always waits (no coroutine of its own: one
+        more level for every resumption of the request)."""
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
         extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
@@ -90,12 +119,15 @@ class Pipeline:
             extra["X-Key-Expires-At"] = expiry
         identity = self._identity(decision, upstream.name)
         if is_upgrade(exchange.method, exchange.headers):
-            await self._websockets.relay(
-                exchange, target.raw, upstream, identity, rid, extra, outcome
+            return Later(
+                self._websockets.relay(
+                    exchange, target.raw, upstream, identity, rid, extra, outcome
+                )
             )
-            return
-        await self._forwarder.relay(
-            exchange, target.raw, upstream, identity, rid, extra, timing, outcome.trace
+        return Later(
+            self._forwarder.relay(
+                exchange, target.raw, upstream, identity, rid, extra, timing, outcome.trace
+            )
         )
 
     def _refuse(self, exchange: Exchange, problem: Problem, rid: str, outcome: Outcome) -> None:
@@ -120,6 +152,12 @@ class Pipeline:
         )
 
     async def _gateway_owned(
+        self, exchange: Exchange, path: str, outcome: Outcome, rid: str, cors: dict[str, str]
+    ) -> None:
+        owned = await self._owned_answer(exchange, path, outcome, rid)
+        exchange.reply(owned, {"X-Request-Id": rid, **cors})
+
+    async def _owned_answer(
         self, request: Exchange, path: str, outcome: Outcome, rid: str
     ) -> Reply:
         """The answer to a path `_owns`."""

@@ -137,6 +137,11 @@ class Answer:
                 return int(value)
         return None
 
+    @property
+    def dated(self) -> bool:
+        """It has a `Date` header (relayed as the upstream's)."""
+        return any(len(name) == 4 and name.lower() == b"date" for name, _ in self.headers)
+
     async def wait_headers(self, seconds: float) -> None:
         if not self.headers_ready.done():
             await self._within(self.headers_ready, seconds)

@@ -193,7 +193,12 @@ class Downstream(Incoming, Protocol):
     def chunks(self, first: bytes = b"") -> AsyncIterator[bytes]: ...
     def send_continue(self) -> None: ...
     def head(
-        self, status: int, reason: bytes, header_lines: bytes, framing: bytes = b""
+        self,
+        status: int,
+        reason: bytes,
+        header_lines: bytes,
+        framing: bytes = b"",
+        dated: bool = False,
     ) -> bytes: ...
     def write(self, data: bytes) -> None: ...
     async def drain(self) -> None: ...
@@ -349,12 +354,13 @@ def _failure(exc: Exception) -> Problem:
 
 async def _relay_answer(exchange: Downstream, answer: Answer, lines: bytes, seconds: float) -> None:
     status, reason, length = answer.status, answer.reason.encode("latin-1"), answer.content_length
+    dated = answer.dated
     if exchange.method == "HEAD" or status in _BODILESS:
         # No body follows, whatever Content-Length says (for HEAD it describes a GET).
         framing = b""
         if length is not None and exchange.method == "HEAD":
             framing = b"Content-Length: %d\r\n" % length
-        exchange.write(exchange.head(status, reason, lines, framing))
+        exchange.write(exchange.head(status, reason, lines, framing, dated))
         return
     if length is not None and length <= CHUNK:
         # One chunk at most: headers and body in one write.
@@ -363,7 +369,7 @@ async def _relay_answer(exchange: Downstream, answer: Answer, lines: bytes, seco
         except UpstreamError as exc:
             raise _failure(exc) from None
         framing = b"Content-Length: %d\r\n" % len(body)
-        exchange.write(exchange.head(status, reason, lines, framing) + body)
+        exchange.write(exchange.head(status, reason, lines, framing, dated) + body)
         return
     chunked = length is None and exchange.version >= (1, 1)
     if length is not None:
@@ -373,7 +379,7 @@ async def _relay_answer(exchange: Downstream, answer: Answer, lines: bytes, seco
     else:
         framing = b""  # an HTTP/1.0 client: the body ends with the connection
         exchange.close_after = True
-    exchange.write(exchange.head(status, reason, lines, framing))
+    exchange.write(exchange.head(status, reason, lines, framing, dated))
     try:
         while piece := await answer.next_chunk(seconds):
             exchange.write(chunk(piece) if chunked else piece)

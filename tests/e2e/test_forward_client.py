@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.forward.client import MAX_IDLE, Origin, Pool
-from tests.support import RunningGateway, make_config, routes_dir, running_gateway
+from tests.support import RunningGateway, make_config, raw_request, routes_dir, running_gateway
 
 Script = Callable[["RawUpstream", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 ROUTES = "upstream: core\nroutes:\n  - {methods: ['*'], path: '/{rest...}', public: true}\n"
@@ -104,6 +104,32 @@ async def test_connections_are_kept_alive_and_reused(
         statuses = await asyncio.gather(*(_status(http, gateway.proxy + "/y") for _ in range(300)))
         assert set(statuses) == {200}
     assert upstream.connections <= 301
+
+
+async def test_an_upstreams_date_is_relayed_and_one_is_added_when_it_has_none(
+    tmp_path: Path, database_url: str
+) -> None:
+    upstream_date = b"daTE: Tue, 01 Dec 2026 10:00:00 GMT\r\n"  # any spelling of the name
+    relaying = keep_alive(extra=upstream_date)
+    for name in ("relayed", "added"):
+        (tmp_path / name).mkdir()
+    async with scripted(tmp_path / "relayed", database_url, relaying) as (_, gateway):
+        relayed = await raw_request(_port(gateway), b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    async with scripted(tmp_path / "added", database_url, keep_alive()) as (_, gateway):
+        added = await raw_request(_port(gateway), b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    relayed_head = relayed.partition(b"\r\n\r\n")[0].lower()
+    assert relayed_head.count(b"\r\ndate:") == 1
+    assert b"\r\ndate: tue, 01 dec 2026 10:00:00 gmt" in relayed_head
+    added_dates = [
+        line
+        for line in added.partition(b"\r\n\r\n")[0].split(b"\r\n")
+        if line.startswith(b"Date: ")
+    ]
+    assert len(added_dates) == 1 and added_dates[0].endswith(b" GMT")
+
+
+def _port(gateway: RunningGateway) -> int:
+    return int(gateway.proxy.rsplit(":", 1)[1])
 
 
 async def _status(http: aiohttp.ClientSession, url: str) -> int:

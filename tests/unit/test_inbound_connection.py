@@ -22,6 +22,7 @@ from gateway.edge.inbound import (
     Phase,
     Turn,
 )
+from gateway.foundation.soon import Later, Soon
 from gateway.http1.messages import BodyError
 from tests.transports import Recorded
 
@@ -35,11 +36,24 @@ async def echo(exchange: Exchange) -> None:
     exchange.respond(200, b"OK", b"", answer)
 
 
+def _unreadable(client: str, status: int, slug: str) -> str:
+    return f"req-{status}-{slug}"
+
+
+def connect_at_once(serve: Callable[[Exchange], Soon[None]]) -> tuple[InboundConnection, Recorded]:
+    """A connection whose door answers without waiting when it can (`Serve`)."""
+    limits = Limits(5.0, 5.0, max_header_bytes=1024, max_body_bytes=1 << 20)
+    connection = Lane(serve, limits, _unreadable).protocol()
+    transport = Recorded()
+    connection.connection_made(transport)
+    return connection, transport
+
+
 def connect(
     serve: Serve = echo, *, header_timeout: float = 5.0, body_timeout: float = 5.0
 ) -> tuple[InboundConnection, Recorded, Lane]:
     limits = Limits(header_timeout, body_timeout, max_header_bytes=1024, max_body_bytes=1 << 20)
-    lane = Lane(serve, limits, lambda client, status, slug: f"req-{status}-{slug}")
+    lane = Lane(lambda exchange: Later(serve(exchange)), limits, _unreadable)
     connection = lane.protocol()
     transport = Recorded()
     connection.connection_made(transport)
@@ -273,3 +287,74 @@ async def test_a_turn_the_table_does_not_have_is_refused() -> None:
     with pytest.raises(RuntimeError, match="done while idle"):
         connection._turn(Turn.DONE)
     assert phase(connection) is Phase.IDLE
+
+
+def answers_at_once(exchange: Exchange) -> None:
+    """A door that needs nothing it must wait for (a cached key's decision)."""
+    exchange.respond(200, b"OK", b"", exchange.raw_path.encode())
+
+
+async def test_a_request_answered_at_once_is_answered_within_the_read_with_no_task() -> None:
+    connection, transport = connect_at_once(answers_at_once)
+    connection.data_received(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    # Both pipelined requests answered, in order, before data_received returned.
+    assert transport.responses() == [b"HTTP/1.1 200 OK"] * 2
+    assert transport.written.endswith(b"/2") and b"/1" in transport.written
+    assert phase(connection) is Phase.IDLE and connection._task is None
+    connection.data_received(b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert transport.responses() == [b"HTTP/1.1 200 OK"] * 3
+    assert phase(connection) is Phase.CLOSED and transport.closed
+
+
+async def test_a_door_that_waits_for_one_request_and_not_the_next_keeps_their_order() -> None:
+    gate = asyncio.get_running_loop().create_future()
+
+    async def after_gate(exchange: Exchange) -> None:
+        await gate
+        answers_at_once(exchange)
+
+    def serve(exchange: Exchange) -> Soon[None]:
+        if exchange.raw_path == "/slow":
+            return Later(after_gate(exchange))
+        answers_at_once(exchange)
+        return None
+
+    connection, transport = connect_at_once(serve)
+    connection.data_received(
+        b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    await settle()
+    assert transport.written == b"" and phase(connection) is Phase.BUSY  # /fast waits its turn
+    gate.set_result(None)
+    await settle()
+    assert transport.responses() == [b"HTTP/1.1 200 OK"] * 2
+    assert transport.written.index(b"/slow") < transport.written.index(b"/fast")
+    assert phase(connection) is Phase.IDLE
+
+
+async def test_a_request_with_a_body_is_served_once_the_bytes_read_with_it_are_taken() -> None:
+    seen: list[bool] = []
+
+    def serve(exchange: Exchange) -> Soon[None]:
+        seen.append(exchange.body.complete)
+        exchange.respond(401, b"Unauthorized", b"", b"")  # refused, its body never read
+        return None
+
+    connection, transport = connect_at_once(serve)
+    connection.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    await settle()
+    # The whole body had arrived when it was served: the connection is kept.
+    assert seen == [True] and transport.responses() == [b"HTTP/1.1 401 Unauthorized"]
+    assert phase(connection) is Phase.IDLE and not transport.closed
+
+
+async def test_a_door_that_fails_at_once_cuts_the_connection() -> None:
+    def broken(exchange: Exchange) -> Soon[None]:
+        raise RuntimeError("a bug")
+
+    connection, transport = connect_at_once(broken)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.aborted and phase(connection) is Phase.CLOSED
+    assert transport.written == b""  # and the pipelined request after it is not served
