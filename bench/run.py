@@ -133,6 +133,7 @@ def _auth_request_server(port: int, decider: str, upstream_port: int) -> str:
     """The README's auth_request configuration, with keep-alive to both sides."""
     return f"""
   upstream decider_{port} {{ server {decider}; keepalive 64; }}
+  upstream origin_{port} {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -153,7 +154,7 @@ def _auth_request_server(port: int, decider: str, upstream_port: int) -> str:
       proxy_set_header X-API-Key         "";
       proxy_set_header Connection        "";
       proxy_http_version 1.1;
-      proxy_pass http://127.0.0.1:{upstream_port};
+      proxy_pass http://origin_{port};
     }}
     location = /.gateway-decision {{
       internal;

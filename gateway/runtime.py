@@ -30,6 +30,7 @@ from gateway.edge.inbound import Lane, Limits
 from gateway.edge.listener import guard, server_limits
 from gateway.edge.pipeline import Pipeline
 from gateway.edge.record import Recorder
+from gateway.edge.safety import Targets
 from gateway.edge.upgrade import WebSocketDoor
 from gateway.forward.proxy import Forwarder, HeaderRules
 from gateway.forward.upstreams import UpstreamTarget
@@ -111,9 +112,11 @@ class Gateway(Resources):
         self.upstreams = {
             name: UpstreamTarget.of(name, u, config.resolve) for name, u in config.upstreams.items()
         }
-        # The header memos of this gateway: owned here, handed to what reads headers.
+        # The memos of this gateway (header names, request paths): owned here, handed
+        # to what reads them.
         names = HeaderNames()
         rules = HeaderRules(names)
+        targets = Targets()
         websockets = WebSocketDoor(recorder, config.limits.websocket_idle_seconds, rules)
         pipeline = Pipeline(
             decider=decider,
@@ -126,10 +129,11 @@ class Gateway(Resources):
             identity_tokens=self.identity_tokens,
             websockets=websockets,
             clients=ClientAddresses(config.trusted_proxies),
+            targets=targets,
             self_service=self_service.from_config(config, self.pool, self.http, self.caught_up),
             leak_reports=self._leak_reports(),
         )
-        return pipeline, DecisionEndpoints(decider, recorder, names), websockets
+        return pipeline, DecisionEndpoints(decider, recorder, names, targets), websockets
 
     def _leak_reports(self) -> LeakReports | None:
         settings = self.config.leak_reports

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 from gateway.decisions.answers import allow, refuse
 from gateway.decisions.shapes import endpoint_for, refuse_forbidden_headers
-from gateway.edge import safety
 from gateway.edge.decide import Decider, Decision, Outcome
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
+from gateway.edge.safety import Targets
 from gateway.foundation.problems import Problem
 from gateway.foundation.soon import Later, Soon
 from gateway.http1.wire import HeaderNames
 
 
 class DecisionEndpoints:
-    def __init__(self, decider: Decider, recorder: Recorder, names: HeaderNames) -> None:
+    def __init__(
+        self, decider: Decider, recorder: Recorder, names: HeaderNames, targets: Targets
+    ) -> None:
         self._decider = decider
         self._names = names
+        self._targets = targets
         self.serve = Envelope(recorder, self._decide, self._refuse, "decisions").serve
 
     def _decide(
@@ -37,7 +40,7 @@ class DecisionEndpoints:
         asked = read(exchange)
         outcome.asked = (asked.method, asked.uri)
         refuse_forbidden_headers(exchange, self._names)
-        target = safety.check_target(asked.method, asked.uri)
+        target = self._targets.check(asked.method, asked.uri)
         decided = self._decider.decide(
             asked.method, target, exchange.headers, asked.client, outcome
         )

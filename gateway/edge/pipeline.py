@@ -11,7 +11,6 @@ the one that then leaves that server (`edge.upgrade`).
 
 from __future__ import annotations
 
-from gateway.edge import safety
 from gateway.edge.authn import Authenticator
 from gateway.edge.clients import ClientAddresses
 from gateway.edge.cors import Cors
@@ -19,7 +18,7 @@ from gateway.edge.decide import Decider, Decision, Outcome, check_address
 from gateway.edge.envelope import Envelope
 from gateway.edge.inbound import Exchange
 from gateway.edge.record import Recorder
-from gateway.edge.safety import Target
+from gateway.edge.safety import Target, Targets
 from gateway.edge.upgrade import WebSocketDoor, is_upgrade
 from gateway.forward.proxy import ANONYMOUS, Forwarder, Identity
 from gateway.forward.upstreams import UpstreamTarget
@@ -49,10 +48,12 @@ class Pipeline:
         identity_tokens: IdentityTokens,
         websockets: WebSocketDoor,
         clients: ClientAddresses,
+        targets: Targets,
         self_service: SelfService | None = None,
         leak_reports: LeakReports | None = None,
     ) -> None:
         self._clients = clients
+        self._targets = targets
         self._leaks = leak_reports
         self._decider = decider
         self._identity_tokens = identity_tokens
@@ -68,7 +69,7 @@ class Pipeline:
     def _handle(
         self, exchange: Exchange, rid: str, outcome: Outcome, timing: dict[str, float]
     ) -> Soon[None]:
-        target = safety.check_target(exchange.method, exchange.raw_path)
+        target = self._targets.check(exchange.method, exchange.raw_path)
         if self._cors.is_preflight(exchange):
             outcome.route = "cors-preflight"
             exchange.reply(self._cors.preflight(exchange, rid), {})

@@ -80,10 +80,16 @@ def _fold(name: bytes) -> str:
 
 
 def _names(value: bytes) -> frozenset[str]:
-    return frozenset(
-        token.strip().lower().replace("_", "-")
-        for token in value.decode("latin-1").split(",")
-        if token.strip()
+    # Hop-by-hop names are dropped whatever a `Connection` says: leaving them out keeps
+    # the usual lists ("keep-alive", "close") empty, and a message with an empty one
+    # is not checked header by header.
+    return (
+        frozenset(
+            token.strip().lower().replace("_", "-")
+            for token in value.decode("latin-1").split(",")
+            if token.strip()
+        )
+        - HOP_BY_HOP
     )
 
 
@@ -104,16 +110,9 @@ class HeaderNames:
         return self._folded.get(name)
 
     def listed(self, value: bytes) -> frozenset[str]:
-        """The header names a `Connection` header's value names (hop-by-hop by name)."""
+        """The header names a `Connection` header's value names (hop-by-hop by name),
+        but for the ones hop-by-hop anyway (`HOP_BY_HOP`)."""
         return self._listed.get(value)
-
-    def connection_named(self, headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
-        """Every name the message's `Connection` headers list."""
-        named: frozenset[str] = frozenset()
-        for name, value in headers:
-            if len(name) == 10 and self._folded.get(name) == "connection":
-                named |= self._listed.get(value)
-        return named
 
 
 class HttpDate:

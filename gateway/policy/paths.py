@@ -8,6 +8,7 @@ the policy checks is unambiguous and is forwarded byte for byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -20,14 +21,14 @@ _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_FORBIDDEN = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
 
 
-def split_path(path: str) -> list[str]:
+def split_path(path: str) -> tuple[str, ...]:
     """Decoded path segments; raises a 400 `Problem` for anything ambiguous."""
     if not _PATH.fullmatch(path):
         if not path.startswith("/"):
             raise bad_request("bad-path", "the path must begin with '/'")
         raise bad_request("bad-path", "the path has characters that must be percent-encoded")
     if path == "/":
-        return []
+        return ()
     if "%" in path:
         if _PERCENT.search(path):
             raise bad_request("bad-path", "malformed percent-encoding")
@@ -40,9 +41,9 @@ def split_path(path: str) -> list[str]:
         if segment.partition(";")[0] in (".", ".."):
             raise bad_request("bad-path", "dot segment in the path")
     if "%" not in path:
-        return segments
+        return tuple(segments)
     try:
-        return [unquote(segment, errors="strict") for segment in segments]
+        return tuple([unquote(segment, errors="strict") for segment in segments])
     except UnicodeDecodeError:
         raise bad_request("bad-path", "percent-encoding is not UTF-8") from None
 
@@ -56,15 +57,18 @@ _SERVED = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 class Target:
     raw: str  # path and query exactly as received, forwarded byte for byte
     path: str  # the raw path, without the query
-    segments: list[str]  # decoded, what the routes are matched against
+    segments: tuple[str, ...]  # decoded, what the routes are matched against
 
-    def __init__(self, raw: str, path: str, segments: list[str]) -> None:
+    def __init__(self, raw: str, path: str, segments: tuple[str, ...]) -> None:
         self.raw, self.path, self.segments = raw, path, segments
 
 
-def check_target(method: str, raw: str) -> Target:
+def check_target(
+    method: str, raw: str, split: Callable[[str], tuple[str, ...]] = split_path
+) -> Target:
     """A method and request target (as received, or as a front proxy reports them);
-    raises a 400 (or, for CONNECT, 405) `Problem`."""
+    raises a 400 (or, for CONNECT, 405) `Problem`. `split`: `split_path`, or the same
+    remembered (`edge.safety.Targets`)."""
     if not _METHOD.fullmatch(method):
         raise bad_request("bad-method", "the method must be an upper-case token")
     if method == "CONNECT":
@@ -75,4 +79,4 @@ def check_target(method: str, raw: str) -> Target:
     path, sep, query = raw.partition("?")
     if sep and _QUERY_FORBIDDEN.search(query):
         raise bad_request("bad-query", "the query has characters that must be percent-encoded")
-    return Target(raw, path, split_path(path))
+    return Target(raw, path, split(path))
