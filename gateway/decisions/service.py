@@ -55,7 +55,7 @@ class DecisionEndpoints:
         self._allow(await decided, exchange, rid, outcome)
 
     def _allow(self, decision: Decision, exchange: Exchange, rid: str, outcome: Outcome) -> None:
-        exchange.reply(allow(decision, rid, outcome.limit_headers()), {})
+        exchange.respond(200, b"OK", allow(decision, rid, outcome.limit_headers()), b"")
 
     def _refuse(self, exchange: Exchange, problem: Problem, rid: str, outcome: Outcome) -> None:
         exchange.reply(refuse(outcome.endpoint, problem, rid, outcome.limit_headers()), {})

@@ -38,12 +38,16 @@ MASTER_NAME = "gateway"
 ADMIN_TOKEN = "cluster-admin-token-0123456789"
 
 
-def _redis_argv(address: str, port: int, cluster: Path | None = None) -> list[str]:
+def _redis_argv(address: str, port: int, directory: Path, cluster: bool = False) -> list[str]:
+    """A redis-server's command line; what it writes (a replica's copy of its master's
+    data, a Cluster's node table) goes to a directory of its own under `directory`."""
+    data = directory / f"redis-{address}-{port}"
+    data.mkdir(exist_ok=True)
     argv = ["redis-server", "--bind", address, "--port", str(port), "--save", "",
-            "--appendonly", "no", "--protected-mode", "no"]  # fmt: skip
-    if cluster is not None:
+            "--appendonly", "no", "--protected-mode", "no", "--dir", str(data)]  # fmt: skip
+    if cluster:
         argv += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
-                 "--cluster-config-file", str(cluster / f"nodes-{address}-{port}.conf")]  # fmt: skip
+                 "--cluster-config-file", str(data / "nodes.conf")]  # fmt: skip
     return argv
 
 
@@ -243,7 +247,7 @@ class Cluster:
             self._redis_cluster()
         else:
             host = self._host("redis", REDIS)
-            host.argv = _redis_argv(REDIS, 6379)
+            host.argv = _redis_argv(REDIS, 6379, self.dir)
             host.start()
 
     def _process(self, name: str, on: str, argv: list[str]) -> Host:
@@ -258,10 +262,10 @@ class Cluster:
         for name, address in REDIS_HOSTS.items():
             self._host(name, address)
         master = REDIS_HOSTS["r1"]
-        self.hosts["r1"].argv = _redis_argv(master, 6379)
+        self.hosts["r1"].argv = _redis_argv(master, 6379, self.dir)
         self.hosts["r1"].start()
         self.hosts["r2"].argv = [
-            *_redis_argv(REDIS_HOSTS["r2"], 6379),
+            *_redis_argv(REDIS_HOSTS["r2"], 6379, self.dir),
             "--replicaof",
             master,
             "6379",
@@ -298,9 +302,11 @@ class Cluster:
         (port 6380), as `redis-cli --cluster create` places them."""
         for name, address in REDIS_HOSTS.items():
             host = self._host(name, address)
-            host.argv = _redis_argv(address, 6379, cluster=self.dir)
+            host.argv = _redis_argv(address, 6379, self.dir, cluster=True)
             host.start()
-            self._process(f"{name}-replica", name, _redis_argv(address, 6380, cluster=self.dir))
+            self._process(
+                f"{name}-replica", name, _redis_argv(address, 6380, self.dir, cluster=True)
+            )
         nodes = [f"{a}:{p}" for p in (6379, 6380) for a in REDIS_HOSTS.values()]
         for node in nodes:
             address, port = node.split(":")
