@@ -18,14 +18,13 @@ def allow(decision: Decision, request_id: str, limits: dict[str, str]) -> bytes:
     principal = decision.principal
     identity = principal.identity_lines if principal is not None else _NOBODY
     expiry = principal.expires_header if principal is not None else None
-    # As text, encoded once: no dict merged and encoded per answer, no `Reply`.
-    text = (
-        f"X-Gateway-Route: {decision.route.name}\r\n"
-        + ("".join([f"{name}: {value}\r\n" for name, value in limits.items()]) if limits else "")
-        + (f"X-Key-Expires-At: {expiry}\r\n" if expiry is not None else "")
-        + f"X-Request-Id: {request_id}\r\nCache-Control: no-store\r\n"
+    # Lines, not a dict merged and encoded per answer, nor a `Reply`.
+    route = f"X-Gateway-Route: {decision.route.name}\r\n".encode("utf-8", "surrogateescape")
+    limited = encode_headers(limits) if limits else b""
+    text = (f"X-Key-Expires-At: {expiry}\r\n" if expiry is not None else "") + (
+        f"X-Request-Id: {request_id}\r\nCache-Control: no-store\r\n"
     )
-    return identity + text.encode("utf-8", "surrogateescape")
+    return identity + route + limited + text.encode("utf-8", "surrogateescape")
 
 
 def refuse(endpoint: str, problem: Problem, request_id: str, limits: dict[str, str]) -> Reply:
