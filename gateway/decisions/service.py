@@ -41,9 +41,7 @@ class DecisionEndpoints:
         outcome.asked = (asked.method, asked.uri)
         refuse_forbidden_headers(exchange, self._names)
         target = self._targets.check(asked.method, asked.uri)
-        decided = self._decider.decide(
-            asked.method, target, exchange.headers, asked.client, outcome
-        )
+        decided = self._decider.decide(asked.method, target, exchange.fields, asked.client, outcome)
         if isinstance(decided, Later):
             return Later(self._allow_after(decided, exchange, rid, outcome))
         self._allow(decided, exchange, rid, outcome)

@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from multidict import CIMultiDictProxy
-
 from gateway.foundation.problems import Problem
+from gateway.http1.fields import Fields
 from gateway.http1.wire import HeaderNames
 
 EXT_AUTHZ_PREFIX = "/decisions/ext-authz"
@@ -24,7 +23,7 @@ class Asking(Protocol):
     @property
     def raw_path(self) -> str: ...
     @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
+    def fields(self) -> Fields: ...
     @property
     def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
 
@@ -61,15 +60,15 @@ class Asked:
         )  # fmt: skip
 
 
-def _one(headers: CIMultiDictProxy[str], name: str) -> str | None:
-    values = headers.getall(name, ())
+def _one(fields: Fields, name: str) -> str | None:
+    values = fields.getall(name.lower().encode())
     if len(values) > 1:
         raise Problem(400, "ambiguous-original-request", f"{name} is repeated")
     return values[0] if values else None
 
 
-def _required(headers: CIMultiDictProxy[str], name: str) -> str:
-    value = _one(headers, name)
+def _required(fields: Fields, name: str) -> str:
+    value = _one(fields, name)
     if not value:
         raise Problem(400, "missing-original-request", f"{name} is missing")
     return value
@@ -82,25 +81,25 @@ def _last_hop(forwarded_for: str | None) -> str:
 
 def auth_request(request: Asking) -> Asked:
     """nginx `auth_request`, with the headers of the README's configuration."""
-    headers = request.headers
+    fields = request.fields
     return Asked(
-        method=_required(headers, "X-Original-Method"),
-        uri=_required(headers, "X-Original-URI"),
-        host=_one(headers, "X-Original-Host") or "",
-        proto=_one(headers, "X-Original-Proto") or "",
-        client=_one(headers, "X-Original-IP") or "",
+        method=_required(fields, "X-Original-Method"),
+        uri=_required(fields, "X-Original-URI"),
+        host=_one(fields, "X-Original-Host") or "",
+        proto=_one(fields, "X-Original-Proto") or "",
+        client=_one(fields, "X-Original-IP") or "",
     )
 
 
 def forward_auth(request: Asking) -> Asked:
     """Traefik ForwardAuth and Caddy `forward_auth`."""
-    headers = request.headers
+    fields = request.fields
     return Asked(
-        method=_required(headers, "X-Forwarded-Method"),
-        uri=_required(headers, "X-Forwarded-Uri"),
-        host=_one(headers, "X-Forwarded-Host") or "",
-        proto=_one(headers, "X-Forwarded-Proto") or "",
-        client=_last_hop(_one(headers, "X-Forwarded-For")),
+        method=_required(fields, "X-Forwarded-Method"),
+        uri=_required(fields, "X-Forwarded-Uri"),
+        host=_one(fields, "X-Forwarded-Host") or "",
+        proto=_one(fields, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(fields, "X-Forwarded-For")),
     )
 
 
@@ -110,13 +109,13 @@ def ext_authz(request: Asking) -> Asked:
     uri = request.raw_path[len(EXT_AUTHZ_PREFIX) :]
     if not uri.startswith("/"):
         raise Problem(400, "missing-original-request", "no original path after the prefix")
-    headers = request.headers
+    fields = request.fields
     return Asked(
         method=request.method,
         uri=uri,
-        host=_one(headers, "Host") or "",
-        proto=_one(headers, "X-Forwarded-Proto") or "",
-        client=_last_hop(_one(headers, "X-Forwarded-For")),
+        host=_one(fields, "Host") or "",
+        proto=_one(fields, "X-Forwarded-Proto") or "",
+        client=_last_hop(_one(fields, "X-Forwarded-For")),
     )
 
 

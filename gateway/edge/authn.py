@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from multidict import CIMultiDictProxy
-
 from gateway.foundation.problems import Problem, database_unavailable, unauthorized
 from gateway.foundation.soon import Later, Soon
+from gateway.http1.fields import Fields
 from gateway.keys import format as key_format
 from gateway.keys import lifetime
 from gateway.keys.principal import Principal
@@ -19,10 +18,10 @@ from gateway.keys.store import MISSING, KeyRecord, KeyStore, StoreUnavailable
 from gateway.tokens.actor import Signer, TokenRejected
 
 
-def credential(headers: CIMultiDictProxy[str]) -> str | None:
+def credential(fields: Fields) -> str | None:
     """The bearer token or X-API-Key value; raises 401 when malformed or contradictory."""
-    authorization = headers.getall("Authorization", [])
-    api_key = headers.getall("X-API-Key", [])
+    authorization = fields.getall(b"authorization")
+    api_key = fields.getall(b"x-api-key")
     if len(authorization) > 1 or len(api_key) > 1:
         raise unauthorized("malformed-credential", "malformed credential: repeated header")
     bearer = None
@@ -53,11 +52,11 @@ class Authenticator:
         self._prefix = prefix
         self._max_days = max_lifetime_days  # key_policy (§21): over it, a key is blocked
 
-    def authenticate(self, headers: CIMultiDictProxy[str], client: str) -> Soon[Principal]:
+    def authenticate(self, fields: Fields, client: str) -> Soon[Principal]:
         """The principal at once for a cached API key (no coroutine on the hot path),
         else a `Later`; raises the 401 at once when it can tell. `client`: the
         client address, recorded as where the key was last used from."""
-        token = credential(headers)
+        token = credential(fields)
         if token is None:
             raise unauthorized("missing-credential", "missing credential")
         if token.count(".") == 2:
@@ -73,8 +72,8 @@ class Authenticator:
             return Later(self._looked_up(digest, client))
         return self._accepted(record, client)
 
-    async def principal(self, headers: CIMultiDictProxy[str], client: str) -> Principal:
-        found = self.authenticate(headers, client)
+    async def principal(self, fields: Fields, client: str) -> Principal:
+        found = self.authenticate(fields, client)
         return await found if isinstance(found, Later) else found
 
     async def _looked_up(self, digest: bytes, client: str) -> Principal:

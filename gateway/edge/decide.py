@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from multidict import CIMultiDictProxy
-
 from gateway.credits.ledger import CreditLedger
 from gateway.edge.authn import Authenticator
 from gateway.edge.charge import charge
 from gateway.edge.safety import Target
 from gateway.foundation.problems import Problem, database_unavailable
 from gateway.foundation.soon import Later, Soon
+from gateway.http1.fields import Fields
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
@@ -104,7 +103,7 @@ class Decider:
         self,
         method: str,
         target: Target,
-        headers: CIMultiDictProxy[str],
+        fields: Fields,
         client: str,
         outcome: Outcome,
     ) -> Soon[Decision]:
@@ -124,10 +123,10 @@ class Decider:
         outcome.route = route.name
         outcome.template = route.template
         if route.rate_limits:
-            return Later(self._decide_limited(match, headers, client, outcome))
+            return Later(self._decide_limited(match, fields, client, outcome))
         if route.public:
             return Decision(route, None)
-        found = self._authn.authenticate(headers, client)
+        found = self._authn.authenticate(fields, client)
         if isinstance(found, Later):
             return Later(self._decide_after(found, match, client, outcome))
         checked = self._authorize(found, match, client, outcome)
@@ -154,7 +153,7 @@ class Decider:
         return await charged if isinstance(charged, Later) else charged
 
     async def _decide_limited(
-        self, match: Match, headers: CIMultiDictProxy[str], client: str, outcome: Outcome
+        self, match: Match, fields: Fields, client: str, outcome: Outcome
     ) -> Decision:
         """A decision on a route with rate limits: its limiter may wait on Redis."""
         route = match.route
@@ -165,7 +164,7 @@ class Decider:
             await waits
         if route.public:
             return Decision(route, None)
-        found = self._authn.authenticate(headers, client)
+        found = self._authn.authenticate(fields, client)
         principal = await found if isinstance(found, Later) else found
         checked = self._authorize(principal, match, client, outcome)
         if checked is not None:

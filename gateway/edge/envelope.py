@@ -40,7 +40,7 @@ class Envelope:
         """None once the request is answered and recorded; a `Later` that finishes both
         when the door's work must wait."""
         started = time.perf_counter()
-        rid = self._recorder.ids.for_request(exchange.headers)
+        rid = self._recorder.ids.for_request(exchange.fields)
         outcome = Outcome(endpoint=self._endpoint, client=exchange.peer)
         tracing = self._recorder.tracing
         if tracing is not None:

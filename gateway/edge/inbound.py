@@ -57,6 +57,7 @@ from gateway.foundation.problems import CONTENT_TYPE, Problem
 from gateway.foundation.soon import Later, Soon
 from gateway.foundation.timers import Deadline
 from gateway.http1.bodyqueue import BodyQueue
+from gateway.http1.fields import Fields
 from gateway.http1.messages import BodyTimeout, BodyTooSlow, BrokenBody, IncompleteBody, Reply
 from gateway.http1.reader import END, PAUSED, Data, Failure, Head, RequestReader
 from gateway.http1.wire import HttpDate, encode_headers, reason_phrase
@@ -78,6 +79,7 @@ class Exchange:
         "client",
         "close_after",
         "content_length",
+        "fields",
         "method",
         "peer",
         "raw_headers",
@@ -95,6 +97,7 @@ class Exchange:
         self.raw_path = head.target  # path and query, as received
         self.version = head.version
         self.raw_headers = head.raw_headers
+        self.fields = Fields(head.raw_headers)  # what every request reads (`http1.fields`)
         self.peer = connection.peer
         self.client = self.peer  # the client address, once `trusted_proxies` are applied
         self.scheme = connection.scheme  # as the client spoke it, likewise

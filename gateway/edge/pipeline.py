@@ -81,7 +81,7 @@ class Pipeline:
         if self._owns(target.path):
             return Later(self._gateway_owned(exchange, target.path, outcome, rid, cors))
         decided = self._decider.decide(
-            exchange.method, target, exchange.headers, exchange.client, outcome
+            exchange.method, target, exchange.fields, exchange.client, outcome
         )
         if isinstance(decided, Later):
             return Later(self._forward_after(decided, exchange, target, rid, outcome, cors, timing))
@@ -119,7 +119,7 @@ class Pipeline:
         if expiry is not None:
             extra["X-Key-Expires-At"] = expiry
         identity = self._identity(decision, upstream.name)
-        if is_upgrade(exchange.method, exchange.headers):
+        if is_upgrade(exchange.method, exchange.fields):
             return Later(
                 self._websockets.relay(
                     exchange, target.raw, upstream, identity, rid, extra, outcome
@@ -174,7 +174,7 @@ class Pipeline:
             raise Problem(405, "method-not-allowed", f"use {expected}", headers={"Allow": expected})
         if path == JWKS_PATH:
             return self._tokens.jwks()
-        principal = await self._authn.principal(request.headers, request.client)
+        principal = await self._authn.principal(request.fields, request.client)
         outcome.principal = principal
         outcome.client = request.client
         check_address(principal, request.client)

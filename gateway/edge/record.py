@@ -7,10 +7,9 @@ import secrets
 import time
 from collections.abc import Callable
 
-from multidict import CIMultiDictProxy
-
 from gateway.edge.decide import Outcome
-from gateway.observability.accesslog import AccessLog
+from gateway.http1.fields import Fields
+from gateway.observability.accesslog import AccessLog, to_microsecond
 from gateway.observability.metrics import Metrics
 from gateway.tracing.spans import Tracing
 from gateway.usage.counter import (
@@ -35,9 +34,9 @@ class RequestIds:
         self._count = 0
         self._high = ""  # the prefix and the counter's hex digits but the last three
 
-    def for_request(self, headers: CIMultiDictProxy[str]) -> str:
+    def for_request(self, fields: Fields) -> str:
         """The client's (or front proxy's) `X-Request-Id` when well-formed, else a new one."""
-        incoming = headers.get("X-Request-Id")
+        incoming = fields.get(b"x-request-id")
         if incoming and _REQUEST_ID.fullmatch(incoming):
             return incoming
         return self.new()
@@ -100,11 +99,11 @@ class Recorder:
                 raw_target.partition("?")[0],
                 outcome.route,
                 status,
-                elapsed * 1000,
+                to_microsecond(elapsed * 1000),
                 principal.user_id if principal else outcome.user_id,
                 principal.key_id if principal else None,
                 outcome.upstream,
-                upstream_ms,
+                None if upstream_ms is None else to_microsecond(upstream_ms),
                 outcome.reason,
                 outcome.endpoint,
                 outcome.client,

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import cast
 
 import httptools
-from multidict import CIMultiDictProxy
 
 from gateway.edge.decide import Outcome
 from gateway.edge.inbound import Exchange
@@ -25,6 +24,7 @@ from gateway.forward.proxy import HeaderRules, Identity
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.problems import Problem
 from gateway.foundation.timers import Deadline
+from gateway.http1.fields import Fields
 from gateway.http1.wire import HOP_BY_HOP, encode_headers, reason_phrase
 
 _UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -33,8 +33,8 @@ _MAX_REFUSAL = 1024 * 1024  # the body of an upstream's non-101 answer, at most
 _REFUSAL_DROP = HOP_BY_HOP | {"content-length"}
 
 
-def is_upgrade(method: str, headers: CIMultiDictProxy[str]) -> bool:
-    return method == "GET" and headers.get("Upgrade", "").lower() == "websocket"
+def is_upgrade(method: str, fields: Fields) -> bool:
+    return method == "GET" and (fields.get(b"upgrade") or "").lower() == "websocket"
 
 
 class _Answer:

@@ -225,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._writable: asyncio.Event = asyncio.Event()
         self._writable.set()
+        self._can_write = True  # as `_writable`, read per request: Event.is_set() is a Python call
         loop = asyncio.get_running_loop()
         self.idle = Deadline(loop, self.close)  # while pooled
         self.patience = Deadline(loop, self._timed_out)  # while waiting on the upstream
@@ -276,6 +277,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         sent = self.link is Link.SENT
         self._turn(LinkTurn.CLOSE)
+        self._can_write = True
         self._writable.set()
         answer = self.answer
         if answer is None or answer.complete:
@@ -288,9 +290,11 @@ class _Connection(asyncio.Protocol):
             answer.fail(UpstreamError("the upstream closed the connection mid-response"))
 
     def pause_writing(self) -> None:
+        self._can_write = False
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self._can_write = True
         self._writable.set()
 
     # --- httptools callbacks -------------------------------------------------------
@@ -358,7 +362,7 @@ class _Connection(asyncio.Protocol):
         if link is Link.CLOSED or self.transport is None:
             raise self._closed_error()
         self.transport.write(data)
-        return self._writable.is_set()
+        return self._can_write
 
     async def write(self, data: bytes) -> None:
         if not self.write_now(data):

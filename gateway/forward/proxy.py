@@ -20,6 +20,7 @@ from gateway.forward.client import Answer, Stream, UpstreamError, UpstreamTimeou
 from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.config import Limits
 from gateway.foundation.problems import Problem
+from gateway.http1.fields import Fields
 from gateway.http1.messages import BodyError
 from gateway.http1.wire import HOP_BY_HOP, LAST_CHUNK, HeaderNames, Memo, chunk, encode_headers
 from gateway.keys.principal import Principal
@@ -89,6 +90,8 @@ class Incoming(Protocol):
     @property
     def headers(self) -> CIMultiDictProxy[str]: ...
     @property
+    def fields(self) -> Fields: ...
+    @property
     def client(self) -> str: ...  # the client address, sent as X-Forwarded-For
     @property
     def scheme(self) -> str: ...  # http or https as the client spoke it: X-Forwarded-Proto
@@ -97,7 +100,7 @@ class Incoming(Protocol):
 def _forwarding_lines(request: Incoming, request_id: str) -> bytes:
     # One f-string, encoded once: five lines each built with bytes' % cost 1.6 % more
     # of a proxied request's instructions.
-    client, host = request.client or "unknown", request.headers.get("Host", "")
+    client, host = request.client or "unknown", request.fields.get(b"host") or ""
     return (
         f"X-Forwarded-For: {client}\r\nX-Real-IP: {client}\r\n"
         f"X-Forwarded-Proto: {request.scheme}\r\nX-Forwarded-Host: {host}\r\n"
@@ -134,8 +137,8 @@ class HeaderRules:
             b"%b %b HTTP/1.1\r\nHost: %b\r\n"
             % (request.method.encode(), target, origin.host_header)
         ]
-        named = self._connection_tokens(request.headers)
-        if propagated and "traceparent" in request.headers:
+        named = self._connection_tokens(request.fields)
+        if propagated and request.fields.has(b"traceparent"):
             named |= PROPAGATED  # the client's context is replaced by ours
         names, dropped = self._names, self._never_forwarded
         for name, value in request.raw_headers:  # inline: this runs for every header
@@ -183,8 +186,8 @@ class HeaderRules:
     def _response_drops(self, name: bytes) -> bool:
         return self._names.folded(name) in _RESPONSE_DROP
 
-    def _connection_tokens(self, headers: CIMultiDictProxy[str]) -> frozenset[str]:
-        values = headers.getall("Connection", [])
+    def _connection_tokens(self, fields: Fields) -> frozenset[str]:
+        values = fields.getall(b"connection")
         if not values:
             return frozenset()
         listed = self._names.listed
@@ -247,7 +250,7 @@ class Forwarder:
         length = exchange.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
-        if _expects_continue(exchange.headers, exchange.version):
+        if _expects_continue(exchange.fields, exchange.version):
             exchange.send_continue()
         body, stream, framing = await self._body(exchange, length)
         if trace is None or not trace.recording:
@@ -352,9 +355,9 @@ def _empty_framing(method: str) -> bytes:
     return b"Content-Length: 0\r\n" if method in _BODY_METHODS else b""
 
 
-def _expects_continue(headers: CIMultiDictProxy[str], version: tuple[int, int]) -> bool:
+def _expects_continue(fields: Fields, version: tuple[int, int]) -> bool:
     """Whether a client waits on `Expect: 100-continue` (told to send once authorised)."""
-    expect = headers.get("Expect")
+    expect = fields.get(b"expect")
     if expect is None or version != (1, 1):
         return False
     if expect.lower() != "100-continue":

@@ -92,6 +92,7 @@ class Head:
 
 Event = Head | Data | End | Failure | Wait
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+_VERSION_DIGITS = {b"1.1": (1, 1), b"1.0": (1, 0)}
 
 
 def _parse_error() -> Failure:
@@ -153,18 +154,18 @@ class _HeadParser:
     def head(
         self, parser: httptools.HttpRequestParser, raw: bytes, upgrade: bool
     ) -> Head | Failure:
-        text = parser.get_http_version()
-        version = _VERSIONS.get(text)
+        method_bytes, url = parser.get_method(), self._url
+        version = _version(parser, raw, len(method_bytes) + len(url) + 2)
         if version is None:
             return Failure(400, "bad-protocol", "only HTTP/1.0 and HTTP/1.1 are served")
         framing = _framing(self._headers)
         if isinstance(framing, Failure):
             return framing
         length, chunked = framing
-        method = parser.get_method().decode("latin-1")
+        method = method_bytes.decode("latin-1")
         return Head(
             method,
-            self._url.decode("latin-1"),
+            url.decode("latin-1"),
             version,
             self._headers,
             self._keep_alive and method != "CONNECT",
@@ -173,6 +174,16 @@ class _HeadParser:
             upgrade,
             raw if upgrade else b"",
         )
+
+
+def _version(parser: httptools.HttpRequestParser, raw: bytes, at: int) -> tuple[int, int] | None:
+    """The request's HTTP version, read off its request line at `at` (after the method,
+    the target and a space each), where llhttp accepted `HTTP/d.d` followed by CRLF.
+    llhttp's `get_http_version()` formats a string for it, and finding the line's end
+    is a generic method call: some 2,300 instructions a request either way."""
+    if raw[at : at + 5] == b"HTTP/" and raw[at + 8 : at + 10] == b"\r\n":
+        return _VERSION_DIGITS.get(raw[at + 5 : at + 8])
+    return _VERSIONS.get(parser.get_http_version())  # any line llhttp reads otherwise
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool] | Failure:

@@ -241,6 +241,8 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
     assert records[0]["route"] == "me"
     assert records[0]["upstream"] == "core"
     assert records[0]["upstream_ms"] > 0
+    for figure in ("duration_ms", "upstream_ms"):  # to the microsecond
+        assert records[0][figure] == round(records[0][figure], 3)
     assert records[1]["reason"] == "malformed-credential"
     assert {"time", "request_id", "method", "path", "duration_ms", "user_id"} <= set(records[0])
     everything = gateway.access_log.getvalue().decode() + "\n".join(

@@ -269,3 +269,27 @@ def test_keep_alive_follows_the_version_and_connection_header() -> None:
     r.receive(b"GET /a HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
     head = r.next_event()
     assert isinstance(head, Head) and head.keep_alive
+
+
+@pytest.mark.parametrize(
+    ("script", "version"),
+    [
+        (b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n", (1, 1)),
+        (b"DELETE /a HTTP/1.0\r\nHost: h\r\n\r\n", (1, 0)),
+        (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", (1, 1)),
+        (b"\r\nGET /%20x HTTP/1.1\r\nHost: h\r\n\r\n", (1, 1)),  # after an empty line
+    ],
+)
+def test_the_version_is_read_off_the_request_line(script: bytes, version: tuple[int, int]) -> None:
+    r = reader()
+    r.receive(script)
+    head = r.next_event()
+    assert isinstance(head, Head) and head.version == version
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/0.9", b"GET / HTTP/1.2", b"GET / HTTP/3.0"])
+def test_versions_other_than_1_0_and_1_1_are_refused(line: bytes) -> None:
+    r = reader()
+    r.receive(line + b"\r\nHost: h\r\n\r\n")
+    event = r.next_event()
+    assert isinstance(event, Failure) and event.status == 400
