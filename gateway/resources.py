@@ -178,6 +178,7 @@ async def open_store(gw: Resources) -> AsyncIterator[None]:
         timeout=gw.config.database.command_timeout_seconds,
     )
     gw.store = store
+    gw.metrics.count_lookups(store.lookups)
     gw.readiness.database_down = lambda: store.database_down
     notice = gw.config.key_policy.new_network_notice
     if notice.enabled:

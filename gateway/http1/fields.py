@@ -24,24 +24,21 @@ class Fields:
 
     def getall(self, name: bytes) -> list[str]:
         """Every value of the field `name` (lower case), in the order received."""
-        size = len(name)
-        found: list[str] = []
-        for key, value in self._raw:
-            if len(key) == size and key.translate(_LOWER) == name:
-                found.append(_text(value))
-        return found
+        return [_text(value) for value in self._values(name)]
 
     def get(self, name: bytes) -> str | None:
         """The first value of the field `name` (lower case), or None."""
-        size = len(name)
-        for key, value in self._raw:
-            if len(key) == size and key.translate(_LOWER) == name:
-                return _text(value)
-        return None
+        values = self._values(name)
+        return _text(values[0]) if values else None
 
     def has(self, name: bytes) -> bool:
+        return bool(self._values(name))
+
+    def _values(self, name: bytes) -> list[bytes]:
         size = len(name)
-        return any(len(key) == size and key.translate(_LOWER) == name for key, _ in self._raw)
+        return [
+            value for key, value in self._raw if len(key) == size and key.translate(_LOWER) == name
+        ]
 
 
 def _text(value: bytes) -> str:

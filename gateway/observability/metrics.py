@@ -7,7 +7,7 @@ codes and fixed names. Never a raw path, never a credential.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -144,6 +144,7 @@ class Metrics:
             for event in ("hit", "miss", "eviction"):
                 self._cache_children[cache, event] = self.cache.labels(cache, event)
         self._cache_counts: dict[tuple[str, str], int] = dict.fromkeys(self._cache_children, 0)
+        self._lookup_sources: list[Callable[[], list[tuple[str, str, int]]]] = []
 
     # Called from the SDK's export thread as well: prometheus counters take their lock.
     def spans_dropped(self, count: int, reason: str) -> None:
@@ -152,10 +153,16 @@ class Metrics:
     def spans_exported(self, count: int) -> None:
         self.trace_spans_exported.inc(count)
 
-    # The keystore's Observer protocol: counted here, applied by `drain()` — a
-    # prometheus counter takes a lock per increment, once per request on a hit.
+    # The keystore's Observer protocol (evictions; hits and misses come through
+    # `count_lookups`): counted here, applied by `drain()` — a prometheus counter
+    # takes a lock per increment.
     def cache_event(self, cache: str, event: str) -> None:
         self._cache_counts[cache, event] += 1
+
+    def count_lookups(self, source: Callable[[], list[tuple[str, str, int]]]) -> None:
+        """Cache hits and misses counted where they happen (`KeyStore.lookups`): each
+        `drain()` takes what `source()` counted since it last asked."""
+        self._lookup_sources.append(source)
 
     def query_seconds(self, query: str, seconds: float) -> None:
         self.db_query.labels(query).observe(seconds)
@@ -171,6 +178,9 @@ class Metrics:
     def drain(self) -> None:
         # Applied in a batch, away from the request: the histogram's bucket search
         # and the locks cost several times more per request with cold caches.
+        for source in self._lookup_sources:
+            for cache, kind, taken in source():
+                self._cache_counts[cache, kind] += taken
         for event, count in self._cache_counts.items():
             if count:
                 self._cache_children[event].inc(count)

@@ -51,6 +51,8 @@ def split_path(path: str) -> tuple[str, ...]:
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 _QUERY_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff#]")
 _SERVED = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# Tokens `_METHOD` accepts, known without running it (a regular expression a request).
+_COMMON_METHODS = frozenset(_SERVED.split(", "))
 
 
 @dataclass(slots=True, init=False)  # one per request: see `http1.framing.Data`
@@ -69,7 +71,7 @@ def check_target(
     """A method and request target (as received, or as a front proxy reports them);
     raises a 400 (or, for CONNECT, 405) `Problem`. `split`: `split_path`, or the same
     remembered (`edge.safety.Targets`)."""
-    if not _METHOD.fullmatch(method):
+    if method not in _COMMON_METHODS and not _METHOD.fullmatch(method):
         raise bad_request("bad-method", "the method must be an upper-case token")
     if method == "CONNECT":
         # A gateway in front of HTTP APIs opens no tunnels (nginx answers the same).

@@ -131,6 +131,26 @@ async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
     assert events.count(("key", "eviction")) == 1
 
 
+async def test_hits_and_misses_are_counted_and_taken_by_the_metrics(pool: asyncpg.Pool) -> None:
+    store = KeyStore(pool, CATALOGUE, Cache())
+    metrics = Metrics()
+    metrics.count_lookups(store.lookups)
+    created = await _create(pool, ["me:read"])
+    digest = key_format.digest(str(created["key"]))
+    assert await store.by_hash(digest) is not None  # a miss, then filled
+    for _ in range(3):
+        assert store.cached_by_hash(digest) is not MISSING
+    counted = {(cache, kind): n for cache, kind, n in store.lookups()}
+    assert counted[("key", "hit")] == 3 and counted[("key", "miss")] == 1
+    assert {n for _, _, n in store.lookups()} == {0}  # taken: counted anew
+    store.cached_by_hash(digest)
+    metrics.drain()
+    exposed = metrics.registry.get_sample_value(
+        "gateway_cache_events_total", {"cache": "key", "event": "hit"}
+    )
+    assert exposed == 1
+
+
 async def test_a_writer_waits_until_its_own_process_has_applied_the_change(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
