@@ -104,7 +104,7 @@ class Exchange:
         self.content_length = head.content_length
         self._headers: CIMultiDictProxy[str] | None = None
         self.close_after = not head.keep_alive
-        self.body = BodyQueue(connection.pause_reading, connection.resume_reading)
+        self.body = BodyQueue(connection)
         self.body_exists = head.chunked or bool(head.content_length)
         if not self.body_exists:
             self.body.end()

@@ -109,7 +109,7 @@ class Answer:
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_ready: asyncio.Future[None] = loop.create_future()
-        self.body = BodyQueue(connection.pause_reading, connection.resume_reading)
+        self.body = BodyQueue(connection)
         self.interim = False  # the head being read is a 1xx one: the real one follows
 
     @property

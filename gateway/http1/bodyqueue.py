@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from typing import Protocol
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class BodyQueue:
-    __slots__ = (
-        "_buffered", "_chunks", "_pause", "_resume", "_waiter", "complete", "error", "received"
-    )  # fmt: skip
+class Reading(Protocol):
+    """The producer's connection, told to stop and start reading."""
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-        self._pause = pause
-        self._resume = resume
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class BodyQueue:
+    __slots__ = ("_buffered", "_chunks", "_reading", "_waiter", "complete", "error", "received")
+
+    def __init__(self, reading: Reading) -> None:
+        # The connection, not its two bound methods: a queue is made for every request
+        # and every answer, most of them bodiless, and nearly none ever pauses.
+        self._reading = reading
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self.received = 0  # bytes put in all, for a minimum rate
@@ -40,7 +46,7 @@ class BodyQueue:
         self._buffered += len(chunk)
         self.received += len(chunk)
         if self._buffered > HIGH_WATER:
-            self._pause()
+            self._reading.pause_reading()
         self._wake()
 
     def end(self) -> None:
@@ -71,7 +77,7 @@ class BodyQueue:
             chunk = self._chunks.popleft()
             self._buffered -= len(chunk)
             if self._buffered < LOW_WATER:
-                self._resume()
+                self._reading.resume_reading()
             return chunk
         if self.error is not None:
             raise self.error
