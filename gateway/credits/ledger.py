@@ -99,6 +99,9 @@ class CreditLedger:
         self.holder = holder or f"{uuid.uuid4()}"
         self.shares: dict[str, Share] = {}
         self._silence = _SILENT_INTERVALS * settings.sync_interval_seconds
+        # One report at a time: two that overlapped could commit an older snapshot of
+        # what was spent after a newer one (the periodic report and an explicit one).
+        self._reporting = asyncio.Lock()
 
     def try_spend(self, account: str, cost: int) -> int | None:
         """The balance after spending `cost` from what is claimed, or None when the
@@ -226,6 +229,10 @@ class CreditLedger:
 
     async def report(self) -> None:
         """Report spending, renew leases, give idle shares back (every sync interval)."""
+        async with self._reporting:
+            await self._report()
+
+    async def _report(self) -> None:
         now = self._clock()
         idle = [
             account
