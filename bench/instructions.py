@@ -4,8 +4,11 @@ same pair on the shared 2-core machine this project is measured on).
 
 `make count` (needs valgrind and nginx from the distribution) runs `gateway serve`
 under `valgrind --tool=callgrind` and sends it requests one at a time over one
-keep-alive connection: a cached-key decision (`/decisions/forward-auth`) and a
-proxied cached-key request (`GET /api/200B`, nginx the upstream on loopback). Each
+keep-alive connection: a cached-key decision (`/decisions/forward-auth`), a
+proxied cached-key request (`GET /api/200B`, nginx the upstream on loopback) and
+the same request with all of §21 (`policy`: a key with `meta` and an expiry, under a
+global and an organization lifetime policy, on a `member_of` route, spending its
+user's credit pool, the new-network notice on). Each
 row runs twice, with N and 5N requests; the difference divided by 4N is what one
 request costs, start-up, warm-up and shut-down cancelling out. User-space
 instructions of the gateway process only: the kernel's share of a socket write is
@@ -48,7 +51,9 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 
 def request_for(row: str, key: str) -> bytes:
     auth = f"Authorization: Bearer {key}\r\n"
-    if row == "decision":
+    if row == "policy":
+        head = "GET /orgs/bench-org/200B HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
+    elif row == "decision":
         head = (
             "GET /decisions/forward-auth HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
             + "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /api/200B\r\n"
@@ -125,24 +130,28 @@ def measure(database_url: str, requests: int) -> dict[str, float]:
     nginx = nginx_conf(upstream_port, free_port(), tls_port, tls)
 
     def config_for(name: str, proxy: int, decisions: int) -> Path:
+        key_policy = None
+        if "policy" in name:  # as `make bench`'s §21 row
+            key_policy = {"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}}
         return gateway_config(
             database_url, upstream_port, proxy, free_port(), name, decisions,
-            https_upstream=(tls_port, tls["ca"]),
+            https_upstream=(tls_port, tls["ca"]), key_policy=key_policy,
         )  # fmt: skip
 
     migrate = [PY, "-m", "gateway", "migrate", "--config", str(config_for("count", 0, 0))]
     subprocess.run(migrate, check=True, capture_output=True, env=_environment())
-    cached, _, _, _ = asyncio.run(seed(database_url, 0))
+    cached, _, policed, _ = asyncio.run(seed(database_url, 0))
     results: dict[str, float] = {}
     with process(["nginx", "-c", str(nginx)], "nginx-count.log"):
         wait_http(f"http://127.0.0.1:{upstream_port}/public/200B")
-        for row in ("decision", "proxied"):
+        for row in ("decision", "proxied", "policy"):
             runs = []
             for count in (requests, 5 * requests):
                 proxy, decisions = free_port(), free_port()
                 config = config_for(f"count-{row}-{count}", proxy, decisions)
                 port = decisions if row == "decision" else proxy
-                runs.append((config, port, request_for(row, cached), count, f"{row}-{count}"))
+                key = policed if row == "policy" else cached
+                runs.append((config, port, request_for(row, key), count, f"{row}-{count}"))
             with ThreadPoolExecutor(2) as pool:  # the two runs side by side, one per core
                 small, large = pool.map(lambda run: instructions(*run), runs)
             results[row] = (large - small) / (4 * requests)
