@@ -68,7 +68,7 @@ def key_check() -> None:
     record = KeyRecord(
         str(uuid.uuid4()), "u", "n", ("me:read",), frozenset({"me:read"}), None, None
     )
-    store._by_hash.entries[key_format.digest(key)] = record
+    store._by_hash.put(key_format.digest(key), record)
 
     async def check() -> None:
         if key_format.is_well_formed(key, "gwk"):
@@ -117,7 +117,7 @@ def cache_memory(n: int = 100_000) -> None:
             None,
             None,
         )
-        store._by_hash.entries[key_format.digest(key_format.generate("gwk"))] = record
+        store._by_hash.put(key_format.digest(key_format.generate("gwk")), record)
     after = tracemalloc.take_snapshot()
     used = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     print(f"memory per cached key at {n:,} keys: {used / n:.0f} bytes")
