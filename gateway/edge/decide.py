@@ -16,10 +16,11 @@ from gateway.edge.safety import Target
 from gateway.foundation.problems import Problem, database_unavailable
 from gateway.foundation.soon import Later, Soon
 from gateway.http1.fields import Fields
+from gateway.http1.wire import encode_headers
 from gateway.keys.organizations import OrganizationPolicies
 from gateway.keys.principal import Principal
 from gateway.keys.store import KeyStore, StoreUnavailable
-from gateway.policy.authz import authorize
+from gateway.policy.authz import authorize, check_memberships
 from gateway.policy.reloader import ActivePolicies
 from gateway.policy.routing import Match, Route
 from gateway.ratelimit.limiter import LimitState, RateLimiter
@@ -60,6 +61,13 @@ class Outcome:
         if self.credits_left is None:
             return headers
         return {**headers, "X-Credits-Remaining": str(self.credits_left)}
+
+    def limit_lines(self) -> bytes:
+        """`limit_headers` as header lines, encoded."""
+        lines = encode_headers(self.limits.headers) if self.limits is not None else b""
+        if self.credits_left is None:
+            return lines
+        return lines + b"X-Credits-Remaining: " + str(self.credits_left).encode() + b"\r\n"
 
 
 def check_address(principal: Principal, client: str) -> None:
@@ -215,8 +223,7 @@ class Decider:
         """Scopes, membership and the organizations' key policies; a `Later` only when
         the user's memberships are not cached."""
         if not match.route.scopes <= principal.scopes:
-            self._check_member(principal, match, _NO_MEMBERSHIPS)  # refused: scopes first
-            return None
+            authorize(principal.scopes, match, _NO_MEMBERSHIPS)  # refused: scopes first
         found = self._store.memberships(principal.user_id)
         if isinstance(found, Later):
             return Later(self._member_after_lookup(principal, match, found))
@@ -235,7 +242,8 @@ class Decider:
     def _check_member(
         self, principal: Principal, match: Match, memberships: frozenset[tuple[str, str]]
     ) -> None:
-        authorize(principal.scopes, match, memberships)
+        """Membership, then the organizations' key policies (the scopes were checked)."""
+        check_memberships(match, memberships)
         for kind, param in match.route.member_of:
             if kind == "organization":
                 self._organizations.check(match.params[param], principal.lifetime)

@@ -25,6 +25,7 @@ from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.problems import Problem
 from gateway.foundation.soon import Later, Soon
 from gateway.http1.messages import Reply
+from gateway.http1.wire import encode_headers
 from gateway.leaks.reports import LeakReports
 from gateway.selfservice.service import SelfService
 from gateway.tokens.endpoint import TokenEndpoint
@@ -114,10 +115,14 @@ class Pipeline:
         more level for every resumption of the request)."""
         upstream = self._upstreams[decision.route.upstream]
         outcome.upstream = upstream.name
-        extra = {"X-Request-Id": rid, **cors, **outcome.limit_headers()}
-        expiry = decision.principal.expires_header if decision.principal else None
-        if expiry is not None:
-            extra["X-Key-Expires-At"] = expiry
+        # The answer's own header lines, encoded here: a key's expiry line was encoded
+        # with its principal, once per credential.
+        extra = b"X-Request-Id: " + rid.encode("utf-8", "surrogateescape") + b"\r\n"
+        if cors:
+            extra += encode_headers(cors)
+        extra += outcome.limit_lines()
+        if decision.principal is not None:
+            extra += decision.principal.expires_line
         identity = self._identity(decision, upstream.name)
         if is_upgrade(exchange.method, exchange.fields):
             return Later(

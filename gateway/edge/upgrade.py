@@ -25,7 +25,7 @@ from gateway.forward.upstreams import UpstreamTarget
 from gateway.foundation.problems import Problem
 from gateway.foundation.timers import Deadline
 from gateway.http1.fields import Fields
-from gateway.http1.wire import HOP_BY_HOP, encode_headers, reason_phrase
+from gateway.http1.wire import HOP_BY_HOP, reason_phrase
 
 _UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 _MAX_REFUSAL = 1024 * 1024  # the body of an upstream's non-101 answer, at most
@@ -203,7 +203,7 @@ class WebSocketDoor:
         upstream: UpstreamTarget,
         identity: Identity,
         request_id: str,
-        extra: dict[str, str],
+        extra: bytes,
         outcome: Outcome,
     ) -> None:
         """Forward the handshake; on `101` hand the client's connection to the relay
@@ -240,7 +240,7 @@ class WebSocketDoor:
             self._refused(exchange, answer, extra)
             return
         lines = b"".join(b"%b: %b\r\n" % pair for pair in answer.headers)
-        exchange.write(b"HTTP/1.1 101 Switching Protocols\r\n" + lines + encode_headers(extra)
+        exchange.write(b"HTTP/1.1 101 Switching Protocols\r\n" + lines + extra
                        + b"\r\n" + pipe.upstream.rest)  # fmt: skip
         exchange.switch(pipe.client)
         pipe.idle.set(self._idle_seconds)
@@ -266,14 +266,14 @@ class WebSocketDoor:
             raise Problem(502, "upstream-unreachable", "the upstream failed") from None
 
     @staticmethod
-    def _refused(exchange: Exchange, answer: _Answer, extra: dict[str, str]) -> None:
+    def _refused(exchange: Exchange, answer: _Answer, extra: bytes) -> None:
         """The upstream did not switch: its answer, as it gave it, and the connection
         closes (the client's next bytes may already be frames)."""
         kept = [
             (n, v) for n, v in answer.headers if n.decode("latin-1").lower() not in _REFUSAL_DROP
         ]
         exchange.close_after = True
-        lines = b"".join(b"%b: %b\r\n" % pair for pair in kept) + encode_headers(extra)
+        lines = b"".join(b"%b: %b\r\n" % pair for pair in kept) + extra
         body = b"".join(answer.body)
         exchange.respond(answer.status, reason_phrase(answer.status), lines, body)
 

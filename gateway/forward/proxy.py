@@ -22,7 +22,7 @@ from gateway.foundation.config import Limits
 from gateway.foundation.problems import Problem
 from gateway.http1.fields import Fields
 from gateway.http1.messages import BodyError
-from gateway.http1.wire import HOP_BY_HOP, LAST_CHUNK, HeaderNames, Memo, chunk, encode_headers
+from gateway.http1.wire import HOP_BY_HOP, LAST_CHUNK, HeaderNames, Memo, chunk
 from gateway.keys.principal import Principal
 from gateway.tracing.spans import PROPAGATED, RequestTrace
 
@@ -246,12 +246,13 @@ class Forwarder:
         upstream: UpstreamTarget,
         identity: Identity,
         request_id: str,
-        extra: dict[str, str],
+        extra: bytes,
         timing: dict[str, float],
         trace: RequestTrace | None = None,
     ) -> None:
         """Forward a request and answer it (under a span of its own when `trace` is
-        sampled; with the trace context sent upstream whenever tracing is on)."""
+        sampled; with the trace context sent upstream whenever tracing is on). `extra`:
+        the gateway's own header lines for the answer, encoded."""
         length = exchange.content_length
         if length is not None and length > self._max_body:
             raise Problem(413, "body-too-large", "the request body is too large")
@@ -280,13 +281,13 @@ class Forwarder:
         head: bytes,
         body: bytes,
         stream: Stream | None,
-        extra: dict[str, str],
+        extra: bytes,
         timing: dict[str, float],
     ) -> int:
         """Send the request and relay the answer; the upstream's status."""
         answer = await _send(upstream, head, exchange.method, body, stream, timing)
         try:
-            lines = self._rules.response_lines(answer) + encode_headers(extra)
+            lines = self._rules.response_lines(answer) + extra
             await _relay_answer(exchange, answer, lines, upstream.timeout_seconds)
         finally:
             answer.release()

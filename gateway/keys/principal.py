@@ -64,6 +64,8 @@ class Principal:
     # those with a value: a key without metadata adds no empty line to every request.
     identity_lines: bytes = field(init=False, compare=False, repr=False)
     upstream_lines: bytes = field(init=False, compare=False, repr=False)
+    # The answer's `X-Key-Expires-At` line (empty: the key does not expire), likewise.
+    expires_line: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         encoded = ""
@@ -75,6 +77,9 @@ class Principal:
         object.__setattr__(self, "identity_lines", lines.encode("utf-8", "surrogateescape"))
         sent = "".join(f"{name}: {value}\r\n" for name, value in headers if value)
         object.__setattr__(self, "upstream_lines", sent.encode("utf-8", "surrogateescape"))
+        expires = self.expires_header
+        line = b"" if expires is None else f"X-Key-Expires-At: {expires}\r\n".encode()
+        object.__setattr__(self, "expires_line", line)
 
     def identity_headers(self) -> list[tuple[str, str]]:
         """`IDENTITY_HEADERS` with this principal's values."""

@@ -14,6 +14,12 @@ def authorize(scopes: frozenset[str], match: Match, memberships: Set[tuple[str, 
     route = match.route
     if not route.scopes <= scopes:
         raise insufficient_scope(sorted(route.scopes - scopes))
-    for kind, param in route.member_of:
-        if (kind, match.params[param]) not in memberships:
+    check_memberships(match, memberships)
+
+
+def check_memberships(match: Match, memberships: Set[tuple[str, str]]) -> None:
+    """Every `member_of` of the matched route satisfied."""
+    params = match.params
+    for kind, param in match.route.member_of:
+        if (kind, params[param]) not in memberships:
             raise Problem(403, "not-a-member", f"not a member of this {kind}")
