@@ -8,7 +8,8 @@ keep-alive connection: a cached-key decision (`/decisions/forward-auth`), a
 proxied cached-key request (`GET /api/200B`, nginx the upstream on loopback) and
 the same request with all of §21 (`policy`: a key with `meta` and an expiry, under a
 global and an organization lifetime policy, on a `member_of` route, spending its
-user's credit pool, the new-network notice on). Each
+user's credit pool, the new-network notice on), and the plain proxied request with
+only the new-network notice on (`notice`). Each
 row runs twice, with N and 5N requests; the difference divided by 4N is what one
 request costs, start-up, warm-up and shut-down cancelling out. User-space
 instructions of the gateway process only: the kernel's share of a socket write is
@@ -47,6 +48,7 @@ from run import (
 from gateway.testing import free_port
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
+_PAIRED = ("policy", "notice")
 
 
 def request_for(row: str, key: str) -> bytes:
@@ -133,6 +135,8 @@ def measure(database_url: str, requests: int) -> dict[str, float]:
         key_policy = None
         if "policy" in name:  # as `make bench`'s §21 row
             key_policy = {"max_lifetime_days": 3650, "new_network_notice": {"enabled": True}}
+        elif "notice" in name:
+            key_policy = {"new_network_notice": {"enabled": True}}
         return gateway_config(
             database_url, upstream_port, proxy, free_port(), name, decisions,
             https_upstream=(tls_port, tls["ca"]), key_policy=key_policy,
@@ -144,7 +148,7 @@ def measure(database_url: str, requests: int) -> dict[str, float]:
     results: dict[str, float] = {}
     with process(["nginx", "-c", str(nginx)], "nginx-count.log"):
         wait_http(f"http://127.0.0.1:{upstream_port}/public/200B")
-        for row in ("decision", "proxied", "policy"):
+        for row in ("decision", "proxied", "policy", "notice"):
             runs = []
             for count in (requests, 5 * requests):
                 proxy, decisions = free_port(), free_port()
@@ -168,8 +172,11 @@ def main() -> None:
         sys.exit(f"bench: needs {' and '.join(missing)} (apt-get install valgrind nginx-light)")
     OUT.mkdir(exist_ok=True)
     with scratch_database(args.database_url, "count") as database_url:
-        for row, per_request in measure(database_url, args.requests).items():
-            print(f"{row:>9}: {per_request:,.0f} instructions per request")
+        counted = measure(database_url, args.requests)
+    for row, per_request in counted.items():
+        # §21's rows against the plain proxied request, as `make bench` pairs them.
+        against = f" ({counted['proxied'] / per_request:.3f}x proxied)" if row in _PAIRED else ""
+        print(f"{row:>9}: {per_request:,.0f} instructions per request{against}")
 
 
 if __name__ == "__main__":
