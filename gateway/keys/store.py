@@ -169,10 +169,9 @@ class _Cache:
         self.name = name
         self.ttl = ttl
         self.clock = clock
-        # The callback runs only for an entry pushed out to make room: an eviction.
-        self.entries: LRU[Hashable, tuple[Any, float]] = LRU(
-            maxsize, lambda _key, _entry: observer.cache_event(name, "eviction")
-        )
+        self.observer = observer
+        # The callback runs only for an entry pushed out to make room.
+        self.entries: LRU[Hashable, tuple[Any, float]] = LRU(maxsize, self._pushed_out)
         self.inflight: dict[Hashable, asyncio.Future[Any]] = {}
         self.generation = 0
         # Counted here and taken by the metrics in batches (`KeyStore.lookups`): an
@@ -196,6 +195,12 @@ class _Cache:
 
     def put(self, key: Hashable, value: Any) -> None:
         self.entries[key] = (value, self.clock() + self.ttl)
+
+    def _pushed_out(self, _key: Hashable, entry: tuple[Any, float]) -> None:
+        # An eviction says the cache is too small: an entry that had expired anyway
+        # (cachetools dropped those before making room) is not one.
+        if entry[1] > self.clock():
+            self.observer.cache_event(self.name, "eviction")
 
     def take_counts(self) -> list[tuple[str, str, int]]:
         counts = [(self.name, "hit", self.hits), (self.name, "miss", self.misses)]

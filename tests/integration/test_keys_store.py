@@ -111,17 +111,23 @@ async def test_last_used_is_written_in_one_batch(pool: asyncpg.Pool) -> None:
     assert other["last_used_at"] is not None and other["last_used_address"] is None
 
 
+class CacheEvents:
+    """The store's observer, keeping its cache events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def cache_event(self, cache: str, event: str) -> None:
+        self.events.append((cache, event))
+
+    def query_seconds(self, query: str, seconds: float) -> None:
+        pass
+
+
 async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
-    events: list[tuple[str, str]] = []
-
-    class Recorder:
-        def cache_event(self, cache: str, event: str) -> None:
-            events.append((cache, event))
-
-        def query_seconds(self, query: str, seconds: float) -> None:
-            pass
-
-    store = KeyStore(pool, CATALOGUE, Cache(max_entries=2), observer=Recorder())
+    observer = CacheEvents()
+    events = observer.events
+    store = KeyStore(pool, CATALOGUE, Cache(max_entries=2), observer=observer)
     for _ in range(3):
         assert await store.by_hash(key_format.digest(key_format.generate("gwk"))) is None
     assert events.count(("unknown_key", "eviction")) == 1
@@ -129,6 +135,22 @@ async def test_a_full_cache_evicts_and_counts_it(pool: asyncpg.Pool) -> None:
     for key in created:
         await store.by_hash(key_format.digest(str(key["key"])))
     assert events.count(("key", "eviction")) == 1
+
+
+async def test_an_expired_entry_pushed_out_is_not_an_eviction(pool: asyncpg.Pool) -> None:
+    """An eviction says the cache is too small; an entry past its TTL says nothing."""
+    observer, now = CacheEvents(), [1_000.0]
+    settings = Cache(max_entries=2)
+    store = KeyStore(pool, CATALOGUE, settings, clock=lambda: now[0], observer=observer)
+    for _ in range(2):
+        assert await store.by_hash(key_format.digest(key_format.generate("gwk"))) is None
+    now[0] += settings.negative_ttl_seconds + 1
+    for _ in range(2):  # each pushes out one of the two expired entries
+        assert await store.by_hash(key_format.digest(key_format.generate("gwk"))) is None
+    assert store.cache_sizes()["unknown_key"] == 2
+    assert ("unknown_key", "eviction") not in observer.events
+    assert await store.by_hash(key_format.digest(key_format.generate("gwk"))) is None
+    assert observer.events.count(("unknown_key", "eviction")) == 1  # a live one went
 
 
 async def test_hits_and_misses_are_counted_and_taken_by_the_metrics(pool: asyncpg.Pool) -> None:
