@@ -482,6 +482,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     traced_port, traced_admin_port, collector_port = free_port(), free_port(), free_port()
     policy_port, policy_admin_port = free_port(), free_port()
     notice_port, notice_admin_port = free_port(), free_port()
+    control_port, control_admin_port = free_port(), free_port()
     tls = certificates()
     conf = nginx_conf(upstream_port, nginx_proxy_port, tls_upstream_port, tls)
     https_upstream = (tls_upstream_port, tls["ca"])
@@ -516,6 +517,12 @@ def run(args: argparse.Namespace, database_url: str) -> None:
     notice_config = gateway_config(
         database_url, upstream_port, notice_port, notice_admin_port, "gateway-notice",
         https_upstream=https_upstream, key_policy={"new_network_notice": {"enabled": True}},
+    )  # fmt: skip
+    # A second process configured as the plain one: what the ratio of two identical
+    # rows is on this machine, the yardstick for small differences (the notice's 2 %).
+    control_config = gateway_config(
+        database_url, upstream_port, control_port, control_admin_port, "gateway-control",
+        https_upstream=https_upstream,
     )  # fmt: skip
     # The configuration file names the bench database; the environment must not override it.
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
@@ -572,6 +579,9 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         serve_on_core_1(
             notice_config, "gateway-notice.log", notice_admin_port, env
         ) as gateway_notice,
+        serve_on_core_1(
+            control_config, "gateway-control.log", control_admin_port, env
+        ) as gateway_control,
         contextlib.ExitStack() as extras,
     ):
         for port in (upstream_port, naive_port, naive_uv_port, reference_port):
@@ -613,6 +623,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
                 None,
             ),
             NOTICE: (notice_port, "/api/", auth, None),
+            CONTROL: (control_port, "/api/", auth, None),
             # nginx on the gateway's core in front of each decider, same configuration.
             "nginx auth_request + gateway decision, uvloop": (auth_port, "/api/", auth, None),
             "nginx auth_request + minimal auth service, uvloop (reference)": (
@@ -646,6 +657,7 @@ def run(args: argparse.Namespace, database_url: str) -> None:
         pids[REFERENCE] = pids[MINIMAL_ALONE] = minimal_auth.pid
         pids[TRACED] = gateway_traced.pid
         pids[KEY_POLICY], pids[NOTICE] = gateway_policy.pid, gateway_notice.pid
+        pids[CONTROL] = gateway_control.pid
         for name in targets:
             if name in pids:
                 continue
@@ -800,6 +812,7 @@ TRACED = "gateway cached API key, tracing at 0.01, uvloop"
 REFERENCE = "nginx auth_request + minimal auth service, uvloop (reference)"
 KEY_POLICY = "gateway cached key, meta + lifetimes + member_of + user pool + notice, uvloop"
 NOTICE = "gateway cached API key, new-network notice on, uvloop"
+CONTROL = "gateway cached API key, uvloop, control (a second identical process)"
 MINIMAL_ALONE = "minimal auth service alone, uvloop"
 
 
@@ -830,6 +843,7 @@ COMPARED = (
     (TRACED, CACHED_UVLOOP, "tracing at ratio 0.01 vs tracing off"),
     (KEY_POLICY, CACHED_UVLOOP, "§21 all at once (goal ≥ 0.95) vs a plain cached key"),
     (NOTICE, CACHED_UVLOOP, "the new-network notice on (goal ≥ 0.98) vs off"),
+    (CONTROL, CACHED_UVLOOP, "control: a second identical process vs the first"),
 )
 
 
