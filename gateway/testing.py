@@ -4,7 +4,9 @@ ships `aiohttp.test_utils`). Imports no other gateway module: it only spawns the
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +19,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _ports_below_the_ephemeral_range() -> list[int]:
+    """Ports the kernel never picks by itself, shuffled. A port from `bind(("", 0))`
+    is one of the ephemeral range, which outgoing connections take their local port
+    from: between the check and the listener's own bind, a database or HTTP client
+    connection could take it (EADDRINUSE, the process under test exits)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as limits:
+            low = int(limits.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # Linux's default range starts here
+    ports = list(range(max(1_024, low - 12_000), low))
+    random.shuffle(ports)  # two processes picking ports at once rarely meet
+    return ports
+
+
+# Each port handed out once per cycle: a port checked free and handed out is not
+# handed out again before its listener had ample time to bind it.
+_PORTS = _ports_below_the_ephemeral_range()
+_candidates = itertools.cycle(_PORTS)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral
+    range (see `_ports_below_the_ephemeral_range`)."""
+    for port in itertools.islice(_candidates, len(_PORTS)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
+    raise OSError("no free TCP port on 127.0.0.1 below the ephemeral range")
 
 
 def spawn_serve(

@@ -20,7 +20,11 @@ from gateway.testing import environment, free_port
 from tests.support import ROOT
 
 
-def _read_until(process: subprocess.Popen[str], marker: str, within: float = 60) -> str:
+def _read_until(
+    process: subprocess.Popen[str], marker: str, within: float = 60, errors: Path | None = None
+) -> str:
+    """The demo's output up to `marker`; else fail with it, and with what it said on
+    stderr (`errors`, the file its stderr went to)."""
     assert process.stdout is not None
     seen = []
     deadline = time.monotonic() + within
@@ -33,7 +37,10 @@ def _read_until(process: subprocess.Popen[str], marker: str, within: float = 60)
             # The curl line after the marker belongs to the same block.
             seen.append(process.stdout.readline())
             return "".join(seen)
-    raise AssertionError("demo did not print its instructions:\n" + "".join(seen))
+    said = errors.read_text()[-4000:] if errors is not None and errors.exists() else ""
+    raise AssertionError(
+        "demo did not print its instructions:\n" + "".join(seen) + "\nstderr:\n" + said
+    )
 
 
 async def test_demo_prints_working_instructions(tmp_path: Path, database_url: str) -> None:
@@ -54,15 +61,17 @@ async def test_demo_prints_working_instructions(tmp_path: Path, database_url: st
         )
     )
     env = environment(GATEWAY_DATABASE_URL=database_url, GATEWAY_ADMIN_TOKEN=None)
-    process = subprocess.Popen(  # noqa: ASYNC220 - its output is read line by line below
-        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    errors = tmp_path / "demo.err"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(  # noqa: ASYNC220 - its output is read line by line below
+            [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
     try:
-        text = _read_until(process, "admin API token for this demo")
+        text = _read_until(process, "admin API token for this demo", errors=errors)
         page = re.search(r"^  (http://\S+/account/api-keys)$", text, re.M)
         key = re.search(r"^  (gwk_\w+)$", text, re.M)
         assert page and key, text
